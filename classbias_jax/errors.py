@@ -1,0 +1,17 @@
+"""Errors a user can fix: the entry points print them as one line and exit non-zero."""
+
+
+class UserError(Exception):
+  """Bad config, missing data or unusable files: reported in one line, no traceback."""
+
+
+class ConfigError(UserError):
+  """A config field is unknown, malformed or inconsistent."""
+
+
+class DataUnavailable(UserError):
+  """A dataset cannot be found or read; the message says how to get it."""
+
+
+class ResultsError(UserError):
+  """A results file is missing, truncated, foreign or inconsistent."""

@@ -1,0 +1,148 @@
+"""The on-disk results contract (DESIGN.md): the only module that writes results.
+
+`WORKDIR/results.npz` holds, for V sweep values, S seeds, C classes, N test images:
+  per_class_accuracy float32 [V, S, C]   mean_accuracy float32 [V, S]
+  test_labels int32 [N]                  test_predictions int32 [V, S, N]
+  sweep_name str                         sweep_values float64 [V]
+  seeds int64 [S]                        class_names str [C]
+optional:
+  val_labels int32 [Nv], val_predictions int32 [V, S, Nv]
+  diverged bool [V, S]                   (a model whose loss became non-finite)
+  curve_epochs int32 [E]; train_loss, train_accuracy, test_accuracy_curve float32 [V, S, E]
+Files are written to a temporary name in the same folder and renamed into place, so a
+reader sees a whole file or none.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from classbias_jax.errors import ResultsError
+
+RESULTS_FILE = 'results.npz'
+REQUIRED = ('per_class_accuracy', 'mean_accuracy', 'test_labels', 'test_predictions',
+            'sweep_name', 'sweep_values', 'seeds', 'class_names')
+
+
+def _atomic_write(path: str, write_fn, mode: str = 'wb') -> None:
+  """Calls write_fn(file) on a temporary file beside `path`, then renames it to `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, mode) as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as indented JSON, atomically."""
+  _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode='w')
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  _atomic_write(path, lambda f: f.write(data))
+
+
+def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray,
+                       num_classes: int) -> np.ndarray:
+  """Accuracy of each class: labels [N], predictions [..., N] -> float32 [..., C].
+
+  A class without test examples gets NaN.
+  """
+  labels = np.asarray(labels)
+  correct = (np.asarray(predictions) == labels).astype(np.float64)
+  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+  onehot = labels[:, None] == np.arange(num_classes)[None, :]  # [N, C]
+  hits = correct @ onehot
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return (hits / counts).astype(np.float32)
+
+
+def confusion_matrices(labels: np.ndarray, predictions: np.ndarray,
+                       num_classes: int) -> np.ndarray:
+  """Counts: labels [N], predictions [..., N] -> int64 [..., C, C] (row = true class)."""
+  predictions = np.asarray(predictions)
+  lead = predictions.shape[:-1]
+  flat = predictions.reshape(-1, predictions.shape[-1])
+  out = np.zeros((flat.shape[0], num_classes, num_classes), np.int64)
+  index = np.asarray(labels) * num_classes
+  for i, row in enumerate(flat):
+    out[i] = np.bincount(index + row, minlength=num_classes ** 2).reshape(
+        num_classes, num_classes)
+  return out.reshape(*lead, num_classes, num_classes)
+
+
+def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
+  """Raises ResultsError when required arrays are missing or their shapes disagree."""
+  missing = [k for k in REQUIRED if k not in arrays]
+  if missing:
+    raise ResultsError(f'{source} lacks {", ".join(missing)}: not a classbias_jax results file')
+  acc = arrays['per_class_accuracy']
+  if acc.ndim != 3:
+    raise ResultsError(f'{source}: per_class_accuracy must be [V, S, C], got shape {acc.shape}')
+  v, s, c = acc.shape
+  n = arrays['test_labels'].shape
+  expected = {
+      'mean_accuracy': (v, s),
+      'test_predictions': (v, s) + n,
+      'sweep_values': (v,),
+      'seeds': (s,),
+      'class_names': (c,),
+  }
+  if 'val_labels' in arrays or 'val_predictions' in arrays:
+    expected['val_predictions'] = (v, s) + arrays['val_labels'].shape
+  if 'diverged' in arrays:
+    expected['diverged'] = (v, s)
+  for key in ('train_loss', 'train_accuracy', 'test_accuracy_curve'):
+    if key in arrays:
+      expected[key] = (v, s) + arrays['curve_epochs'].shape
+  for key, shape in expected.items():
+    if arrays[key].shape != shape:
+      raise ResultsError(f'{source}: {key} has shape {arrays[key].shape}, expected {shape} '
+                         f'(V={v} sweep values, S={s} seeds, C={c} classes)')
+  if len(n) != 1:
+    raise ResultsError(f'{source}: test_labels must be [N], got shape {n}')
+  labels = arrays['test_labels']
+  if labels.size and (labels.min() < 0 or labels.max() >= c):
+    raise ResultsError(f'{source}: test_labels outside 0..{c - 1}')
+
+
+def save(workdir: str, arrays: dict[str, Any]) -> str:
+  """Validates and writes WORKDIR/results.npz atomically; returns its path."""
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  validate(arrays, 'results to save')
+  path = os.path.join(workdir, RESULTS_FILE)
+  _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+  return path
+
+
+def load(workdir: str) -> dict[str, np.ndarray]:
+  """Loads and validates WORKDIR/results.npz (no pickles); scalars come back as 0-d arrays.
+
+  Adds `num_classes` (int) and `confusion` int64 [V, S, C, C] derived from the predictions.
+  """
+  path = os.path.join(workdir, RESULTS_FILE)
+  if not os.path.isfile(path):
+    raise ResultsError(f'no {RESULTS_FILE} in {workdir}: run classbias_jax.main there first')
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    raise ResultsError(f'{path} is unreadable (truncated or not an .npz file): {e}') from None
+  validate(arrays, path)
+  c = arrays['class_names'].shape[0]
+  arrays['num_classes'] = c
+  arrays['confusion'] = confusion_matrices(arrays['test_labels'], arrays['test_predictions'], c)
+  return arrays
