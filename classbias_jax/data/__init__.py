@@ -3,6 +3,9 @@
 `load(data_config)` dispatches on `data.name`:
   'planted'          generated RGB dataset with planted class effects (planted.py)
   'digits'           scikit-learn's handwritten digits (embedded.py)
+  'fashion_mnist'    Fashion-MNIST IDX files: data_dir, system package or TFDS (idx.py)
+  'idx:PATH'         any folder of MNIST-format IDX files (idx.py)
+  'folder:PATH'      one subfolder per class of JPEG/PNG files (folder.py)
   other names        TFDS datasets read through `tfds.data_source` (tfds_source.py)
 """
 from __future__ import annotations
@@ -69,6 +72,15 @@ def load(data_config) -> Dataset:
   elif name == 'digits':
     from classbias_jax.data import embedded
     ds = embedded.load_digits(data_config)
+  elif name == 'fashion_mnist':
+    from classbias_jax.data import idx
+    ds = idx.load_fashion_mnist(data_config)
+  elif name.startswith('idx:'):
+    from classbias_jax.data import idx
+    ds = idx.load_idx(data_config)
+  elif name.startswith('folder:'):
+    from classbias_jax.data import folder
+    ds = folder.load(data_config)
   else:
     from classbias_jax.data import tfds_source
     ds = tfds_source.load(data_config)

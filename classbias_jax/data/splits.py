@@ -1,0 +1,100 @@
+"""Deterministic stratified splits: a validation split carved from train, a train subset.
+
+Both keep every class's share of the images: a class with n_c of the N images gets
+floor or ceil of `fraction * n_c` of the taken images (largest remainders first), so
+each class is within one image of its exact share and the total is exact.
+
+Config fields read from `data`: `val_fraction` (0 = no validation split), `train_subset`
+(0 = all training images), `split_seed`. The validation split is carved first and does
+not depend on `train_subset`, so runs on different subsets are validated on the same
+images.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from classbias_jax.errors import ConfigError
+
+# Separate random streams per purpose, so changing one split never moves the other.
+_VAL_STREAM = 0
+_SUBSET_STREAM = 1
+
+
+def class_quotas(labels: np.ndarray, total: int) -> np.ndarray:
+  """How many of each class to take so that `total` images keep the class shares.
+
+  labels: int [N]; returns int64 [K] (K = max label + 1) summing to `total`, each entry
+  floor or ceil of total * n_c / N (largest remainder method; ties go to the lower class).
+  """
+  counts = np.bincount(labels, minlength=int(labels.max(initial=-1)) + 1)
+  if not 0 <= total <= counts.sum():
+    raise ValueError(f'cannot take {total} of {counts.sum()} images')
+  if counts.sum() == 0:
+    return counts
+  exact = counts * (total / counts.sum())
+  quotas = np.floor(exact).astype(np.int64)
+  short = total - quotas.sum()
+  # Stable sort: equal remainders are broken by class index, never by chance.
+  order = np.argsort(-(exact - quotas), kind='stable')
+  quotas[order[:short]] += 1
+  return quotas
+
+
+def stratified_take(labels: np.ndarray, total: int, rng: np.random.Generator,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Splits indices of `labels` into (taken, rest), taking `total` stratified by class.
+
+  labels: int [N]. Within each class the taken images are a uniform random draw by `rng`.
+  Returns two sorted int64 index arrays that partition 0..N-1.
+  """
+  quotas = class_quotas(labels, total)
+  taken = []
+  for c, quota in enumerate(quotas):
+    members = np.flatnonzero(labels == c)
+    taken.append(rng.permutation(members)[:quota])
+  taken = np.sort(np.concatenate(taken)) if taken else np.zeros(0, np.int64)
+  rest = np.setdiff1d(np.arange(len(labels)), taken, assume_unique=True)
+  return taken, rest
+
+
+def _field(cfg, name: str, default):
+  # Older configs may lack the split fields; absent means "no split".
+  value = getattr(cfg, name, default)
+  return default if value is None else value
+
+
+def apply_splits(dataset, cfg):
+  """Carves `val_fraction` of train into a validation split, then keeps `train_subset`.
+
+  dataset: a `Dataset` with no validation split. cfg: the `data` config. Returns a new
+  `Dataset`; the same config gives the same images on every run and machine.
+  """
+  val_fraction = float(_field(cfg, 'val_fraction', 0.0))
+  train_subset = int(_field(cfg, 'train_subset', 0))
+  seed = int(_field(cfg, 'split_seed', 0))
+  if not 0.0 <= val_fraction < 1.0:
+    raise ConfigError(f'data.val_fraction must be in [0, 1), got {val_fraction}')
+  if train_subset < 0:
+    raise ConfigError(f'data.train_subset must be >= 0 (0 = all), got {train_subset}')
+  images, labels = dataset.train_images, dataset.train_labels
+  changes = {}
+  if val_fraction > 0:
+    if dataset.val_images is not None:
+      raise ConfigError(f'{dataset.name} already has a validation split; '
+                        'set data.val_fraction=0')
+    rng = np.random.default_rng([seed, _VAL_STREAM])
+    val, train = stratified_take(labels, round(val_fraction * len(labels)), rng)
+    changes.update(val_images=images[val], val_labels=labels[val])
+    images, labels = images[train], labels[train]
+  if train_subset:
+    if train_subset > len(labels):
+      raise ConfigError(f'data.train_subset={train_subset} exceeds the {len(labels)} '
+                        f'training images of {dataset.name} (after the validation split)')
+    rng = np.random.default_rng([seed, _SUBSET_STREAM])
+    keep, _ = stratified_take(labels, train_subset, rng)
+    images, labels = images[keep], labels[keep]
+  if not changes and len(labels) == len(dataset.train_labels):
+    return dataset
+  return dataclasses.replace(dataset, train_images=images, train_labels=labels, **changes)
