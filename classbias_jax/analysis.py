@@ -59,7 +59,6 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats
 
-from classbias_jax import results as results_lib
 from classbias_jax.errors import ConfigError
 
 ALPHA = 0.05  # q-value threshold for hurt / helped
@@ -214,10 +213,9 @@ def bootstrap_accuracy(correct: np.ndarray, labels: np.ndarray, valid: np.ndarra
 
 
 def percentile_interval(draws: np.ndarray, confidence: float = CONFIDENCE):
-  """(low, high) percentiles over the last axis of bootstrap draws."""
+  """(low, high) percentiles over the last axis of bootstrap draws (NaN rows stay NaN)."""
   tail = 100 * (1 - confidence) / 2
-  with np.errstate(invalid='ignore'):
-    return (np.nanpercentile(draws, tail, axis=-1), np.nanpercentile(draws, 100 - tail, axis=-1))
+  return np.percentile(draws, [tail, 100 - tail], axis=-1)
 
 
 # ------------------------------------------------------------------ building blocks
@@ -263,6 +261,15 @@ def valid_models(results: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
   for note in notes:
     logging.warning(note)
   return ~diverged, notes
+
+
+def class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Accuracy of each class for each model: correct bool [V, S, N] -> float [V, S, C]."""
+  lead = correct.shape[:-1]
+  sums = _per_class_sums(correct.reshape(-1, labels.size).astype(np.float64), labels,
+                         num_classes)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return (sums / np.bincount(labels, minlength=num_classes)).reshape(lead + (num_classes,))
 
 
 def masked_seed_mean(per_seed: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -480,8 +487,7 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   valid, notes = valid_models(results)
   correct = predictions == labels  # [V, S, N]
   images = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  accuracy = masked_seed_mean(
-      results_lib.per_class_accuracy(labels, predictions, num_classes), valid)  # [V, C]
+  accuracy = masked_seed_mean(class_accuracy(correct, labels, num_classes), valid)  # [V, C]
   curves = summary_curves(accuracy, images)
   ref = reference_index(values, curves['mean'], reference)
   off = off_index(results['sweep_name'], values)

@@ -1,0 +1,321 @@
+"""CLI: a run's results -> WORKDIR/analysis.json, WORKDIR/figures/*.png|pdf, WORKDIR/report.md.
+
+  python -m classbias_jax.report --workdir=runs/wd [--reference=0] [--top_k=5]
+
+Notebooks call `write(workdir, reference=None, top_k=5)`. Everything is computed and drawn
+(figures into a temporary folder) before the first file lands in WORKDIR, and each file is
+renamed into place, so bad input leaves WORKDIR untouched and a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Mapping
+
+from absl import app
+from absl import flags
+
+from classbias_jax import analysis as analysis_lib
+from classbias_jax import plots
+from classbias_jax import results as results_lib
+from classbias_jax.errors import UserError
+
+FIGURES = 'figures'
+ANALYSIS_FILE = 'analysis.json'
+REPORT_FILE = 'report.md'
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder holding results.npz.')
+_REFERENCE = flags.DEFINE_float(
+    'reference', None, 'Sweep value to measure effects against (default: best mean accuracy).')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes named per figure and table.')
+
+
+# ------------------------------------------------------------------------ formatting
+
+def _pct(x: float | None, digits: int = 1) -> str:
+  return 'n/a' if x is None else f'{100 * x:.{digits}f}'
+
+
+def _signed(x: float | None) -> str:
+  return 'n/a' if x is None else f'{100 * x:+.1f}'
+
+
+def _prob(x: float | None) -> str:
+  if x is None:
+    return 'n/a'
+  if x < 1e-15:  # below the t distribution's floating-point resolution
+    return '< 1e-15'
+  return f'{x:.1e}' if x < 1e-3 else f'{x:.3f}'
+
+
+def _cell(text: Any) -> str:
+  """Markdown table cell: pipes escaped so class names cannot break the table."""
+  return str(text).replace('|', '\\|')
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  return lines + ['| ' + ' | '.join(_cell(c) for c in row) + ' |' for row in rows]
+
+
+def _range(counts: list[int]) -> str:
+  return f'{min(counts)}' if min(counts) == max(counts) else f'{min(counts)}-{max(counts)}'
+
+
+def _knob(stats: Mapping[str, Any]) -> str:
+  return stats['sweep_name'].split('.')[-1]
+
+
+# --------------------------------------------------------------------------- sections
+
+def _intro(stats: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+  """What was run, and what the numbers are measured against."""
+  counts = stats['images_per_class']
+  models = sum(v['num_models'] for v in stats['values'])
+  ref, off = stats['reference'], stats['off_reference']
+  lines = [f'# Per-class audit: `{stats["sweep_name"]}`', '']
+  run = [f'{len(stats["values"])} values of `{stats["sweep_name"]}` '
+         f'({", ".join(f"{v:g}" for v in stats["sweep_values"])}) x {len(stats["seeds"])} seeds'
+         f' = {models} models kept; {stats["num_classes"]} classes, {stats["num_test_images"]}'
+         f' test images ({_range(counts)} per class).']
+  data, model = config.get('data', {}), config.get('model', {})
+  train = config.get('train', {})
+  if isinstance(data, dict) and isinstance(model, dict) and isinstance(train, dict):
+    known = [f'{k} `{v}`' for k, v in (('dataset', data.get('name')), ('model', model.get('name')),
+                                        ('epochs', train.get('epochs'))) if v is not None]
+    if known:
+      run.append('Run: ' + ', '.join(known) + ' (from config.json).')
+  lines += [' '.join(run), '']
+  lines.append(f'Effects are measured against `{_knob(stats)}={ref["value"]:g}` '
+               f'({ref["chosen_by"]}), paired by seed and by test image. A class is **hurt** '
+               f'or **helped** when its q-value (Benjamini-Hochberg across classes, per sweep '
+               f'value) is below {stats["alpha"]:g}. Accuracies and effects are in percent '
+               'and percentage points.')
+  if off is None and analysis_lib.off_index(stats['sweep_name'], stats['sweep_values']) == ref[
+      'index']:
+    lines.append('The reference is also the value that turns the knob off.')
+  if off is not None:
+    lines.append(f'The knob is off at `{_knob(stats)}={off["value"]:g}`; effects against that '
+                 'value are in the summary table and analysis.json (`against_off`).')
+  lines.append('')
+  if stats['warnings']:
+    lines += ['**Warnings**', ''] + [f'- {w}' for w in stats['warnings']] + ['']
+  return lines
+
+
+def _summary(stats: Mapping[str, Any]) -> list[str]:
+  """One row per sweep value: accuracy summaries and counts of hurt / helped classes."""
+  off = stats['off_reference'] is not None
+  header = ['value', 'models', 'mean acc (95% CI)', '10th-pct class', 'worst class',
+            'hurt', 'helped'] + (['hurt / helped vs off'] if off else [])
+  rows = []
+  for v in stats['values']:
+    is_ref = v['index'] == stats['reference']['index']
+    row = [f'{v["value"]:g}' + (' (ref)' if is_ref else ''), v['num_models'],
+           f'{_pct(v["mean_accuracy"])} ({_pct(v["mean_accuracy_low"])}-'
+           f'{_pct(v["mean_accuracy_high"])})', _pct(v['p10_class_accuracy']),
+           f'{_pct(v["worst_class_accuracy"])} {v["worst_class"]}',
+           '-' if is_ref else v['num_hurt'], '-' if is_ref else v['num_helped']]
+    if off:
+      against = v['against_off']
+      row.append('-' if v['index'] == stats['off_reference']['index']
+                 else f'{against["num_hurt"]} / {against["num_helped"]}')
+    rows.append(row)
+  return ['## Summary', ''] + _table(header, rows) + ['']
+
+
+def _class_rows(stats, entry, classes) -> list[list[str]]:
+  """Table rows for the named classes of one sweep value."""
+  ref = stats['values'][stats['reference']['index']]
+  index = {n: i for i, n in enumerate(stats['class_names'])}
+  rows = []
+  for name in classes:
+    c = index[name]
+    pc = entry['per_class']
+    rows.append([name, _pct(ref['accuracy'][c]), _pct(entry['accuracy'][c]),
+                 f'{_signed(pc["effect"][c])} ({_signed(pc["low"][c])} to {_signed(pc["high"][c])})',
+                 _prob(pc['p'][c]), _prob(pc['q'][c])])
+  return rows
+
+
+def _effects(stats: Mapping[str, Any], top_k: int) -> list[str]:
+  """Per non-reference value: the most hurt and most helped classes with their numbers."""
+  ref = stats['reference']
+  header = ['class', f'acc at {ref["value"]:g}', 'acc here', 'effect (95% CI)', 'p', 'q']
+  lines = []
+  for entry in stats['values']:
+    if entry['index'] == ref['index']:
+      continue
+    lines += [f'### `{_knob(stats)}={entry["value"]:g}` vs `{ref["value"]:g}`: '
+              f'{entry["num_hurt"]} hurt, {entry["num_helped"]} helped', '']
+    for key, word in (('hurt', 'Most hurt'), ('helped', 'Most helped')):
+      if entry[key]:
+        shown = entry[key][:top_k]
+        more = len(entry[key]) - len(shown)
+        lines += [f'{word}' + (f' ({more} more in analysis.json)' if more else '') + ':', '']
+        lines += _table(header, _class_rows(stats, entry, shown)) + ['']
+    if not entry['hurt'] and not entry['helped']:
+      q = [x for x in entry['per_class']['q'] if x is not None]
+      best = f' (smallest q: {_prob(min(q))})' if q else ''
+      lines += [f'No class significantly hurt or helped{best}.', '']
+  return lines
+
+
+def _replication(stats: Mapping[str, Any]) -> list[str]:
+  """Split-half replication table and the sentence a reader needs from it."""
+  rep = stats['replication']
+  lines = ['## Split-half replication', '',
+           f'The test images are split at random into halves within each class '
+           f'({rep["num_splits"]} splits, both ways round). Classes flagged (q < '
+           f'{stats["alpha"]:g}) on one half are re-measured on the other: they replicate when '
+           'the effect has the same sign and p < 0.05 there. Shrinkage is the flagged effects\' '
+           'size on the other half over their size on the flagging half (1: no winner\'s curse).',
+           '']
+  if not rep['values']:
+    return lines + ['Nothing to replicate: the sweep has a single usable value.', '']
+  rows = [[f'{r["value"]:g}', f'{r["flagged_per_half"]:.1f}', _pct(r['replication_rate'], 0),
+           _pct(r['same_sign_rate'], 0),
+           'n/a' if r['shrinkage'] is None else f'{r["shrinkage"]:.2f}',
+           f'{_signed(r["worst_class_effect_a"])} -> {_signed(r["worst_class_effect_b"])}']
+          for r in rep['values']]
+  lines += _table(['value', 'flagged per half', 'replicated (%)', 'same sign (%)', 'shrinkage',
+                   'worst class: half A -> half B'], rows) + ['']
+  pooled = rep['pooled']
+  if pooled and pooled['replication_rate'] is not None:
+    lines += [f'Pooled over values, {_pct(pooled["replication_rate"], 0)}% of flagged classes '
+              f'replicated and their effects kept {_pct(pooled["shrinkage"], 0)}% of their size; '
+              f'the worst class drop of {_signed(pooled["worst_class_effect_a"])} points on one '
+              f'half measured {_signed(pooled["worst_class_effect_b"])} on the other.', '']
+  return lines
+
+
+def _flows(stats: Mapping[str, Any], top_k: int) -> list[str]:
+  """For each value, where the most hurt classes' predictions went."""
+  lines = []
+  for entry in stats['values']:
+    for flow in entry['confusion_flow'][:top_k]:
+      gains = ', '.join(f'{t["class"]} {_signed(t["fraction"])}' for t in flow['to'])
+      lines.append(f'- `{entry["value"]:g}`: **{flow["class"]}** lost {_pct(flow["lost"])} '
+                   f'points; predictions gained by: {gains or "none"}')
+  if not lines:
+    return ['No class is significantly hurt, so there is no loss to trace.', '']
+  return lines + ['']
+
+
+def _caveats(stats: Mapping[str, Any]) -> list[str]:
+  seeds = len(stats['seeds'])
+  fewest = min(stats['images_per_class'])
+  lines = [
+      '## Method and caveats', '',
+      f'- Test: {stats["test"]}. Seeds and test images are both treated as random, so a '
+      'flagged class should move again in new runs on new images of the class; see the '
+      'docstring of `classbias_jax/analysis.py` for why this test and not a seed-only or '
+      'image-only one.',
+      f'- Accuracy intervals: two-way bootstrap ({stats["num_bootstrap"]} draws) over seeds and '
+      'over test images within each class; effect intervals are the test\'s t intervals.',
+      '- q-values control the false discovery rate among the classes of one sweep value; '
+      'they are not corrected across sweep values.',
+      '- The most hurt class is the extreme of many noisy estimates, so its drop is inflated '
+      '(winner\'s curse); the split-half shrinkage above says by how much. The worst-class '
+      'curve is biased low for the same reason.',
+      '- The halves of a split share their seeds: replication checks the image noise only.',
+  ]
+  if stats['reference']['chosen_by'] != 'given':
+    lines.append('- The reference was picked as the value with the best mean accuracy, from '
+                 'the same test images.')
+  if seeds < 4:
+    lines.append(f'- Only {seeds} seed(s): the seed-to-seed variance of a class is estimated '
+                 'from few runs, so the test borrows its floor from all classes; effects of '
+                 'classes that vary much more between runs than others may be overstated.')
+  if fewest < 100:
+    lines.append(f'- As few as {fewest} test images in a class: a binomial standard error of up '
+                 f'to {50 / fewest ** 0.5:.1f} points per model on such a class.')
+  return lines + ['']
+
+
+def _figure(figures: Mapping[str, str], key: str, caption: str) -> list[str]:
+  return [f'![{caption}]({FIGURES}/{figures[key]})', ''] if key in figures else []
+
+
+def render(stats: Mapping[str, Any], figures: Mapping[str, str],
+           config: Mapping[str, Any] | None = None, top_k: int = 5) -> str:
+  """report.md's text from an analysis dict and {figure key: file name in figures/}."""
+  lines = _intro(stats, config or {}) + _summary(stats)
+  lines += ['## Per-class accuracy against the knob', '']
+  lines += _figure(figures, 'per_class_accuracy', 'per-class accuracy')
+  lines += ['## Class effects', ''] + _figure(figures, 'class_effects', 'class effects')
+  lines += _effects(stats, top_k)
+  lines += ['## Mean vs worst classes', ''] + _figure(figures, 'summary_curves', 'summary')
+  lines += _replication(stats)
+  lines += ['## Confusion flow', ''] + _figure(figures, 'confusion_flow', 'confusion flow')
+  lines += _flows(stats, top_k)
+  if 'training_curves' in figures:
+    lines += ['## Training curves', ''] + _figure(figures, 'training_curves', 'training curves')
+  return '\n'.join(lines + _caveats(stats))
+
+
+# ------------------------------------------------------------------------- writing
+
+def _read_config(workdir: str) -> dict[str, Any]:
+  """WORKDIR/config.json as a dict, or {} when absent or unreadable (it only adds context)."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
+def draw(results, stats, folder: str, top_k: int) -> dict[str, str]:
+  """Draws every figure into `folder`; returns {key: PNG file name} for those drawn."""
+  makers = {
+      'per_class_accuracy': lambda p: plots.per_class_accuracy(results, p, top_k, stats),
+      'class_effects': lambda p: plots.class_effects(stats, p, top_k),
+      'summary_curves': lambda p: plots.summary_curves(stats, p),
+      'confusion_flow': lambda p: plots.confusion_flow(stats, p, top_k),
+      'training_curves': lambda p: plots.training_curves(results, p),
+  }
+  drawn = {key: make(os.path.join(folder, key + '.png')) for key, make in makers.items()}
+  return {key: os.path.basename(p) for key, p in drawn.items() if p}
+
+
+def write(workdir: str, reference: float | None = None, top_k: int = 5,
+          num_bootstrap: int = 1000) -> dict[str, str]:
+  """Analyses WORKDIR/results.npz and writes analysis.json, figures/ and report.md.
+
+  Raises UserError (nothing written) on missing or bad results or a bad reference.
+  Returns {'analysis': path, 'report': path, 'figures': folder}.
+  """
+  results = results_lib.load(workdir)
+  stats = analysis_lib.analyze(results, reference=reference, num_bootstrap=num_bootstrap)
+  figures_dir = os.path.join(workdir, FIGURES)
+  with tempfile.TemporaryDirectory(dir=workdir, prefix='.tmp-report-') as tmp:
+    figures = draw(results, stats, tmp, top_k)
+    text = render(stats, figures, _read_config(workdir), top_k)
+    os.makedirs(figures_dir, exist_ok=True)
+    for name in sorted(os.listdir(tmp)):
+      os.replace(os.path.join(tmp, name), os.path.join(figures_dir, name))
+  analysis_path = os.path.join(workdir, ANALYSIS_FILE)
+  report_path = os.path.join(workdir, REPORT_FILE)
+  results_lib.write_json(analysis_path, stats)
+  results_lib.write_bytes(report_path, text.encode())
+  return {'analysis': analysis_path, 'report': report_path, 'figures': figures_dir}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not _WORKDIR.value:
+    raise app.UsageError('--workdir is required')
+  try:
+    paths = write(_WORKDIR.value, _REFERENCE.value, _TOP_K.value)
+  except UserError as e:
+    print('error: ' + ' '.join(str(e).split()), file=sys.stderr)
+    sys.exit(1)
+  print(paths['report'])
+
+
+if __name__ == '__main__':
+  app.run(main)
