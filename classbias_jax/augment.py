@@ -151,9 +151,10 @@ def color_jitter_params(key, brightness, contrast, saturation, hue):
       2 saturation, 3 hue), applied first to last.
     factors: float32 [4], indexed by op id.
   """
-  k_order, k_u = jax.random.split(key)
-  order = jax.random.permutation(k_order, 4)
-  u = jax.random.uniform(k_u, (4,))
+  # One draw for everything: each random-bits call costs compile time under jit.
+  u = jax.random.uniform(key, (8,))
+  # The ranks of 4 iid uniforms are a uniformly random permutation.
+  order = jnp.argsort(u[4:]).astype(jnp.int32)
   bcs = jnp.stack([jnp.asarray(x, jnp.float32) for x in (brightness, contrast, saturation)])
   lo = jnp.maximum(0.0, 1.0 - bcs)
   hi = 1.0 + bcs
@@ -264,9 +265,9 @@ def pad_crop(key, img, padding: int):
     return img
   h, w, c = img.shape
   padded = jnp.pad(img, ((padding, padding), (padding, padding), (0, 0)))
-  k_top, k_left = jax.random.split(key)
-  top = jax.random.randint(k_top, (), 0, 2 * padding + 1)
-  left = jax.random.randint(k_left, (), 0, 2 * padding + 1)
+  u = jax.random.uniform(key, (2,))
+  top = _uniform_int(u[0], 2 * padding + 1)
+  left = _uniform_int(u[1], 2 * padding + 1)
   return lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
 
 
@@ -285,12 +286,12 @@ def _uniform_int(u, n):
 def _tries(key, height: int, width: int, scale, ratio):
   """Areas [10] and aspect ratios [10] of the get_params tries, plus two placement
   uniforms: area ~ U(scale) * H * W, log aspect ~ U(log ratio)."""
-  k_area, k_ratio, k_place = jax.random.split(key, 3)
+  u = jax.random.uniform(key, (2 * _TRIES + 2,))
   smin, smax = (jnp.asarray(x, jnp.float32) for x in scale)
   lmin, lmax = (jnp.log(jnp.asarray(x, jnp.float32)) for x in ratio)
-  area = height * width * (smin + (smax - smin) * jax.random.uniform(k_area, (_TRIES,)))
-  aspect = jnp.exp(lmin + (lmax - lmin) * jax.random.uniform(k_ratio, (_TRIES,)))
-  return area, aspect, jax.random.uniform(k_place, (2,))
+  area = height * width * (smin + (smax - smin) * u[:_TRIES])
+  aspect = jnp.exp(lmin + (lmax - lmin) * u[_TRIES:2 * _TRIES])
+  return area, aspect, u[2 * _TRIES:]
 
 
 def sample_resized_crop_box(key, height: int, width: int, scale, ratio):
