@@ -40,6 +40,9 @@ and dropping it would make the test liberal exactly when seeds matter. In simula
 (logistic per-image difficulty, per-run class-wide shifts, 2-8 seeds, 50-1000 images per
 class) the rate of p < 0.05 under no effect was 1-4% overall; classes whose runs shift
 them strongly while most classes' runs do not reached 6-7% at 4-8 seeds and 10-12% at 2.
+In the same simulations the image-only test flagged 40-85% of null classes once runs
+shifted classes, and with 2 seeds and 1000 images the seed-only test found a 0.5-logit
+effect in 36% of classes where this one found it in 69%.
 With one seed var_a cannot be estimated and the test is conditional on that model (a
 paired t-test over images, close to McNemar's). Permutation tests were ruled out: signs
 flipped over 2-8 seeds give at most 2^S distinct values (p >= 1/2 at S = 2), too coarse
@@ -120,6 +123,33 @@ def _mean_squares(diff: np.ndarray, labels: np.ndarray, num_classes: int):
   return grand, ms, df, n
 
 
+def _variance_of_mean(ms, df, n, s: int):
+  """S n Var(mean diff) per class and its Satterthwaite degrees of freedom, both [C].
+
+  A variance component enters only when its estimate is positive. A class's seed
+  component is floored at its mean over classes (C (S - 1) degrees of freedom): with 2-3
+  seeds a class's own estimate is often negative by chance, and dropping it then would
+  make the test liberal exactly when runs matter.
+  """
+  with np.errstate(invalid='ignore', divide='ignore'):
+    seed_var = (ms['seed'] - ms['res']) / n  # unbiased, but S - 1 degrees of freedom only
+  usable = (df['seed'] > 0) & (n > 0)
+  pooled = max(float(np.mean(seed_var[usable])), 0.0) if usable.any() else 0.0
+  use_seed = (seed_var >= pooled) & (ms['seed'] > ms['res'])
+  use_pooled = ~use_seed & (pooled > 0)
+  use_image = ms['image'] > ms['res']
+  coef = {'seed': use_seed * 1.0, 'image': use_image * 1.0, 'res': 1.0 - use_seed - use_image,
+          'pooled': use_pooled * 1.0}
+  terms = {k: coef[k] * ms[k] for k in ms}
+  terms['pooled'] = use_pooled * pooled * n
+  df = dict(df, pooled=np.full(n.shape, (s - 1.0) * max(int(usable.sum()), 1)))
+  var_sum = sum(terms.values())
+  with np.errstate(invalid='ignore', divide='ignore'):
+    denom = sum(np.where(coef[k] != 0, terms[k] ** 2 / np.maximum(df[k], 1), 0.0)
+                for k in terms)
+    return var_sum, var_sum ** 2 / denom
+
+
 def crossed_effect_test(diff: np.ndarray, labels: np.ndarray,
                         num_classes: int) -> dict[str, np.ndarray]:
   """Tests mean(diff) = 0 per class, seeds and images crossed random (module docstring).
@@ -130,28 +160,9 @@ def crossed_effect_test(diff: np.ndarray, labels: np.ndarray,
   """
   s = diff.shape[0]
   effect, ms, df, n = _mean_squares(np.asarray(diff, np.float64), labels, num_classes)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    seed_var = (ms['seed'] - ms['res']) / n  # unbiased, but S - 1 degrees of freedom only
-    pooled = max(float(np.nanmean(np.where(df['seed'] > 0, seed_var, np.nan))), 0.0) \
-        if s > 1 and np.any(n > 0) else 0.0
-  # A variance component enters only when its estimate is positive. The seed component of a
-  # class is floored at its mean over classes: with 2-3 seeds a class's own estimate is
-  # often negative by chance, and dropping it then would make the test liberal.
-  use_seed = (seed_var >= pooled) & (ms['seed'] > ms['res'])
-  use_pooled = ~use_seed & (pooled > 0)
-  use_image = ms['image'] > ms['res']
-  coef = {'seed': use_seed * 1.0, 'image': use_image * 1.0,
-          'res': 1.0 - use_seed - use_image}
-  terms = {k: coef[k] * ms[k] for k in ms}
-  terms['pooled'] = use_pooled * pooled * n
-  df = dict(df, pooled=np.full(num_classes, max(s - 1.0, 1.0) * num_classes))
-  coef['pooled'] = use_pooled * 1.0
-  var_sum = sum(terms.values())  # S * n * Var(mean diff)
+  var_sum, dof = _variance_of_mean(ms, df, n, s)
   with np.errstate(invalid='ignore', divide='ignore'):
     se = np.sqrt(np.maximum(var_sum, 0.0) / (s * n))
-    denom = sum(np.where(coef[k] != 0, terms[k] ** 2 / np.maximum(df[k], 1), 0.0)
-                for k in terms)
-    dof = var_sum ** 2 / denom
     p = 2 * stats.t.sf(np.abs(effect) / se, dof)
   # Zero variance: every cell has the same difference. Exact sign-flip p over the images.
   flat = se == 0
@@ -195,8 +206,8 @@ def bootstrap_accuracy(correct: np.ndarray, labels: np.ndarray, valid: np.ndarra
   """Per-class accuracy under a two-way bootstrap: float32 [V, C, B].
 
   correct bool [V, S, N]; valid bool [V, S] (models kept). Each draw resamples the valid
-  seeds of every value and, independently, the images within each class; the same draws
-  serve every sweep value, so differences between values stay paired.
+  seeds of each value and, independently, the images within each class (the same image
+  draws for every value).
   """
   seed_counts = _seed_counts(valid, num_bootstrap, rng)  # [V, B, S]
   kept = valid.sum(1).astype(np.float32)  # [V]
@@ -464,6 +475,50 @@ def _focus_index(values_json: list[dict[str, Any]], reference: int) -> int | Non
                                     abs(v - reference)))
 
 
+def _mean_draws(boot: np.ndarray, images: np.ndarray) -> np.ndarray:
+  """Bootstrap draws of the mean accuracy over test images: boot [V, C, B] -> [V, B]."""
+  weights = images[None, :, None] * ~np.isnan(boot)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.nansum(boot * weights, axis=1) / weights.sum(1)
+
+
+def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]]:
+  """Per sweep value: summary accuracies and per-class accuracy with bootstrap intervals."""
+  acc_low, acc_high = percentile_interval(boot)
+  mean_low, mean_high = percentile_interval(_mean_draws(boot, images))
+  one = lambda x: _floats(x)[0]  # noqa: E731
+  return [{
+      'mean_accuracy': one(curves['mean'][v]),
+      'mean_accuracy_low': one(mean_low[v]), 'mean_accuracy_high': one(mean_high[v]),
+      'class_mean_accuracy': one(curves['class_mean'][v]),
+      'worst_class_accuracy': one(curves['worst_class'][v]),
+      'worst_class': names[curves['worst_class_index'][v]],
+      'p10_class_accuracy': one(curves['p10_class'][v]),
+      'accuracy': _floats(accuracy[v]), 'accuracy_low': _floats(acc_low[v]),
+      'accuracy_high': _floats(acc_high[v]),
+  } for v in range(len(accuracy))]
+
+
+def _effects_json(results, correct, valid, v, ref, off, alpha, top_flow) -> dict[str, Any]:
+  """Sweep value v against the reference (and the off value): tests, hurt/helped, flows."""
+  labels, names = results['test_labels'], [str(n) for n in results['class_names']]
+  comp = compare(paired_difference(correct, valid, v, ref), labels, len(names), alpha)
+  entry = {**_comparison_json(comp, names),
+           'confusion_flow': _flows_json(results, valid, v, ref, comp, names, top_flow)}
+  if off is not None:
+    entry['against_off'] = _comparison_json(
+        compare(paired_difference(correct, valid, v, off), labels, len(names), alpha), names)
+  return entry
+
+
+def _replication_json(per_value, pooled, values, num_splits) -> dict[str, Any]:
+  rounded = lambda r: {k: (None if x is None else round(x, 6)) for k, x in r.items()}  # noqa
+  return {'num_splits': num_splits,
+          'values': [{'value': float(values[v]), 'index': v, **rounded(r)}
+                     for v, r in per_value.items()],
+          'pooled': pooled and rounded(pooled)}
+
+
 def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: float = ALPHA,
             num_bootstrap: int = 1000, num_splits: int = 5, top_flow: int = 5,
             seed: int = 0) -> dict[str, Any]:
@@ -480,76 +535,38 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   """
   rng = np.random.default_rng(seed)
   labels = np.asarray(results['test_labels'])
-  predictions = np.asarray(results['test_predictions'])
   names = [str(n) for n in results['class_names']]
   values = np.asarray(results['sweep_values'], np.float64)
-  num_classes = len(names)
   valid, notes = valid_models(results)
-  correct = predictions == labels  # [V, S, N]
-  images = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  accuracy = masked_seed_mean(class_accuracy(correct, labels, num_classes), valid)  # [V, C]
+  correct = np.asarray(results['test_predictions']) == labels  # [V, S, N]
+  images = np.bincount(labels, minlength=len(names)).astype(np.float64)
+  accuracy = masked_seed_mean(class_accuracy(correct, labels, len(names)), valid)  # [V, C]
   curves = summary_curves(accuracy, images)
   ref = reference_index(values, curves['mean'], reference)
   off = off_index(results['sweep_name'], values)
   off = None if off == ref or off is None or not valid[off].any() else off
   notes += [f'no usable model at {results["sweep_name"]}={values[v]:g}'
             for v in range(len(values)) if not valid[v].any()]
-  boot = bootstrap_accuracy(correct, labels, valid, num_classes, num_bootstrap, rng)
-  acc_low, acc_high = percentile_interval(boot)
-  weights = images[None, :, None] * ~np.isnan(boot)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    mean_boot = np.nansum(boot * weights, axis=1) / weights.sum(1)  # [V, B]
-  mean_low, mean_high = percentile_interval(mean_boot)
-
-  values_json = []
-  for v in range(len(values)):
-    comp = compare(paired_difference(correct, valid, v, ref), labels, num_classes, alpha)
-    entry = {
-        'value': float(values[v]), 'index': v, 'num_models': int(valid[v].sum()),
-        'mean_accuracy': _floats(curves['mean'][v])[0],
-        'mean_accuracy_low': _floats(mean_low[v])[0],
-        'mean_accuracy_high': _floats(mean_high[v])[0],
-        'class_mean_accuracy': _floats(curves['class_mean'][v])[0],
-        'worst_class_accuracy': _floats(curves['worst_class'][v])[0],
-        'worst_class': names[curves['worst_class_index'][v]],
-        'p10_class_accuracy': _floats(curves['p10_class'][v])[0],
-        'accuracy': _floats(accuracy[v]), 'accuracy_low': _floats(acc_low[v]),
-        'accuracy_high': _floats(acc_high[v]),
-        **_comparison_json(comp, names),
-        'confusion_flow': _flows_json(results, valid, v, ref, comp, names, top_flow),
-    }
-    if off is not None:
-      entry['against_off'] = _comparison_json(
-          compare(paired_difference(correct, valid, v, off), labels, num_classes, alpha), names)
-    values_json.append(entry)
-
-  replication, pooled = split_half_replication(correct, labels, valid, ref, num_classes,
-                                               alpha, num_splits, rng)
-  focus = _focus_index(values_json, ref)
+  boot = bootstrap_accuracy(correct, labels, valid, len(names), num_bootstrap, rng)
+  values_json = [
+      {'value': float(values[v]), 'index': v, 'num_models': int(valid[v].sum()), **acc,
+       **_effects_json(results, correct, valid, v, ref, off, alpha, top_flow)}
+      for v, acc in enumerate(_accuracy_json(accuracy, curves, boot, images, names))]
+  replication = split_half_replication(correct, labels, valid, ref, len(names), alpha,
+                                       num_splits, rng)
   return {
-      'sweep_name': str(results['sweep_name']),
-      'sweep_values': _floats(values),
-      'seeds': [int(s) for s in results['seeds']],
-      'class_names': names,
-      'num_classes': num_classes,
-      'num_test_images': int(labels.size),
+      'sweep_name': str(results['sweep_name']), 'sweep_values': _floats(values),
+      'seeds': [int(s) for s in results['seeds']], 'class_names': names,
+      'num_classes': len(names), 'num_test_images': int(labels.size),
       'images_per_class': [int(n) for n in images],
       'alpha': alpha, 'confidence': CONFIDENCE, 'num_bootstrap': num_bootstrap,
-      'test': TEST_NAME,
-      'warnings': notes,
+      'test': TEST_NAME, 'warnings': notes,
       'excluded_models': [{'value': float(values[v]), 'seed': int(results['seeds'][s])}
                           for v, s in zip(*np.nonzero(~valid))],
       'reference': {'value': float(values[ref]), 'index': ref,
                     'chosen_by': 'best mean accuracy' if reference is None else 'given'},
       'off_reference': None if off is None else {'value': float(values[off]), 'index': off},
-      'focus_index': focus,
+      'focus_index': _focus_index(values_json, ref),
       'values': values_json,
-      'replication': {
-          'num_splits': num_splits,
-          'values': [{'value': float(values[v]), 'index': v, **{
-              k: (None if x is None else round(x, 6)) for k, x in r.items()}}
-                     for v, r in replication.items()],
-          'pooled': pooled and {k: (None if x is None else round(x, 6))
-                                for k, x in pooled.items()},
-      },
+      'replication': _replication_json(*replication, values, num_splits),
   }

@@ -19,8 +19,11 @@ LOG_SCALE_KNOBS = ('weight_decay', 'learning_rate')
 HURT, HELPED, NEUTRAL = 'tab:red', 'tab:blue', '0.6'
 MAX_NAMED_TICKS = 30  # above this many classes, name only the highlighted ones
 MAX_LABELLED_LINES = 20
-CURVES = (('train_loss', 'training loss', False), ('train_accuracy', 'training accuracy (%)', True),
-          ('test_accuracy_curve', 'test accuracy (%)', True))
+# (array [V, S, E], its epochs [E], axis label, shown in percent)
+CURVES = (('train_loss', 'curve_epochs', 'training loss', False),
+          ('train_accuracy', 'curve_epochs', 'training accuracy (%)', True),
+          ('test_accuracy_curve', 'curve_epochs', 'test accuracy (%)', True),
+          ('test_accuracy_at_eval', 'eval_epochs', 'test accuracy (%)', True))
 
 
 # -------------------------------------------------------------------------- helpers
@@ -93,6 +96,17 @@ def _highlighted(change: np.ndarray, significant: np.ndarray, k: int) -> tuple[l
 
 # --------------------------------------------------------------- 1. the paper's figure
 
+def _label_line_ends(ax, x_end: float, acc: np.ndarray, chosen: list, names: list[str]) -> None:
+  """Names the chosen (class, colour, starred) lines of acc [V, C] right of the axes."""
+  ends = np.nan_to_num(acc[-1, [c for c, _, _ in chosen]])
+  gap = 0.045 * max(np.nanmax(acc) - np.nanmin(acc), 1.0)
+  for (c, color, star), y in zip(chosen, _spread(ends, gap)):
+    ax.annotate(names[c] + (' *' if star else ''), xy=(x_end, np.nan_to_num(acc[-1, c])),
+                xytext=(1.02, y), textcoords=('axes fraction', 'data'), fontsize=8,
+                color=color, va='center', annotation_clip=False,
+                arrowprops={'arrowstyle': '-', 'color': color, 'lw': 0.5})
+
+
 def per_class_accuracy(results: Mapping[str, np.ndarray], path: str, top_k: int = 3,
                        analysis: Mapping[str, Any] | None = None) -> str:
   """The paper's figure: per-class test accuracy (mean over seeds) against the sweep value.
@@ -127,13 +141,7 @@ def per_class_accuracy(results: Mapping[str, np.ndarray], path: str, top_k: int 
     ax.plot(x, acc[:, c], color=color, lw=1.6, marker='o', ms=3)
   if len(names) <= MAX_LABELLED_LINES:  # few classes: name every line
     chosen += [(c, '0.35', False) for c in range(len(names)) if c not in hurt + helped]
-  ends = acc[-1, [c for c, _, _ in chosen]]
-  gap = 0.045 * max(np.nanmax(acc) - np.nanmin(acc), 1.0) if chosen else 0
-  for (c, color, star), y in zip(chosen, _spread(np.nan_to_num(ends), gap)):
-    ax.annotate(names[c] + (' *' if star else ''), xy=(x[-1], acc[-1, c]),
-                xytext=(1.02, y), textcoords=('axes fraction', 'data'), fontsize=8,
-                color=color, va='center', annotation_clip=False,
-                arrowprops={'arrowstyle': '-', 'color': color, 'lw': 0.5})
+  _label_line_ends(ax, x[-1], acc, chosen, names)
   ax.set_xlabel(sweep_name)
   ax.set_ylabel('test accuracy (%), mean over seeds')
   n_seeds = results['per_class_accuracy'].shape[1]
@@ -282,20 +290,21 @@ def confusion_flow(analysis: Mapping[str, Any], path: str, top_k: int = 5) -> st
 def training_curves(results: Mapping[str, np.ndarray], path: str) -> str | None:
   """Training loss / accuracy and test accuracy per epoch, mean over seeds, one line per value.
 
-  Reads `curve_epochs` [E] and whichever of train_loss, train_accuracy, test_accuracy_curve
-  [V, S, E] the results hold; returns None when they hold none.
+  Reads whichever of train_loss, train_accuracy, test_accuracy_curve (against
+  `curve_epochs`) and test_accuracy_at_eval (against `eval_epochs`), all [V, S, E], the
+  results hold; returns None when they hold none.
   """
-  present = [c for c in CURVES if c[0] in results]
-  if 'curve_epochs' not in results or not present:
+  present = [c for c in CURVES if c[0] in results and c[1] in results]
+  if not present:
     return None
-  epochs = np.asarray(results['curve_epochs'])
   values = np.asarray(results['sweep_values'], np.float64)
   colors = plt.get_cmap('viridis')(np.linspace(0, 0.9, len(values)))
   fig, axes = plt.subplots(1, len(present), figsize=(4.3 * len(present), 3.6), squeeze=False)
-  for ax, (key, label, percent) in zip(axes[0], present):
+  for ax, (key, epochs_key, label, percent) in zip(axes[0], present):
     curve = _seed_mean(results[key], results) * (100 if percent else 1)  # [V, E]
     for v, color in enumerate(colors):
-      ax.plot(epochs, curve[v], color=color, lw=1.4, label=f'{values[v]:g}')
+      ax.plot(np.asarray(results[epochs_key]), curve[v], color=color, lw=1.4, marker='.',
+              ms=3, label=f'{values[v]:g}')
     ax.set_xlabel('epoch')
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)

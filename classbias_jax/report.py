@@ -130,13 +130,14 @@ def _class_rows(stats, entry, classes) -> list[list[str]]:
   """Table rows for the named classes of one sweep value."""
   ref = stats['values'][stats['reference']['index']]
   index = {n: i for i, n in enumerate(stats['class_names'])}
+  pc = entry['per_class']
   rows = []
   for name in classes:
     c = index[name]
-    pc = entry['per_class']
+    interval = f'{_signed(pc["low"][c])} to {_signed(pc["high"][c])}'
     rows.append([name, _pct(ref['accuracy'][c]), _pct(entry['accuracy'][c]),
-                 f'{_signed(pc["effect"][c])} ({_signed(pc["low"][c])} to {_signed(pc["high"][c])})',
-                 _prob(pc['p'][c]), _prob(pc['q'][c])])
+                 f'{_signed(pc["effect"][c])} ({interval})', _prob(pc['p'][c]),
+                 _prob(pc['q'][c])])
   return rows
 
 

@@ -25,7 +25,8 @@ def with_curves(results, epochs=3):
   loss = np.linspace(2.0, 0.5, epochs)[None, None] * np.ones((v, s, 1))
   results.update(curve_epochs=np.arange(1, epochs + 1), train_loss=loss.astype(np.float32),
                  train_accuracy=(1 - loss / 3).astype(np.float32),
-                 test_accuracy_curve=(1 - loss / 2.5).astype(np.float32),
+                 eval_epochs=np.array([epochs]),
+                 test_accuracy_at_eval=(1 - loss[:, :, -1:] / 2.5).astype(np.float32),
                  diverged=np.zeros((v, s), bool))
   return results
 
