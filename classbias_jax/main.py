@@ -1,0 +1,29 @@
+"""Runs one study: `python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=DIR`.
+
+Parses flags and calls `train.run`; errors a user can fix are printed as one line.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from classbias_jax import train
+from classbias_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, logs and figures.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,121 @@
+"""Flax ResNets: CIFAR ResNet-8/20/32/56 (He et al. 2016, sec. 4.2), ResNet-18 with a CIFAR
+stem, ResNet-50 with the ImageNet stem, and a tiny model for tests.
+
+Initialisation and BatchNorm follow torchvision (Kaiming-normal fan-out convs, BN momentum
+0.1 in PyTorch's convention = 0.9 here, eps 1e-5), so results are comparable with
+PyTorch recipes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from classbias_jax.errors import ConfigError
+
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs. shortcut 'pad': option A of He et al. (strided identity, zero-padded
+  channels, no parameters); 'conv': 1x1 projection when the shape changes."""
+  filters: int
+  strides: int
+  shortcut: str
+  conv: Callable
+  norm: Callable
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm()(y)
+    return nn.relu(y + _shortcut(x, y.shape[-1], self.strides, self.shortcut, self.conv,
+                                 self.norm))
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided) -> 1x1 with 4x expansion, as torchvision's ResNet-50 (v1.5)."""
+  filters: int
+  strides: int
+  shortcut: str
+  conv: Callable
+  norm: Callable
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+    y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)))
+    y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
+    return nn.relu(y + _shortcut(x, y.shape[-1], self.strides, self.shortcut, self.conv,
+                                 self.norm))
+
+
+def _shortcut(x, filters, strides, kind, conv, norm):
+  if x.shape[-1] == filters and strides == 1:
+    return x
+  if kind == 'pad':
+    x = x[:, ::strides, ::strides, :]
+    extra = filters - x.shape[-1]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+  return norm()(conv(filters, (1, 1), (strides, strides))(x))
+
+
+class ResNet(nn.Module):
+  """Generic ResNet. Input float [B, H, W, C]; output logits float32 [B, num_classes]."""
+  stage_sizes: Sequence[int]
+  widths: Sequence[int]
+  num_classes: int
+  block: Any = BasicBlock
+  stem: str = 'cifar'  # 'cifar': 3x3 stride 1; 'imagenet': 7x7 stride 2 + 3x3 max pool
+  shortcut: str = 'conv'
+  dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                             padding='SAME')
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)
+      x = nn.relu(norm()(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = nn.relu(norm()(conv(self.widths[0], (3, 3))(x)))
+    for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for b in range(blocks):
+        strides = 2 if stage > 0 and b == 0 else 1
+        x = self.block(width, strides, self.shortcut, conv, norm)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+def _cifar(n):
+  return dict(stage_sizes=(n, n, n), widths=(16, 32, 64), stem='cifar', shortcut='pad')
+
+
+MODELS = {
+    'tiny': dict(stage_sizes=(1, 1), widths=(8, 16), stem='cifar', shortcut='pad'),
+    'resnet8': _cifar(1),
+    'resnet20': _cifar(3),
+    'resnet32': _cifar(5),
+    'resnet56': _cifar(9),
+    'resnet18': dict(stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), stem='cifar'),
+    'resnet50': dict(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem='imagenet',
+                     block=Bottleneck),
+}
+
+
+def create_model(name: str, num_classes: int, width: float = 1.0,
+                 dtype: Any = jnp.float32) -> ResNet:
+  """The model `name` with every stage width multiplied by `width` (at least 1 channel)."""
+  if name not in MODELS:
+    raise ConfigError(f'unknown model.name {name!r}; choose one of {", ".join(MODELS)}')
+  spec = dict(MODELS[name])
+  spec['widths'] = tuple(max(1, int(round(w * width))) for w in spec['widths'])
+  return ResNet(num_classes=num_classes, dtype=dtype, **spec)

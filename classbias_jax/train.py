@@ -1,0 +1,428 @@
+"""Trains the M = V * S models of a sweep together in one compiled program.
+
+Every leaf of the train state has a leading model axis [M]; every per-model knob (weight
+decay, learning rate, augmentation strengths) is a traced array [M]. An epoch is one
+compiled call: per-model permutations, batch gathers, augmentation and updates all run
+on device (`lax.scan` over steps), so the host does no work per step.
+
+Seeds are common random numbers: model (v, s) takes its init, data order and
+augmentation draws from seed s alone, so models that differ only in the sweep value see
+the same batches and the same random draws.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from classbias_jax import configs, data, plots, results
+from classbias_jax import sweep as sweep_lib
+from classbias_jax.errors import ConfigError
+from classbias_jax.models import create_model
+
+AUG_KNOBS = ('crop_scale_min', 'crop_scale_max', 'crop_ratio_min', 'crop_ratio_max',
+             'flip_prob', 'color_strength')
+ERASE_KNOBS = ('erase_prob', 'erase_scale_min', 'erase_scale_max', 'erase_ratio_min',
+               'erase_ratio_max', 'erase_value')
+
+
+# ----------------------------------------------------------------------------------------
+# Model axis: how one per-model function is applied to all M models.
+# ----------------------------------------------------------------------------------------
+def resolve_strategy(strategy: str, backend: str | None = None) -> str:
+  """'auto' -> 'unroll' on CPU (vmapped convs become slow grouped convs on XLA:CPU),
+  'vmap' elsewhere; other names pass through."""
+  if strategy != 'auto':
+    return strategy
+  return 'unroll' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+
+
+def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
+  """Lifts fn(per_model, shared) to per_model pytrees with a leading axis [M].
+
+  'vmap': one vmapped program (convs become grouped convs); 'unroll': the M models as M
+  independent copies of the computation in one program; 'chunked': vmapped chunks of
+  `chunk_size` models, unrolled over chunks.
+  """
+  if strategy == 'vmap':
+    return jax.vmap(fn, in_axes=(0, None))
+  if strategy not in ('unroll', 'chunked'):
+    raise ConfigError(f'unknown model-axis strategy {strategy!r}')
+  size = 1 if strategy == 'unroll' else chunk_size
+
+  def lifted(per_model, shared):
+    num_models = jax.tree.leaves(per_model)[0].shape[0]
+    outs = []
+    for start in range(0, num_models, size):
+      part = jax.tree.map(lambda a: a[start:start + size], per_model)
+      if strategy == 'unroll':
+        one = fn(jax.tree.map(lambda a: a[0], part), shared)
+        outs.append(jax.tree.map(lambda a: a[None], one))
+      else:
+        outs.append(jax.vmap(fn, in_axes=(0, None))(part, shared))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+
+  return lifted
+
+
+# ----------------------------------------------------------------------------------------
+# Optimiser: SGD with momentum and per-model (traced) weight decay.
+# ----------------------------------------------------------------------------------------
+def decay_mask(params, decay_norm_and_bias: bool):
+  """True for the leaves weight decay applies to (all, or only conv/dense kernels)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: decay_norm_and_bias or path[-1].key == 'kernel', params)
+
+
+def make_optimizer(optim_config, weight_decay, learning_rate) -> optax.GradientTransformation:
+  """SGD + momentum. Coupled decay (default, as PyTorch's SGD): g + wd * p before momentum.
+  Decoupled (SGDW): wd * p added after momentum. Both then scaled by -learning_rate, so
+  the two traced scalars may differ per model."""
+  decay = optax.add_decayed_weights(
+      weight_decay, mask=lambda p: decay_mask(p, optim_config.decay_norm_and_bias))
+  momentum = optax.trace(decay=optim_config.momentum, nesterov=optim_config.nesterov)
+  parts = [momentum, decay] if optim_config.decoupled_weight_decay else [decay, momentum]
+  return optax.chain(*parts, optax.scale(-learning_rate))
+
+
+def lr_shape(optim_config, steps_per_epoch: int, epochs: int) -> Callable:
+  """Learning-rate multiplier in [0, 1] of the global step: linear warmup, then cosine."""
+  warmup = int(round(optim_config.warmup_epochs * steps_per_epoch))
+  total = epochs * steps_per_epoch
+  if optim_config.schedule == 'constant':
+    return optax.linear_schedule(0.0, 1.0, max(warmup, 1)) if warmup else (lambda s: 1.0)
+  return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup, 1), max(total, warmup + 1),
+                                            end_value=0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Train state and keys.
+# ----------------------------------------------------------------------------------------
+def model_keys(sweep: sweep_lib.Sweep) -> dict[str, jax.Array]:
+  """Per-model keys [M] for init, data order and augmentation, from the seed alone."""
+  roots = jax.vmap(jax.random.key)(jnp.asarray(sweep.seeds[sweep.seed_index], jnp.uint32))
+  fold = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(roots)
+  return {'init': fold(0), 'data': fold(1), 'aug': fold(2)}
+
+
+def init_state(model, optim_config, init_keys, image_shape) -> dict[str, Any]:
+  """{'params', 'batch_stats', 'opt_state'}, every leaf with a leading model axis [M]."""
+  def init_one(key):
+    variables = model.init(key, jnp.zeros((1,) + tuple(image_shape)), train=False)
+    opt_state = make_optimizer(optim_config, 0.0, 0.0).init(variables['params'])
+    return {'params': variables['params'], 'batch_stats': variables['batch_stats'],
+            'opt_state': opt_state}
+  return jax.jit(jax.vmap(init_one))(init_keys)
+
+
+def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[tuple[str, ...], bool]:
+  """Static choice of the augmentations to compile: (ops before normalisation, erase?)."""
+  aug, swept = config.aug, config.sweep.name
+  ops = []
+  if aug.pad_crop > 0:
+    ops.append('pad_crop')
+  if aug.crop or swept.startswith('aug.crop_'):
+    ops.append('crop')
+  if (aug.flip or swept == 'aug.flip_prob') and np.max(knobs['flip_prob']) > 0:
+    ops.append('flip')
+  if np.max(knobs['color_strength']) > 0:
+    ops.append('color')
+  return tuple(ops), bool(np.max(knobs['erase_prob']) > 0)
+
+
+def epoch_permutations(data_keys, epoch, num_examples: int):
+  """int32 [M, N]: each model's order of the training set in `epoch` (seed-determined)."""
+  return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch),
+                                                   num_examples))(data_keys)
+
+
+# ----------------------------------------------------------------------------------------
+# Update step and the compiled epoch.
+# ----------------------------------------------------------------------------------------
+def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
+                     erase: bool, mean, std, strategy: str, loop: str) -> Callable:
+  """Returns train_epoch(state, knobs, keys, images, labels, epoch) -> (state, metrics).
+
+  loop 'scan': the whole epoch is one compiled call (`lax.scan` over steps); 'python': one
+  compiled call per step (faster on XLA:CPU). Either way the data stay on device.
+
+  images uint8 [N, H, W, C] and labels int32 [N] live on device; metrics are float32 [M]
+  means over the epoch's steps ('loss', 'accuracy') and 'finite' (all losses finite).
+  """
+  batch_size = config.train.batch_size
+  shape = lr_shape(config.optim, steps_per_epoch, config.train.epochs)
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+  def preprocess(key, images, labels, knobs):
+    x = images.astype(jnp.float32) / 255.0
+    if ops or erase:
+      from classbias_jax import augment
+      crop_key, erase_key = jax.random.split(key)
+      if ops:
+        x = augment.augment_batch(crop_key, x, labels, {k: knobs[k] for k in AUG_KNOBS}, ops,
+                                  pad_crop=config.aug.pad_crop)
+      x = (x - mean) / std
+      if erase:
+        x = augment.erase_batch(erase_key, x, labels, {k: knobs[k] for k in ERASE_KNOBS})
+      return x
+    return (x - mean) / std
+
+  def model_step(per_model, shared):
+    state, knobs, perm, aug_key = per_model
+    images, labels, epoch, step = shared
+    idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
+    y = labels[idx]
+    key = jax.random.fold_in(jax.random.fold_in(aug_key, epoch), step)
+    x = preprocess(key, images[idx], y, knobs)
+
+    def loss_fn(params):
+      logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
+                                     x, train=True, mutable=['batch_stats'])
+      targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), knobs['label_smoothing'])
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      return loss, (logits, new_vars['batch_stats'])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    global_step = epoch * steps_per_epoch + step
+    lr = knobs['learning_rate'] * shape(global_step)
+    tx = make_optimizer(config.optim, knobs['weight_decay'], lr)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    new_state = {'params': optax.apply_updates(state['params'], updates),
+                 'batch_stats': batch_stats, 'opt_state': opt_state}
+    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+               'finite': jnp.isfinite(loss)}
+    return new_state, metrics
+
+  step_all = over_models(model_step, strategy, config.train.chunk_size)
+
+  def train_step(state, knobs, aug_keys, perms, images, labels, epoch, step):
+    return step_all((state, knobs, perms, aug_keys), (images, labels, epoch, step))
+
+  def summarise(metrics):  # per-step metrics [steps, M] -> epoch means [M]
+    return {'loss': metrics['loss'].mean(0), 'accuracy': metrics['accuracy'].mean(0),
+            'finite': metrics['finite'].all(0)}
+
+  if loop == 'scan':
+    def scan_epoch(state, knobs, keys, images, labels, epoch):
+      perms = epoch_permutations(keys['data'], epoch, labels.shape[0])
+      body = lambda state, step: train_step(state, knobs, keys['aug'], perms, images, labels,
+                                            epoch, step)
+      state, metrics = jax.lax.scan(body, state, jnp.arange(steps_per_epoch))
+      return state, summarise(metrics)
+    return jax.jit(scan_epoch, donate_argnums=(0,))
+
+  # 'python': one compiled step per call. XLA:CPU runs a rolled `lax.scan` of a conv net
+  # 10-15x slower than the same steps dispatched one by one (measured; docs/benchmarks.md),
+  # while dispatching a step whose data already lives on device costs microseconds.
+  step_jit = jax.jit(train_step, donate_argnums=(0,))
+  perms_jit = jax.jit(epoch_permutations, static_argnums=(2,))
+
+  def python_epoch(state, knobs, keys, images, labels, epoch):
+    perms = perms_jit(keys['data'], epoch, labels.shape[0])
+    epoch = jnp.int32(epoch)
+    per_step = []
+    for step in range(steps_per_epoch):
+      state, metrics = step_jit(state, knobs, keys['aug'], perms, images, labels, epoch,
+                                jnp.int32(step))
+      per_step.append(metrics)
+    return state, summarise(jax.tree.map(lambda *xs: jnp.stack(xs), *per_step))
+
+  return python_epoch
+
+
+def resolve_loop(loop: str, backend: str | None = None) -> str:
+  """'auto' -> 'python' on CPU (see make_train_epoch), 'scan' elsewhere."""
+  if loop != 'auto':
+    return loop
+  return 'python' if (backend or jax.default_backend()) == 'cpu' else 'scan'
+
+
+def make_predict(model, *, mean, std, strategy: str, chunk_size: int) -> Callable:
+  """Returns jitted predict(state, images [nb, B, H, W, C] uint8) -> int32 [M, nb * B]."""
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+  def predict_one(variables, images):
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    return jnp.argmax(model.apply(variables, x, train=False), -1).astype(jnp.int32)
+
+  predict_all = over_models(predict_one, strategy, chunk_size)
+
+  def predict(state, batches):
+    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    _, preds = jax.lax.scan(lambda _, b: (None, predict_all(variables, b)), None, batches)
+    return preds.transpose(1, 0, 2).reshape(preds.shape[1], -1)
+
+  return jax.jit(predict)
+
+
+def batch_for_eval(images: np.ndarray, batch_size: int) -> np.ndarray:
+  """uint8 [N, ...] -> [ceil(N / B), B, ...], zero-padded; predictions past N are dropped."""
+  n = len(images)
+  batch_size = min(batch_size, n)
+  num_batches = -(-n // batch_size)
+  padded = np.zeros((num_batches * batch_size,) + images.shape[1:], images.dtype)
+  padded[:n] = images
+  return padded.reshape(num_batches, batch_size, *images.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------
+# Progress and logs.
+# ----------------------------------------------------------------------------------------
+class Progress:
+  """One status line per epoch: bar, epoch, ETA and means over models (stderr)."""
+
+  def __init__(self, epochs: int, num_models: int, stream=sys.stderr):
+    self.epochs, self.num_models, self.stream = epochs, num_models, stream
+    self.start = time.time()
+    self.tty = stream.isatty()
+
+  def update(self, epoch: int, loss: float, accuracy: float, extra: str = '') -> None:
+    done = epoch + 1
+    elapsed = time.time() - self.start
+    eta = elapsed / done * (self.epochs - done)
+    filled = int(20 * done / self.epochs)
+    line = (f'[{"#" * filled}{"." * (20 - filled)}] epoch {done}/{self.epochs} '
+            f'{_clock(elapsed)} elapsed, ETA {_clock(eta)} | {self.num_models} models: '
+            f'loss {loss:.3f} train acc {100 * accuracy:.1f}%{extra}')
+    end = '\n' if not self.tty or done == self.epochs else ''
+    self.stream.write(('\r' if self.tty else '') + line + end)
+    self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 60}:{seconds % 60:02d}'
+
+
+# ----------------------------------------------------------------------------------------
+# The study.
+# ----------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict[str, np.ndarray]:
+  """Trains the sweep in `config`, writes results into `workdir`, returns the results."""
+  # Config and data first: a bad config or missing dataset leaves nothing written.
+  configs.validate(config)
+  sweep = sweep_lib.from_config(config)
+  dataset = data.load(config.data)
+  num_train = len(dataset.train_labels)
+  batch_size = config.train.batch_size
+  if num_train < batch_size:
+    raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
+  steps_per_epoch = num_train // batch_size
+  knobs_np = sweep_lib.knob_arrays(config, sweep)
+  ops, erase = augment_ops(config, knobs_np)
+  strategy = resolve_strategy(config.train.strategy)
+  loop = resolve_loop(config.train.loop)
+  mean, std = dataset.channel_stats()
+  dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
+  model = create_model(config.model.name, dataset.num_classes, config.model.width, dtype)
+
+  os.makedirs(workdir, exist_ok=True)
+  resolved = config.to_dict()
+  resolved['resolved'] = {'strategy': strategy, 'loop': loop, 'augment_ops': list(ops), 'erase': erase,
+                          'num_models': sweep.num_models, 'seeds': sweep.seeds.tolist(),
+                          'steps_per_epoch': steps_per_epoch, 'backend': jax.default_backend(),
+                          'class_names': list(dataset.class_names)}
+  results.write_json(os.path.join(workdir, 'config.json'), resolved)
+  print(f'{sweep.num_models} models ({len(sweep.values)} values of {sweep.name} x '
+        f'{len(sweep.seeds)} seeds) on {dataset.name} ({num_train} train / '
+        f'{len(dataset.test_labels)} test images, {dataset.num_classes} classes), '
+        f'{config.model.name}, strategy {strategy}, augment {list(ops) + ["erase"] * erase}',
+        file=sys.stderr)
+
+  # Device-resident data and state.
+  keys = model_keys(sweep)
+  state = init_state(model, config.optim, keys['init'], dataset.image_shape)
+  knobs = {k: jnp.asarray(v) for k, v in knobs_np.items()}
+  train_images = jax.device_put(dataset.train_images)
+  train_labels = jax.device_put(dataset.train_labels)
+  train_epoch = make_train_epoch(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
+                                 erase=erase, mean=mean, std=std, strategy=strategy,
+                                 loop=loop)
+  predict = make_predict(model, mean=mean, std=std, strategy=strategy,
+                         chunk_size=config.train.chunk_size)
+  test_batches = jax.device_put(batch_for_eval(dataset.test_images, config.train.eval_batch_size))
+  num_test = len(dataset.test_labels)
+
+  def test_predictions(state):
+    return np.asarray(predict(state, test_batches))[:, :num_test]
+
+  # Train loop.
+  epochs = config.train.epochs
+  curves = {'train_loss': [], 'train_accuracy': [], 'test_accuracy_curve': []}
+  curve_epochs, eval_epochs = [], []
+  diverged = np.zeros(sweep.num_models, bool)
+  progress = Progress(epochs, sweep.num_models)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  with open(metrics_path, 'w') as log:
+    for epoch in range(epochs):
+      t0 = time.time()
+      state, metrics = train_epoch(state, knobs, keys, train_images, train_labels, epoch)
+      metrics = jax.device_get(metrics)
+      newly = ~metrics['finite'] & ~diverged
+      if newly.any():
+        print(f'\nwarning: models {np.flatnonzero(newly).tolist()} diverged (non-finite loss) '
+              f'in epoch {epoch + 1}; they are flagged in results["diverged"]', file=sys.stderr)
+      diverged |= ~metrics['finite']
+      record = {'epoch': epoch + 1, 'seconds': round(time.time() - t0, 3),
+                'train_loss': metrics['loss'].tolist(),
+                'train_accuracy': metrics['accuracy'].tolist()}
+      curve_epochs.append(epoch + 1)
+      curves['train_loss'].append(metrics['loss'])
+      curves['train_accuracy'].append(metrics['accuracy'])
+      extra = ''
+      every = config.train.eval_every
+      if every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+        accuracy = (test_predictions(state) == dataset.test_labels).mean(1)
+        record['test_accuracy'] = accuracy.tolist()
+        eval_epochs.append(epoch + 1)
+        curves['test_accuracy_curve'].append(accuracy)
+        extra = f' test acc {100 * np.mean(accuracy[~diverged]) if (~diverged).any() else 0:.1f}%'
+      log.write(json.dumps(record) + '\n')
+      log.flush()
+      ok = ~diverged if (~diverged).any() else np.ones_like(diverged)
+      progress.update(epoch, float(np.mean(metrics['loss'][ok])),
+                      float(np.mean(metrics['accuracy'][ok])), extra)
+
+  # Evaluation and results.
+  predictions = test_predictions(state)
+  arrays = {
+      'test_labels': dataset.test_labels.astype(np.int32),
+      'test_predictions': sweep.unflatten(predictions),
+      'per_class_accuracy': sweep.unflatten(results.per_class_accuracy(
+          dataset.test_labels, predictions, dataset.num_classes)),
+      'mean_accuracy': sweep.unflatten((predictions == dataset.test_labels).mean(1)).astype(
+          np.float32),
+      'sweep_name': np.asarray(sweep.name),
+      'sweep_values': sweep.values,
+      'seeds': sweep.seeds,
+      'class_names': np.asarray(dataset.class_names),
+      'diverged': sweep.unflatten(diverged),
+      'curve_epochs': np.asarray(curve_epochs, np.int32),
+      'train_loss': sweep.unflatten(np.stack(curves['train_loss'], 1)).astype(np.float32),
+      'train_accuracy': sweep.unflatten(np.stack(curves['train_accuracy'], 1)).astype(np.float32),
+  }
+  if eval_epochs:
+    arrays['eval_epochs'] = np.asarray(eval_epochs, np.int32)
+    arrays['test_accuracy_at_eval'] = sweep.unflatten(
+        np.stack(curves['test_accuracy_curve'], 1)).astype(np.float32)
+  if dataset.val_images is not None:
+    val_batches = jax.device_put(batch_for_eval(dataset.val_images, config.train.eval_batch_size))
+    val = np.asarray(predict(state, val_batches))[:, :len(dataset.val_labels)]
+    arrays['val_labels'] = dataset.val_labels.astype(np.int32)
+    arrays['val_predictions'] = sweep.unflatten(val)
+  results.save(workdir, arrays)
+  figure = plots.per_class_accuracy(arrays, os.path.join(workdir, 'figures',
+                                                         'per_class_accuracy.png'))
+  summary = arrays['mean_accuracy'].mean(1)
+  print('mean test accuracy per sweep value: ' + ', '.join(
+      f'{v:g}: {100 * a:.1f}%' for v, a in zip(sweep.values, summary)), file=sys.stderr)
+  print(f'wrote {os.path.join(workdir, results.RESULTS_FILE)} and {figure}', file=sys.stderr)
+  return arrays
