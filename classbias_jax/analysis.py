@@ -135,9 +135,11 @@ def _variance_of_mean(ms, df, n, s: int):
     seed_var = (ms['seed'] - ms['res']) / n  # unbiased, but S - 1 degrees of freedom only
   usable = (df['seed'] > 0) & (n > 0)
   pooled = max(float(np.mean(seed_var[usable])), 0.0) if usable.any() else 0.0
-  use_seed = (seed_var >= pooled) & (ms['seed'] > ms['res'])
+  # Mean squares equal up to rounding (common with a handful of flipped images) are ties.
+  above_res = lambda m: m > ms['res'] * (1 + 1e-9) + 1e-15  # noqa: E731
+  use_seed = (seed_var >= pooled) & above_res(ms['seed'])
   use_pooled = ~use_seed & (pooled > 0)
-  use_image = ms['image'] > ms['res']
+  use_image = above_res(ms['image'])
   coef = {'seed': use_seed * 1.0, 'image': use_image * 1.0, 'res': 1.0 - use_seed - use_image,
           'pooled': use_pooled * 1.0}
   terms = {k: coef[k] * ms[k] for k in ms}
