@@ -106,6 +106,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.aug.erase_ratio_min = 0.3
   c.aug.erase_ratio_max = 3.3
   c.aug.erase_value = 0.0  # in normalised units: 0 erases to the dataset mean
+
+  # Class-conditional knobs: short knob name -> one value per class (NaN = the model's own
+  # value), e.g. class_knobs.color_strength = (0, nan, ...) turns jitter off for class 0.
+  c.class_knobs = ml_collections.ConfigDict()
   return c
 
 

@@ -4,7 +4,7 @@ Parses flags and calls `train.run`; errors a user can fix are printed as one lin
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from classbias_jax import train
@@ -19,6 +19,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

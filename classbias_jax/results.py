@@ -8,7 +8,8 @@
 optional:
   val_labels int32 [Nv], val_predictions int32 [V, S, Nv]
   diverged bool [V, S]                   (a model whose loss became non-finite)
-  curve_epochs int32 [E]; train_loss, train_accuracy, test_accuracy_curve float32 [V, S, E]
+  curve_epochs int32 [E]; train_loss, train_accuracy float32 [V, S, E] (per-epoch means)
+  eval_epochs int32 [E']; test_accuracy_at_eval float32 [V, S, E'] (when train.eval_every)
 Files are written to a temporary name in the same folder and renamed into place, so a
 reader sees a whole file or none.
 """
@@ -62,12 +63,12 @@ def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray,
   A class without test examples gets NaN.
   """
   labels = np.asarray(labels)
-  correct = (np.asarray(predictions) == labels).astype(np.float64)
+  predictions = np.asarray(predictions)
+  correct = (predictions == labels).reshape(-1, labels.shape[0])
   counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  onehot = labels[:, None] == np.arange(num_classes)[None, :]  # [N, C]
-  hits = correct @ onehot
+  hits = np.stack([np.bincount(labels, weights=row, minlength=num_classes) for row in correct])
   with np.errstate(invalid='ignore', divide='ignore'):
-    return (hits / counts).astype(np.float32)
+    return (hits / counts).astype(np.float32).reshape(*predictions.shape[:-1], num_classes)
 
 
 def confusion_matrices(labels: np.ndarray, predictions: np.ndarray,
@@ -105,9 +106,12 @@ def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
     expected['val_predictions'] = (v, s) + arrays['val_labels'].shape
   if 'diverged' in arrays:
     expected['diverged'] = (v, s)
-  for key in ('train_loss', 'train_accuracy', 'test_accuracy_curve'):
+  for key, epochs in (('train_loss', 'curve_epochs'), ('train_accuracy', 'curve_epochs'),
+                      ('test_accuracy_at_eval', 'eval_epochs')):
     if key in arrays:
-      expected[key] = (v, s) + arrays['curve_epochs'].shape
+      if epochs not in arrays:
+        raise ResultsError(f'{source}: {key} without {epochs}')
+      expected[key] = (v, s) + arrays[epochs].shape
   for key, shape in expected.items():
     if arrays[key].shape != shape:
       raise ResultsError(f'{source}: {key} has shape {arrays[key].shape}, expected {shape} '
@@ -131,7 +135,8 @@ def save(workdir: str, arrays: dict[str, Any]) -> str:
 def load(workdir: str) -> dict[str, np.ndarray]:
   """Loads and validates WORKDIR/results.npz (no pickles); scalars come back as 0-d arrays.
 
-  Adds `num_classes` (int) and `confusion` int64 [V, S, C, C] derived from the predictions.
+  Adds `num_classes` (int); confusion matrices come from `confusion_matrices` on demand
+  (int64 [V, S, C, C] is large for C = 1000).
   """
   path = os.path.join(workdir, RESULTS_FILE)
   if not os.path.isfile(path):
@@ -144,5 +149,4 @@ def load(workdir: str) -> dict[str, np.ndarray]:
   validate(arrays, path)
   c = arrays['class_names'].shape[0]
   arrays['num_classes'] = c
-  arrays['confusion'] = confusion_matrices(arrays['test_labels'], arrays['test_predictions'], c)
   return arrays

@@ -11,6 +11,10 @@ import dataclasses
 import numpy as np
 
 from classbias_jax import configs
+from classbias_jax.errors import ConfigError
+
+# Knobs applied per batch, not per image: they cannot differ between classes.
+CLASS_KNOB_EXCLUDED = ('weight_decay', 'learning_rate')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +48,13 @@ def from_config(config) -> Sweep:
   return Sweep(config.sweep.name, values, seeds)
 
 
-def knob_arrays(config, sweep: Sweep) -> dict[str, np.ndarray]:
-  """Per-model values of every traced knob: short name (e.g. 'weight_decay') -> float32 [M]."""
+def knob_arrays(config, sweep: Sweep, num_classes: int | None = None) -> dict[str, np.ndarray]:
+  """Per-model values of every traced knob: short name (e.g. 'weight_decay') -> float32 [M].
+
+  A knob listed in `config.class_knobs` (short name -> C values, NaN = the model's own
+  value) becomes a table [M, C], looked up by each image's label on device; this is how
+  class-conditional augmentation is expressed. Other knobs stay [M] and cost nothing extra.
+  """
   out = {}
   for dotted in configs.TRACED_KNOBS:
     short = dotted.split('.')[-1]
@@ -53,4 +62,12 @@ def knob_arrays(config, sweep: Sweep) -> dict[str, np.ndarray]:
       out[short] = sweep.values[sweep.value_index].astype(np.float32)
     else:
       out[short] = np.full(sweep.num_models, configs.get_field(config, dotted), np.float32)
+  for short, table in config.get('class_knobs', {}).items():
+    table = np.asarray(table, np.float32)
+    if short not in out or short in CLASS_KNOB_EXCLUDED:
+      raise ConfigError(f'class_knobs.{short}: not a per-class knob; choose from '
+                        f'{", ".join(k for k in out if k not in CLASS_KNOB_EXCLUDED)}')
+    if num_classes is not None and table.shape != (num_classes,):
+      raise ConfigError(f'class_knobs.{short} has {table.size} values for {num_classes} classes')
+    out[short] = np.where(np.isnan(table)[None, :], out[short][:, None], table[None, :])
   return out

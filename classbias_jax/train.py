@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from classbias_jax import configs, data, plots, results
+from classbias_jax import configs, data, parallel, plots, results
 from classbias_jax import sweep as sweep_lib
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
@@ -31,45 +31,6 @@ AUG_KNOBS = ('crop_scale_min', 'crop_scale_max', 'crop_ratio_min', 'crop_ratio_m
              'flip_prob', 'color_strength')
 ERASE_KNOBS = ('erase_prob', 'erase_scale_min', 'erase_scale_max', 'erase_ratio_min',
                'erase_ratio_max', 'erase_value')
-
-
-# ----------------------------------------------------------------------------------------
-# Model axis: how one per-model function is applied to all M models.
-# ----------------------------------------------------------------------------------------
-def resolve_strategy(strategy: str, backend: str | None = None) -> str:
-  """'auto' -> 'unroll' on CPU (vmapped convs become slow grouped convs on XLA:CPU),
-  'vmap' elsewhere; other names pass through."""
-  if strategy != 'auto':
-    return strategy
-  return 'unroll' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
-
-
-def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
-  """Lifts fn(per_model, shared) to per_model pytrees with a leading axis [M].
-
-  'vmap': one vmapped program (convs become grouped convs); 'unroll': the M models as M
-  independent copies of the computation in one program; 'chunked': vmapped chunks of
-  `chunk_size` models, unrolled over chunks.
-  """
-  if strategy == 'vmap':
-    return jax.vmap(fn, in_axes=(0, None))
-  if strategy not in ('unroll', 'chunked'):
-    raise ConfigError(f'unknown model-axis strategy {strategy!r}')
-  size = 1 if strategy == 'unroll' else chunk_size
-
-  def lifted(per_model, shared):
-    num_models = jax.tree.leaves(per_model)[0].shape[0]
-    outs = []
-    for start in range(0, num_models, size):
-      part = jax.tree.map(lambda a: a[start:start + size], per_model)
-      if strategy == 'unroll':
-        one = fn(jax.tree.map(lambda a: a[0], part), shared)
-        outs.append(jax.tree.map(lambda a: a[None], one))
-      else:
-        outs.append(jax.vmap(fn, in_axes=(0, None))(part, shared))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
-
-  return lifted
 
 
 # ----------------------------------------------------------------------------------------
@@ -185,7 +146,9 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
                                      x, train=True, mutable=['batch_stats'])
-      targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), knobs['label_smoothing'])
+      smoothing = knobs['label_smoothing']
+      smoothing = smoothing[y][:, None] if smoothing.ndim else smoothing  # per-class table
+      targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), smoothing)
       loss = optax.softmax_cross_entropy(logits, targets).mean()
       return loss, (logits, new_vars['batch_stats'])
 
@@ -201,7 +164,7 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
                'finite': jnp.isfinite(loss)}
     return new_state, metrics
 
-  step_all = over_models(model_step, strategy, config.train.chunk_size)
+  step_all = parallel.over_models(model_step, strategy, config.train.chunk_size)
 
   def train_step(state, knobs, aug_keys, perms, images, labels, epoch, step):
     return step_all((state, knobs, perms, aug_keys), (images, labels, epoch, step))
@@ -253,7 +216,7 @@ def make_predict(model, *, mean, std, strategy: str, chunk_size: int) -> Callabl
     x = (images.astype(jnp.float32) / 255.0 - mean) / std
     return jnp.argmax(model.apply(variables, x, train=False), -1).astype(jnp.int32)
 
-  predict_all = over_models(predict_one, strategy, chunk_size)
+  predict_all = parallel.over_models(predict_one, strategy, chunk_size)
 
   def predict(state, batches):
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
@@ -316,9 +279,9 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   if num_train < batch_size:
     raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
   steps_per_epoch = num_train // batch_size
-  knobs_np = sweep_lib.knob_arrays(config, sweep)
+  knobs_np = sweep_lib.knob_arrays(config, sweep, dataset.num_classes)
   ops, erase = augment_ops(config, knobs_np)
-  strategy = resolve_strategy(config.train.strategy)
+  strategy = parallel.resolve_strategy(config.train.strategy)
   loop = resolve_loop(config.train.loop)
   mean, std = dataset.channel_stats()
   dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32

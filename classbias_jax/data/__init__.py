@@ -84,4 +84,5 @@ def load(data_config) -> Dataset:
   else:
     from classbias_jax.data import tfds_source
     ds = tfds_source.load(data_config)
-  return check(ds)
+  from classbias_jax.data import splits
+  return check(splits.apply_splits(check(ds), data_config))

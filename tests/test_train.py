@@ -1,0 +1,170 @@
+"""The end-to-end study: trainer, model axis, common random numbers, results contract."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from classbias_jax import parallel, results, train
+from classbias_jax import sweep as sweep_lib
+from classbias_jax.data import planted
+from classbias_jax.models import create_model
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('tiny'))
+  config = tiny_config(**{'sweep__values': (0.0, 1e-3, 5e-3)})
+  train.run(config, workdir)
+  return workdir, config
+
+
+def test_results_contract(tiny_run):
+  workdir, config = tiny_run
+  r = results.load(workdir)
+  v, s, c, n = 3, 2, 10, len(r['test_labels'])
+  assert r['per_class_accuracy'].shape == (v, s, c)
+  assert r['mean_accuracy'].shape == (v, s)
+  assert r['test_predictions'].shape == (v, s, n)
+  assert r['sweep_values'].tolist() == [0.0, 1e-3, 5e-3]
+  assert r['seeds'].tolist() == [0, 1]
+  assert str(r['sweep_name']) == 'optim.weight_decay'
+  assert len(r['class_names']) == c
+  # Per-class accuracy is the confusion diagonal over its row sums.
+  conf = results.confusion_matrices(r['test_labels'], r['test_predictions'], c)
+  np.testing.assert_allclose(r['per_class_accuracy'],
+                             np.diagonal(conf, axis1=2, axis2=3) / conf.sum(-1), rtol=1e-6)
+  # Trained well above chance (10 classes).
+  assert r['mean_accuracy'].min() > 0.5
+  assert r['train_loss'].shape == (v, s, config.train.epochs)
+  assert not r['diverged'].any()
+  for name in ('config.json', 'metrics.jsonl', 'figures/per_class_accuracy.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+  assert [json.loads(x)['epoch'] for x in lines] == [1, 2, 3]
+  assert len(json.loads(lines[-1])['test_accuracy']) == v * s
+
+
+def test_weight_decay_differs_per_model(tmp_path):
+  """Larger decay, smaller weights: the per-model decay really reaches each model."""
+  config = tiny_config(**{'sweep__values': (0.0, 0.1), 'seeds': 1, 'train__epochs': 2})
+  sweep = sweep_lib.from_config(config)
+  from classbias_jax import data
+  ds = data.load(config.data)
+  model = create_model('tiny', 10)
+  keys = train.model_keys(sweep)
+  state = train.init_state(model, config.optim, keys['init'], ds.image_shape)
+  knobs = {k: jax.numpy.asarray(v) for k, v in sweep_lib.knob_arrays(config, sweep).items()}
+  mean, std = ds.channel_stats()
+  epoch_fn = train.make_train_epoch(model, config, steps_per_epoch=len(ds.train_labels) // 64,
+                                    ops=(), erase=False, mean=mean, std=std,
+                                    strategy='unroll', loop='python')
+  for epoch in range(2):
+    state, _ = epoch_fn(state, knobs, keys, ds.train_images, ds.train_labels, epoch)
+  kernel = state['params']['Dense_0']['kernel']  # [M, features, classes]
+  norms = np.sqrt((np.asarray(kernel) ** 2).sum(axis=(1, 2)))
+  assert norms[1] < 0.8 * norms[0], norms
+
+
+def test_common_random_numbers():
+  """Same seed, different sweep value: same init, same data order, same aug keys."""
+  config = tiny_config(**{'sweep__values': (0.0, 0.05), 'seeds': 2})
+  sweep = sweep_lib.from_config(config)
+  keys = train.model_keys(sweep)
+  assert sweep.value_index.tolist() == [0, 0, 1, 1]
+  assert sweep.seed_index.tolist() == [0, 1, 0, 1]
+  model = create_model('tiny', 10)
+  state = train.init_state(model, config.optim, keys['init'], (8, 8, 1))
+  kernel = np.asarray(state['params']['Conv_0']['kernel'])
+  np.testing.assert_array_equal(kernel[0], kernel[2])  # seed 0 at both values
+  assert not np.array_equal(kernel[0], kernel[1])  # seed 0 vs seed 1
+  perms = np.asarray(train.epoch_permutations(keys['data'], 0, 100))
+  np.testing.assert_array_equal(perms[0], perms[2])
+  assert not np.array_equal(perms[0], perms[1])
+  assert not np.array_equal(perms[0], np.asarray(train.epoch_permutations(keys['data'], 1, 100))[0])
+  aug = jax.random.key_data(keys['aug'])
+  np.testing.assert_array_equal(aug[0], aug[2])
+
+
+@pytest.mark.parametrize('strategy', ['vmap', 'chunked'])
+def test_strategies_agree(tmp_path, strategy):
+  """Every model-axis strategy trains the same models (up to float reassociation)."""
+  out = {}
+  for name in ('unroll', strategy):
+    config = tiny_config(**{'train__strategy': name, 'train__epochs': 1, 'train__chunk_size': 2,
+                            'train__eval_every': 0, 'seeds': 2})
+    out[name] = train.run(config, str(tmp_path / name))
+  agree = (out['unroll']['test_predictions'] == out[strategy]['test_predictions']).mean()
+  assert agree > 0.97
+  np.testing.assert_allclose(out['unroll']['train_loss'], out[strategy]['train_loss'], rtol=2e-3)
+
+
+def test_no_recompilation_between_epochs(tmp_path):
+  config = tiny_config(**{'train__epochs': 3, 'train__eval_every': 1, 'seeds': 1})
+  sweep = sweep_lib.from_config(config)
+  traces = []
+  original = parallel.over_models
+
+  def counting(fn, *args, **kw):
+    def counted(*a, **k):
+      traces.append(1)
+      return fn(*a, **k)
+    return original(counted, *args, **kw)
+
+  parallel.over_models = counting
+  try:
+    train.run(config, str(tmp_path))
+  finally:
+    parallel.over_models = original
+  # One trace of the train step per model, one of predict per model; none per epoch.
+  assert len(traces) == 2 * sweep.num_models, len(traces)
+
+
+def test_planted_is_deterministic():
+  x1, y1 = planted.generate(4, seed=3)
+  x2, y2 = planted.generate(4, seed=3)
+  x3, _ = planted.generate(4, seed=4)
+  np.testing.assert_array_equal(x1, x2)
+  np.testing.assert_array_equal(y1, y2)
+  assert not np.array_equal(x1, x3)
+  assert x1.shape == (40, 32, 32, 3) and x1.dtype == np.uint8
+  assert np.bincount(y1).tolist() == [4] * 10
+  prefixes = {n.split('-')[0] for n in planted.CLASS_NAMES}
+  assert prefixes == {'color', 'crop', 'none'}
+
+
+def _main(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'classbias_jax.main', *args], cwd=cwd,
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_main_runs_the_study(tmp_path):
+  workdir = tmp_path / 'wd'
+  proc = _main('--config=configs/wd.py:runlocal,seeds=1,epochs=1', f'--workdir={workdir}',
+               '--config.model.name=tiny', '--config.sweep.values=(0.0,0.01)')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  r = results.load(str(workdir))
+  assert r['per_class_accuracy'].shape == (2, 1, 10)
+  assert 'epoch 1/1' in proc.stderr
+
+
+def test_unknown_config_arg_is_an_error(tmp_path):
+  proc = _main('--config=configs/wd.py:runlocal,bogus=1', f'--workdir={tmp_path / "x"}')
+  assert proc.returncode != 0
+  assert 'bogus' in proc.stderr
+  assert not (tmp_path / 'x').exists()
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+  workdir = tmp_path / 'real'
+  proc = _main('--config=configs/wd.py', f'--workdir={workdir}',
+               f'--config.data.data_dir={tmp_path / "no_data"}')
+  assert proc.returncode != 0
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and 'cifar100' in err[0], proc.stderr
+  assert not workdir.exists()
