@@ -1,27 +1,53 @@
 """The model axis: how a per-model function runs over the M models of a sweep.
 
 Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md):
-  vmap     one vmapped program; convs become grouped convs (slow on XLA:CPU)
-  unroll   M independent copies of the per-model computation in one program
-  chunked  vmapped chunks of `train.chunk_size` models, unrolled over chunks
-  auto     unroll on CPU, vmap elsewhere
+  vmap          one vmapped program; convs become grouped convs (slow on XLA:CPU)
+  unroll        M independent copies of the per-model computation in one program
+  chunked       vmapped chunks of `train.chunk_size` models, unrolled over chunks
+  shard         the model axis split over a 1-D mesh of devices ('models'), each device
+                running its M / D models unrolled; 'shard:vmap' and 'shard:chunked' pick
+                the per-device strategy
+  auto          the fastest of the candidates for this backend, device, model, batch and
+                M, measured once per machine and cached (see `resolve_strategy`)
+
+Under 'shard' the per-model leaves live sharded over the mesh (`put_models`) and the
+shared data replicated on every device (`put_shared`), so no step moves them.
 """
 from __future__ import annotations
 
-from typing import Callable
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from classbias_jax.errors import ConfigError
 
+MODEL_AXIS = 'models'
+INNER = ('unroll', 'vmap', 'chunked')
+# How `auto` decides (docs/benchmarks.md): 'measure' (default) the cached choice, else a
+# measurement; 'cache' the cached choice, else the fallback rule; 'rule' the rule alone.
+ENV_AUTO = 'CLASSBIAS_AUTO'
+ENV_CACHE_DIR = 'CLASSBIAS_CACHE_DIR'  # default ~/.cache/classbias_jax
+
+
 # ----------------------------------------------------------------------------------------
-def resolve_strategy(strategy: str, backend: str | None = None) -> str:
-  """'auto' -> 'unroll' on CPU (vmapped convs become slow grouped convs on XLA:CPU),
-  'vmap' elsewhere; other names pass through."""
-  if strategy != 'auto':
-    return strategy
-  return 'unroll' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+# Strategies.
+# ----------------------------------------------------------------------------------------
+def split_strategy(strategy: str) -> tuple[bool, str]:
+  """'shard:vmap' -> (True, 'vmap'); 'shard' -> (True, 'unroll'); 'vmap' -> (False, 'vmap')."""
+  sharded, _, inner = strategy.partition(':') if strategy.startswith('shard') else (
+      '', '', strategy)
+  inner = inner or 'unroll'
+  if (sharded and sharded != 'shard') or inner not in INNER:
+    raise ConfigError(f'unknown model-axis strategy {strategy!r}; choose auto, '
+                      f'{", ".join(INNER)}, shard or shard:<{"|".join(INNER)}>')
+  return bool(sharded), inner
 
 
 def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
@@ -29,12 +55,26 @@ def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
 
   'vmap': one vmapped program (convs become grouped convs); 'unroll': the M models as M
   independent copies of the computation in one program; 'chunked': vmapped chunks of
-  `chunk_size` models, unrolled over chunks.
+  `chunk_size` models, unrolled over chunks; 'shard[:inner]': the model axis split over
+  the devices of `model_mesh(M)`, each device running its models with `inner`.
   """
+  sharded, inner = split_strategy(strategy)
+  local = _over_models_local(fn, inner, chunk_size)
+  if not sharded:
+    return local
+
+  def lifted(per_model, shared):
+    mesh = model_mesh(jax.tree.leaves(per_model)[0].shape[0])
+    specs = (PartitionSpec(MODEL_AXIS), PartitionSpec())
+    return jax.shard_map(local, mesh=mesh, in_specs=specs,
+                         out_specs=PartitionSpec(MODEL_AXIS))(per_model, shared)
+
+  return lifted
+
+
+def _over_models_local(fn: Callable, strategy: str, chunk_size: int) -> Callable:
   if strategy == 'vmap':
     return jax.vmap(fn, in_axes=(0, None))
-  if strategy not in ('unroll', 'chunked'):
-    raise ConfigError(f'unknown model-axis strategy {strategy!r}')
   size = 1 if strategy == 'unroll' else chunk_size
 
   def lifted(per_model, shared):
@@ -50,3 +90,168 @@ def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
 
   return lifted
+
+
+# ----------------------------------------------------------------------------------------
+# Mesh and placement.
+# ----------------------------------------------------------------------------------------
+def model_mesh(num_models: int) -> Mesh:
+  """1-D mesh ('models') over the most devices that divide M, so every device holds the
+  same number of models (M = 6 on 4 devices uses 3)."""
+  devices = jax.devices()
+  count = max(d for d in range(1, len(devices) + 1) if num_models % d == 0)
+  return Mesh(np.asarray(devices[:count]), (MODEL_AXIS,))
+
+
+def put_models(tree, strategy: str):
+  """Places per-model leaves [M, ...]: split over the mesh under 'shard', else unchanged."""
+  if not split_strategy(strategy)[0]:
+    return tree
+  mesh = model_mesh(jax.tree.leaves(tree)[0].shape[0])
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MODEL_AXIS)))
+
+
+def put_shared(tree, strategy: str, num_models: int):
+  """Places data every model reads (images, labels): a copy on every device of the mesh
+  under 'shard' (else each step would broadcast them), default placement otherwise."""
+  if not split_strategy(strategy)[0]:
+    return jax.device_put(tree)
+  return jax.device_put(tree, NamedSharding(model_mesh(num_models), PartitionSpec()))
+
+
+# ----------------------------------------------------------------------------------------
+# auto: measured once per machine, cached.
+# ----------------------------------------------------------------------------------------
+def candidates(backend: str, num_models: int, num_devices: int) -> list[str]:
+  """Strategies `auto` measures, the fallback rule's choice first (it sets the bar)."""
+  if backend == 'cpu':
+    out = ['unroll', 'chunked', 'vmap']
+  else:
+    # Unrolling many models makes programs (and compiles) M times larger on accelerators.
+    out = ['vmap', 'chunked'] + (['unroll'] if num_models <= 16 else [])
+  if num_devices > 1 and model_mesh(num_models).size > 1:
+    out = ['shard:' + s if s != 'unroll' else 'shard' for s in out[:2]] + out
+  return [fallback_strategy(backend, num_models, num_devices)] + [
+      s for s in out if s != fallback_strategy(backend, num_models, num_devices)]
+
+
+def fallback_strategy(backend: str, num_models: int, num_devices: int) -> str:
+  """The choice without a measurement: one device's models unrolled on CPU (vmapped convs
+  become grouped convs, which XLA:CPU runs several times slower), vmapped elsewhere;
+  sharded over devices when there are several that M divides into."""
+  inner = 'unroll' if backend == 'cpu' else 'vmap'
+  if num_devices > 1 and model_mesh(num_models).size > 1:
+    return 'shard' if inner == 'unroll' else 'shard:' + inner
+  return inner
+
+
+def machine_signature() -> dict[str, Any]:
+  """What makes timings comparable: backend, device kind and count, CPU model and cores."""
+  devices = jax.devices()
+  return {'backend': devices[0].platform, 'device_kind': devices[0].device_kind,
+          'devices': len(devices), 'cpu': cpu_model(), 'cores': os.cpu_count(),
+          'jax': jax.__version__}
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  import platform
+  return platform.processor() or platform.machine()
+
+
+def cache_path() -> str:
+  root = os.environ.get(ENV_CACHE_DIR) or os.path.join(os.path.expanduser('~'), '.cache',
+                                                        'classbias_jax')
+  return os.path.join(root, 'strategies.json')
+
+
+def cache_key(workload: dict[str, Any]) -> str:
+  """One string for machine + workload (model, batch, M, dtype, ...), keys sorted."""
+  return json.dumps({**machine_signature(), **workload}, sort_keys=True)
+
+
+def load_cache() -> dict[str, Any]:
+  try:
+    with open(cache_path()) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def save_cache_entry(key: str, entry: dict[str, Any]) -> None:
+  """Adds one entry; written to a temporary file and renamed, so readers never see half."""
+  cache = load_cache()
+  cache[key] = entry
+  path = cache_path()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(cache, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: int = 1,
+                     workload: dict[str, Any] | None = None,
+                     measure: Callable[[str, float | None], float] | None = None) -> str:
+  """The strategy to run: names other than 'auto' pass through.
+
+  'auto': the cached choice for this machine and `workload` (a dict naming model, batch,
+  dtype, ... ; M is added), else the fastest candidate by `measure(strategy, give_up_s)
+  -> seconds per step` (cached with all timings), else `fallback_strategy`.
+  $CLASSBIAS_AUTO = 'cache' never measures; 'rule' also ignores the cache.
+  """
+  if strategy != 'auto':
+    split_strategy(strategy)
+    return strategy
+  backend = backend or jax.default_backend()
+  num_devices = jax.device_count()
+  mode = os.environ.get(ENV_AUTO, 'measure')
+  if mode not in ('measure', 'cache', 'rule'):
+    raise ConfigError(f'${ENV_AUTO}={mode!r}; choose measure, cache or rule')
+  if workload is None or mode == 'rule':
+    return fallback_strategy(backend, num_models, num_devices)
+  key = cache_key({**workload, 'models': num_models})
+  cached = load_cache().get(key)
+  if cached:
+    return cached['strategy']
+  if measure is None or mode == 'cache':
+    return fallback_strategy(backend, num_models, num_devices)
+  timings = measure_candidates(candidates(backend, num_models, num_devices), measure)
+  best = min(timings, key=timings.get)
+  save_cache_entry(key, {'strategy': best, 'step_s': timings,
+                         'measured': time.strftime('%Y-%m-%d %H:%M:%S')})
+  return best
+
+
+def measure_candidates(names: Sequence[str], measure: Callable[[str, float | None], float],
+                       give_up_factor: float = 3.0) -> dict[str, float]:
+  """Seconds per step of each candidate; one slower than give_up_factor x the best so far
+  is stopped after its first call (vmap on XLA:CPU can take minutes per step)."""
+  timings: dict[str, float] = {}
+  for name in names:
+    bar = give_up_factor * min(timings.values()) if timings else None
+    timings[name] = measure(name, bar)
+  return timings
+
+
+def time_calls(fn: Callable[[], Any], calls: int, give_up_s: float | None = None) -> list[float]:
+  """Wall seconds of each of `calls` calls of fn (which must block until done); stops
+  early once one call takes longer than give_up_s."""
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+    if give_up_s is not None and times[-1] > give_up_s:
+      break
+  return times
+
+
+def median(xs: Sequence[float]) -> float:
+  return float(np.median(np.asarray(xs))) if len(xs) else math.inf

@@ -107,15 +107,16 @@ def epoch_permutations(data_keys, epoch, num_examples: int):
 # ----------------------------------------------------------------------------------------
 # Update step and the compiled epoch.
 # ----------------------------------------------------------------------------------------
-def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
-                     erase: bool, mean, std, strategy: str, loop: str) -> Callable:
-  """Returns train_epoch(state, knobs, keys, images, labels, epoch) -> (state, metrics).
+def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
+                    erase: bool, mean, std, strategy: str) -> Callable:
+  """Returns the (unjitted) update of all M models on one batch each:
 
-  loop 'scan': the whole epoch is one compiled call (`lax.scan` over steps); 'python': one
-  compiled call per step (faster on XLA:CPU). Either way the data stay on device.
+    train_step(state, knobs, aug_keys, perms, images, labels, epoch, step) -> (state, metrics)
 
-  images uint8 [N, H, W, C] and labels int32 [N] live on device; metrics are float32 [M]
-  means over the epoch's steps ('loss', 'accuracy') and 'finite' (all losses finite).
+  state and knobs carry the model axis [M]; aug_keys keys [M]; perms int32 [M, N] (each
+  model's order of the training set); images uint8 [N, H, W, C] and labels int32 [N] are
+  shared; epoch and step int32 scalars (traced, so no step recompiles). metrics float32
+  [M] ('loss', 'accuracy') and bool [M] ('finite').
   """
   batch_size = config.train.batch_size
   shape = lr_shape(config.optim, steps_per_epoch, config.train.epochs)
@@ -169,6 +170,22 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
   def train_step(state, knobs, aug_keys, perms, images, labels, epoch, step):
     return step_all((state, knobs, perms, aug_keys), (images, labels, epoch, step))
 
+  return train_step
+
+
+def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
+                     erase: bool, mean, std, strategy: str, loop: str) -> Callable:
+  """Returns train_epoch(state, knobs, keys, images, labels, epoch) -> (state, metrics).
+
+  loop 'scan': the whole epoch is one compiled call (`lax.scan` over steps); 'python': one
+  compiled call per step (faster on XLA:CPU). Either way the data stay on device.
+
+  images uint8 [N, H, W, C] and labels int32 [N] live on device; metrics are float32 [M]
+  means over the epoch's steps ('loss', 'accuracy') and 'finite' (all losses finite).
+  """
+  train_step = make_train_step(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
+                               erase=erase, mean=mean, std=std, strategy=strategy)
+
   def summarise(metrics):  # per-step metrics [steps, M] -> epoch means [M]
     return {'loss': metrics['loss'].mean(0), 'accuracy': metrics['accuracy'].mean(0),
             'finite': metrics['finite'].all(0)}
@@ -199,6 +216,83 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
     return state, summarise(jax.tree.map(lambda *xs: jnp.stack(xs), *per_step))
 
   return python_epoch
+
+
+# ----------------------------------------------------------------------------------------
+# The compiled step on stand-in data: what `auto` measures and the benchmark CLI times.
+# ----------------------------------------------------------------------------------------
+def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str,
+                  num_batches: int = 4) -> tuple[Callable[[], None], float, float]:
+  """The jitted step of `make_train_step` (as make_train_epoch runs it with loop 'python')
+  for the sweep in `config`, compiled on random uint8 images [num_batches * B, *image_shape]
+  held on device.
+
+  Returns (run_step, compile_s, flops): run_step() trains all M models on their next
+  batch and blocks until done; flops per step from XLA's cost analysis (0 if unknown).
+  """
+  sweep = sweep_lib.from_config(config)
+  knobs_np = sweep_lib.knob_arrays(config, sweep, num_classes)
+  ops, erase = augment_ops(config, knobs_np)
+  batch_size = config.train.batch_size
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_batches * batch_size,) + tuple(image_shape), np.uint8)
+  labels = rng.integers(0, num_classes, num_batches * batch_size).astype(np.int32)
+  channels = image_shape[-1]
+  train_step = make_train_step(model, config, steps_per_epoch=num_batches, ops=ops,
+                               erase=erase, mean=np.full(channels, 0.5, np.float32),
+                               std=np.full(channels, 0.25, np.float32), strategy=strategy)
+  keys = model_keys(sweep)
+  put = lambda tree: parallel.put_models(tree, strategy)
+  state = put(init_state(model, config.optim, keys['init'], image_shape))
+  per_model = put(({k: jnp.asarray(v) for k, v in knobs_np.items()}, keys['aug'],
+                   epoch_permutations(keys['data'], 0, len(labels))))
+  shared = parallel.put_shared((images, labels), strategy, sweep.num_models)
+  steps = [jnp.int32(i) for i in range(num_batches)]
+  args = (*per_model, *shared, jnp.int32(0))
+  t0 = time.perf_counter()
+  compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, *args, steps[0]).compile()
+  compile_s = time.perf_counter() - t0
+  box = {'state': state, 'step': 0}
+
+  def run_step():
+    box['state'], metrics = compiled(box['state'], *args, steps[box['step'] % num_batches])
+    box['step'] += 1
+    jax.block_until_ready((box['state'], metrics))
+
+  return run_step, compile_s, step_flops(compiled)
+
+
+def step_flops(compiled) -> float:
+  """FLOPs of one call of a compiled function by XLA's cost analysis (0 when unknown)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return 0.0
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', 0.0))
+
+
+def choose_strategy(config, model, *, image_shape, num_classes: int,
+                    measure_steps: int = 3) -> str:
+  """config.train.strategy, with 'auto' resolved by parallel.resolve_strategy: cached per
+  machine and workload, else measured here (a few steps of each candidate on stand-in
+  data of the real shapes), else the fallback rule."""
+  sweep = sweep_lib.from_config(config)
+  ops, erase = augment_ops(config, sweep_lib.knob_arrays(config, sweep, num_classes))
+  workload = {'model': config.model.name, 'width': config.model.width,
+              'dtype': config.model.dtype, 'batch': config.train.batch_size,
+              'image_shape': list(image_shape), 'num_classes': num_classes,
+              'augment': list(ops) + ['erase'] * erase, 'chunk_size': config.train.chunk_size}
+
+  def measure(strategy: str, give_up_s: float | None) -> float:
+    run_step, _, _ = prepared_step(model, config, image_shape=image_shape,
+                                   num_classes=num_classes, strategy=strategy)
+    times = parallel.time_calls(run_step, measure_steps + 1, give_up_s)
+    return parallel.median(times[1:] or times)  # the first call includes warm-up
+
+  return parallel.resolve_strategy(config.train.strategy, num_models=sweep.num_models,
+                                   workload=workload, measure=measure)
 
 
 def resolve_loop(loop: str, backend: str | None = None) -> str:
@@ -281,11 +375,12 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   steps_per_epoch = num_train // batch_size
   knobs_np = sweep_lib.knob_arrays(config, sweep, dataset.num_classes)
   ops, erase = augment_ops(config, knobs_np)
-  strategy = parallel.resolve_strategy(config.train.strategy)
   loop = resolve_loop(config.train.loop)
   mean, std = dataset.channel_stats()
   dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
   model = create_model(config.model.name, dataset.num_classes, config.model.width, dtype)
+  strategy = choose_strategy(config, model, image_shape=dataset.image_shape,
+                             num_classes=dataset.num_classes)
 
   os.makedirs(workdir, exist_ok=True)
   resolved = config.to_dict()
@@ -301,17 +396,21 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
         file=sys.stderr)
 
   # Device-resident data and state.
-  keys = model_keys(sweep)
-  state = init_state(model, config.optim, keys['init'], dataset.image_shape)
-  knobs = {k: jnp.asarray(v) for k, v in knobs_np.items()}
-  train_images = jax.device_put(dataset.train_images)
-  train_labels = jax.device_put(dataset.train_labels)
+  # Under 'shard' per-model leaves are split over the devices and the data copied to each.
+  keys = parallel.put_models(model_keys(sweep), strategy)
+  state = parallel.put_models(init_state(model, config.optim, keys['init'], dataset.image_shape),
+                              strategy)
+  knobs = parallel.put_models({k: jnp.asarray(v) for k, v in knobs_np.items()}, strategy)
+  train_images, train_labels = parallel.put_shared(
+      (dataset.train_images, dataset.train_labels), strategy, sweep.num_models)
   train_epoch = make_train_epoch(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
                                  erase=erase, mean=mean, std=std, strategy=strategy,
                                  loop=loop)
   predict = make_predict(model, mean=mean, std=std, strategy=strategy,
                          chunk_size=config.train.chunk_size)
-  test_batches = jax.device_put(batch_for_eval(dataset.test_images, config.train.eval_batch_size))
+  test_batches = parallel.put_shared(
+      batch_for_eval(dataset.test_images, config.train.eval_batch_size), strategy,
+      sweep.num_models)
   num_test = len(dataset.test_labels)
 
   def test_predictions(state):

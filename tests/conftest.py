@@ -3,6 +3,7 @@ import os
 import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('CLASSBIAS_AUTO', 'rule')  # train.strategy 'auto' never measures in tests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 

@@ -1,0 +1,155 @@
+"""PyTorch reference: one SGD training step of the same ResNets as classbias_jax.models.
+
+Same architectures (CIFAR ResNet-8/20/32/56 with option-A shortcuts, ResNet-18 with a CIFAR
+stem and 1x1 projections, the test-only 'tiny'), same loss (softmax cross-entropy), same
+optimiser (SGD, momentum 0.9, coupled weight decay 5e-4) and the same on-the-fly
+augmentation as a study (zero-pad 4 + random crop, horizontal flip, per image, on the
+batch tensor), run eagerly. classbias_jax.benchmark imports it when torch is installed;
+torch is not a dependency of the package.
+
+  python benchmarks/torch_resnet.py --model=resnet20 --batch=128 --threads=2
+
+prints one JSON line: model, batch, threads, step_s (median), images_per_s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CIFAR = {'resnet8': 1, 'resnet20': 3, 'resnet32': 5, 'resnet56': 9}
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs + BN; shortcut 'pad' (strided identity, zero channels) or 'conv'."""
+
+  def __init__(self, cin, cout, stride, shortcut):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.stride, self.extra = stride, cout - cin
+    self.project = None
+    if (stride != 1 or cin != cout) and shortcut == 'conv':
+      self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                   nn.BatchNorm2d(cout))
+
+  def forward(self, x):
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    if self.project is not None:
+      x = self.project(x)
+    elif self.stride != 1 or self.extra:
+      x = x[:, :, ::self.stride, ::self.stride]
+      x = F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+    return F.relu(y + x)
+
+
+class ResNet(nn.Module):
+  """CIFAR-stem ResNet (3x3 stride-1 stem), global average pool, linear head."""
+
+  def __init__(self, stage_sizes, widths, num_classes, shortcut, in_channels=3):
+    super().__init__()
+    self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                              nn.BatchNorm2d(widths[0]), nn.ReLU())
+    blocks, cin = [], widths[0]
+    for stage, (n, width) in enumerate(zip(stage_sizes, widths)):
+      for b in range(n):
+        blocks.append(BasicBlock(cin, width, 2 if stage > 0 and b == 0 else 1, shortcut))
+        cin = width
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(cin, num_classes)
+
+  def forward(self, x):
+    return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def create(name: str, num_classes: int = 10) -> ResNet:
+  if name in CIFAR:
+    return ResNet((CIFAR[name],) * 3, (16, 32, 64), num_classes, 'pad')
+  if name == 'resnet18':
+    return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, 'conv')
+  if name == 'tiny':
+    return ResNet((1, 1), (8, 16), num_classes, 'pad')
+  raise ValueError(f'no PyTorch reference for {name!r}')
+
+
+def augment(x, padding: int = 4):
+  """[B, C, H, W] -> [B, C, H, W]: RandomCrop(H, padding) + RandomHorizontalFlip, per image."""
+  b, c, h, w = x.shape
+  padded = F.pad(x, (padding,) * 4)
+  top = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1))
+  left = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1))
+  rows = top + torch.arange(h).view(1, 1, h, 1)
+  cols = left + torch.arange(w).view(1, 1, 1, w)
+  x = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+  flip = torch.rand(b, 1, 1, 1) < 0.5
+  return torch.where(flip, x.flip(3), x)
+
+
+def make_step(model, augment_on: bool = True):
+  """One SGD step on a uint8 batch [B, H, W, C]: normalise, augment, fwd, bwd, update."""
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+  def step(images, labels):
+    x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.25)
+    if augment_on:
+      x = augment(x)
+    loss = F.cross_entropy(model(x), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  return step
+
+
+def time_steps(step, images, labels, steps: int) -> list[float]:
+  """Seconds of each of `steps` calls (the loss is read back, so each step has finished)."""
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step(images, labels).item()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def setup(model_name: str, batch: int, image_size: int = 32, channels: int = 3,
+          num_classes: int = 10, threads: int = 0, augment_on: bool = True, seed: int = 0):
+  """(step, images, labels) ready to time; `threads` > 0 sets torch's intra-op threads."""
+  if threads:
+    torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  model = create(model_name, num_classes).train()
+  if channels != 3:
+    model.stem[0] = nn.Conv2d(channels, model.stem[0].out_channels, 3, 1, 1, bias=False)
+  images = torch.randint(0, 256, (batch, image_size, image_size, channels), dtype=torch.uint8)
+  labels = torch.randint(0, num_classes, (batch,))
+  return make_step(model, augment_on), images, labels
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', default='resnet20')
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--image-size', type=int, default=32)
+  parser.add_argument('--threads', type=int, default=0)
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--augment', choices=('on', 'off'), default='on')
+  args = parser.parse_args()
+  step, images, labels = setup(args.model, args.batch, args.image_size, threads=args.threads,
+                               augment_on=args.augment == 'on')
+  time_steps(step, images, labels, 3)  # warm-up: allocator, oneDNN primitive caches
+  step_s = statistics.median(time_steps(step, images, labels, args.steps))
+  print(json.dumps({'model': args.model, 'batch': args.batch, 'threads': torch.get_num_threads(),
+                    'step_s': step_s, 'images_per_s': args.batch / step_s}))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,203 @@
+"""Model-axis strategies: same numbers as unroll, sharding over devices, auto's cache,
+donation, the scan loop, and bf16 compute with float32 master weights."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from classbias_jax import parallel, train
+from classbias_jax import sweep as sweep_lib
+from classbias_jax.errors import ConfigError
+from classbias_jax.models import create_model
+
+
+def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None):
+  """(state, metrics) after `steps` steps of 4 tiny models on random 8x8 images."""
+  config = config or tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'aug__flip': True,
+                                    'aug__pad_crop': 2})
+  sweep = sweep_lib.from_config(config)
+  knobs_np = sweep_lib.knob_arrays(config, sweep, 10)
+  ops, erase = train.augment_ops(config, knobs_np)
+  model = create_model('tiny', 10, dtype=dtype)
+  keys = train.model_keys(sweep)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 8, 8, 1), np.uint8)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  put = lambda tree: parallel.put_models(tree, strategy)
+  state = put(train.init_state(model, config.optim, keys['init'], (8, 8, 1)))
+  knobs = put({k: jnp.asarray(v) for k, v in knobs_np.items()})
+  perms = put(train.epoch_permutations(keys['data'], 0, 64))
+  step = jax.jit(train.make_train_step(model, config, steps_per_epoch=4, ops=ops, erase=erase,
+                                       mean=np.float32([0.5]), std=np.float32([0.25]),
+                                       strategy=strategy))
+  images, labels = parallel.put_shared((images, labels), strategy, sweep.num_models)
+  for s in range(steps):
+    state, metrics = step(state, knobs, put(keys['aug']), perms, images, labels, jnp.int32(0),
+                          jnp.int32(s))
+  return state, metrics
+
+
+def assert_same_models(a, b, rtol=1e-4, atol=1e-5):
+  (sa, ma), (sb, mb) = a, b
+  np.testing.assert_allclose(ma['loss'], mb['loss'], rtol=rtol)
+  for x, y in zip(jax.tree.leaves(sa['params']), jax.tree.leaves(sb['params'])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope='module')
+def unrolled():
+  return tiny_steps('unroll')
+
+
+@pytest.mark.parametrize('strategy', ['vmap', 'chunked', 'shard', 'shard:vmap'])
+def test_strategy_matches_unroll(unrolled, strategy):
+  """One device here, so 'shard' is a mesh of one: same numbers, same code path."""
+  assert_same_models(unrolled, tiny_steps(strategy))
+
+
+SHARD_SCRIPT = textwrap.dedent('''
+  import json, sys
+  sys.path.insert(0, 'tests')
+  import jax, numpy as np
+  import test_parallel as t
+  ref, shard = t.tiny_steps('unroll'), t.tiny_steps('shard')
+  t.assert_same_models(ref, shard)
+  kernel = shard[0]['params']['Conv_0']['kernel']
+  print(json.dumps({'devices': jax.device_count(),
+                    'shards': len(kernel.sharding.device_set),
+                    'rows_per_device': [s.data.shape[0] for s in kernel.addressable_shards]}))
+''')
+
+
+def test_shard_over_two_host_devices():
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  proc = subprocess.run([sys.executable, '-c', SHARD_SCRIPT], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out == {'devices': 2, 'shards': 2, 'rows_per_device': [2, 2]}
+
+
+def test_model_mesh_uses_devices_that_divide_m():
+  assert parallel.model_mesh(4).size == 1  # one CPU device in this process
+  assert parallel.split_strategy('shard') == (True, 'unroll')
+  assert parallel.split_strategy('shard:vmap') == (True, 'vmap')
+  assert parallel.split_strategy('chunked') == (False, 'chunked')
+  for bad in ('shardx', 'shard:shard', 'pmap'):
+    with pytest.raises(ConfigError):
+      parallel.split_strategy(bad)
+
+
+# ------------------------------------------------------------------------------- auto
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv(parallel.ENV_CACHE_DIR, str(tmp_path))
+  monkeypatch.setenv(parallel.ENV_AUTO, 'measure')
+  return tmp_path
+
+
+def fake_measure(seconds, calls):
+  def measure(strategy, give_up_s):
+    calls.append((strategy, give_up_s))
+    return seconds[strategy]
+  return measure
+
+
+def test_auto_measures_once_then_reads_the_cache(cache_dir):
+  seconds = {'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0}
+  calls = []
+  workload = {'model': 'tiny', 'batch': 16}
+  pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4, workload=workload,
+                                           measure=fake_measure(seconds, calls))
+  assert pick() == 'chunked'
+  # The rule's choice is measured first and sets the give-up bar of the others.
+  assert calls == [('unroll', None), ('chunked', 6.0), ('vmap', 3.0)]
+  assert pick() == 'chunked' and len(calls) == 3  # cached: nothing measured again
+  entry = json.load(open(cache_dir / 'strategies.json'))
+  (key, value), = entry.items()
+  assert json.loads(key)['models'] == 4 and json.loads(key)['backend'] == 'cpu'
+  assert value['strategy'] == 'chunked' and value['step_s'] == seconds
+  # Another workload is another entry.
+  other = parallel.resolve_strategy('auto', 'cpu', num_models=8, workload=workload,
+                                    measure=fake_measure(seconds, calls))
+  assert other == 'chunked' and len(calls) == 6
+
+
+def test_auto_without_measuring(cache_dir, monkeypatch):
+  calls = []
+  measure = fake_measure({'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0}, calls)
+  pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4,
+                                           workload={'model': 'tiny'}, measure=measure)
+  monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
+  assert pick() == 'unroll' and not calls  # no entry: the fallback rule
+  monkeypatch.setenv(parallel.ENV_AUTO, 'measure')
+  assert pick() == 'chunked' and len(calls) == 3
+  monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
+  assert pick() == 'chunked'  # the cached measurement
+  monkeypatch.setenv(parallel.ENV_AUTO, 'rule')
+  assert pick() == 'unroll'  # the rule ignores the cache
+  assert parallel.resolve_strategy('auto', 'gpu', num_models=4) == 'vmap'
+  assert parallel.resolve_strategy('vmap', 'cpu') == 'vmap'
+
+
+def test_choose_strategy_measures_real_steps(cache_dir):
+  """The measurement compiles and times the real step; 'vmap' gives up early when slow."""
+  config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,)})
+  model = create_model('tiny', 10)
+  chosen = train.choose_strategy(config, model, image_shape=(8, 8, 1), num_classes=10,
+                                 measure_steps=1)
+  entry, = json.load(open(cache_dir / 'strategies.json')).values()
+  assert chosen == entry['strategy'] == min(entry['step_s'], key=entry['step_s'].get)
+  assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap'}
+  assert all(s > 0 for s in entry['step_s'].values())
+
+
+# ----------------------------------------------------- loop, donation, mixed precision
+def test_scan_loop_matches_python_loop_and_donates():
+  config = tiny_config(**{'seeds': 1, 'train__batch_size': 16})
+  sweep = sweep_lib.from_config(config)
+  model = create_model('tiny', 10)
+  keys = train.model_keys(sweep)
+  knobs = {k: jnp.asarray(v) for k, v in sweep_lib.knob_arrays(config, sweep).items()}
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.integers(0, 256, (48, 8, 8, 1), np.uint8))
+  labels = jnp.asarray(rng.integers(0, 10, 48).astype(np.int32))
+  out = {}
+  for loop in ('python', 'scan'):
+    epoch_fn = train.make_train_epoch(model, config, steps_per_epoch=3, ops=(), erase=False,
+                                      mean=np.float32([0.5]), std=np.float32([0.25]),
+                                      strategy='unroll', loop=loop)
+    state = train.init_state(model, config.optim, keys['init'], (8, 8, 1))
+    before = jax.tree.leaves(state)
+    out[loop] = epoch_fn(state, knobs, keys, images, labels, 0)
+    assert all(x.is_deleted() for x in before), loop  # the state's buffers were donated
+  assert_same_models(out['python'], out['scan'])
+
+
+def test_bfloat16_compute_keeps_float32_weights_and_statistics():
+  state, metrics = tiny_steps('unroll', dtype=jnp.bfloat16)
+  ref_state, ref_metrics = tiny_steps('unroll')
+  for tree in ('params', 'batch_stats', 'opt_state'):
+    dtypes = {x.dtype for x in jax.tree.leaves(state[tree])}
+    assert dtypes == {jnp.dtype(jnp.float32)}, (tree, dtypes)
+  # The statistics were updated (not just initialised) and track the float32 run.
+  stats = state['batch_stats']['BatchNorm_0']['mean']
+  assert np.abs(np.asarray(stats)).max() > 0
+  np.testing.assert_allclose(stats, ref_state['batch_stats']['BatchNorm_0']['mean'],
+                             atol=0.05)
+  np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=0.05)
+  # The convolutions really run in bfloat16.
+  model = create_model('tiny', 10, dtype=jnp.bfloat16)
+  variables = jax.tree.map(lambda a: a[0], {'params': state['params'],
+                                            'batch_stats': state['batch_stats']})
+  hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      variables, jnp.zeros((2, 8, 8, 1))).as_text()
+  assert 'bf16' in hlo and 'convolution' in hlo
