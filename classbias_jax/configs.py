@@ -2,6 +2,8 @@
 argument parser, and validation of a resolved config."""
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from classbias_jax.errors import ConfigError
@@ -112,6 +114,34 @@ def base_config() -> ml_collections.ConfigDict:
   # value), e.g. class_knobs.color_strength = (0, nan, ...) turns jitter off for class 0.
   c.class_knobs = ml_collections.ConfigDict()
   return c
+
+
+def load(spec: str, root: str = '.') -> ml_collections.ConfigDict:
+  """'configs/wd.py:runlocal,seeds=2' -> that study's ConfigDict, as `--config=spec` gives.
+
+  Relative paths are taken from `root` (the repository, for notebooks).
+  """
+  import importlib.util
+  path, _, arg = spec.partition(':')
+  path = os.path.join(root, path)
+  if not os.path.isfile(path):
+    raise ConfigError(f'no config file {path}')
+  module_spec = importlib.util.spec_from_file_location('study_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def smoke(config) -> ml_collections.ConfigDict:
+  """Shrinks a (runlocal) study to seconds for smoke tests: the tiny model, the sweep's two
+  ends, one seed, one epoch, fewer generated images."""
+  values = tuple(config.sweep['values'])
+  config.sweep['values'] = (values[0], values[-1])
+  config.model.name = 'tiny'
+  config.seeds = 1
+  config.train.epochs = 1
+  config.data.planted_train_per_class = 100
+  return config
 
 
 def get_field(config, dotted: str):

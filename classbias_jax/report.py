@@ -257,6 +257,12 @@ def render(stats: Mapping[str, Any], figures: Mapping[str, str],
   return '\n'.join(lines + _caveats(stats))
 
 
+def tables(stats: Mapping[str, Any], top_k: int = 5) -> str:
+  """The summary table and the most hurt/helped classes as markdown (for notebooks)."""
+  lines = _summary(stats) + ['## Class effects', ''] + _effects(stats, top_k)
+  return '\n'.join(lines)
+
+
 # ------------------------------------------------------------------------- writing
 
 def _read_config(workdir: str) -> dict[str, Any]:
