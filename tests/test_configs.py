@@ -1,0 +1,53 @@
+"""Config helpers: the arg parser, loading a study file by path, validation."""
+import pytest
+from conftest import ROOT
+
+from classbias_jax import configs
+from classbias_jax.errors import ConfigError
+
+
+def test_parse_arg_types_and_unknown_keys():
+  args = configs.parse_arg('runlocal,seeds=4', runlocal=False, seeds=8, lr=0.1)
+  assert args.runlocal is True and args.seeds == 4 and args.lr == 0.1
+  with pytest.raises(ConfigError, match='unknown config arg'):
+    configs.parse_arg('sedes=4', seeds=8)
+  with pytest.raises(ConfigError, match='not a int'):
+    configs.parse_arg('seeds=four', seeds=8)
+  with pytest.raises(ConfigError, match='needs a value'):
+    configs.parse_arg('seeds', seeds=8)
+
+
+def test_load_by_path_and_smoke():
+  c = configs.load('configs/wd.py:runlocal,seeds=3', root=ROOT)
+  assert c.seeds == 3 and c.data.name == 'digits' and c.sweep.name == 'optim.weight_decay'
+  real = configs.load('configs/wd.py', root=ROOT)
+  assert real.data.name == 'cifar100' and real.seeds == 8
+  assert tuple(real.sweep['values']) == (0.0, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3)
+  small = configs.smoke(configs.load('configs/wd.py:runlocal', root=ROOT))
+  assert small.model.name == 'tiny' and small.seeds == 1 and len(small.sweep['values']) == 2
+  with pytest.raises(ConfigError, match='no config file'):
+    configs.load('configs/nope.py', root=ROOT)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('sweep.name', 'model.name', 'cannot be swept'),
+    ('train.strategy', 'magic', 'train.strategy'),
+    ('seeds', 0, 'seeds must be'),
+    ('model.dtype', 'float16', 'model.dtype'),
+])
+def test_validate_rejects(field, value, message):
+  c = configs.base_config()
+  node = c
+  *path, last = field.split('.')
+  for p in path:
+    node = node[p]
+  node[last] = value
+  with pytest.raises(ConfigError, match=message):
+    configs.validate(c)
+
+
+def test_repeated_sweep_values_rejected():
+  c = configs.base_config()
+  c.sweep['values'] = (0.1, 0.1)
+  with pytest.raises(ConfigError, match='repeated'):
+    configs.validate(c)
