@@ -63,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 0  # 0 = native size
   c.data.split_seed = 0  # fixes generated data and data splits (not the models' seeds)
   c.data.planted_train_per_class = 500
+  # 'resident': uint8 images on device, each model its own data order; 'streamed': a grain
+  # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
+  # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)
+  c.data.input_mode = 'auto'
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet20'
@@ -81,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.strategy = 'auto'  # how the model axis runs: auto, unroll, vmap, chunked, shard
   c.train.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
   c.train.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
+  c.train.checkpoint_every = 0  # save WORKDIR/checkpoint every k epochs to resume (0: off)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 0.1  # peak, for batch_size
@@ -171,6 +176,12 @@ def validate(config) -> None:
       raise ConfigError(f'train.{name} must be >= 1, got {config.train[name]}')
   if config.train.loop not in ('auto', 'scan', 'python'):
     raise ConfigError(f'train.loop {config.train.loop!r}; choose auto, scan or python')
+  if config.data.input_mode not in ('auto', 'resident', 'streamed'):
+    raise ConfigError(f'data.input_mode {config.data.input_mode!r}; choose auto, resident or '
+                      'streamed')
+  if config.train.checkpoint_every < 0:
+    raise ConfigError(f'train.checkpoint_every must be >= 0 (0 = off), got '
+                      f'{config.train.checkpoint_every}')
   if config.optim.schedule not in ('cosine', 'constant'):
     raise ConfigError(f'optim.schedule {config.optim.schedule!r}; choose cosine or constant')
   if config.model.dtype not in ('float32', 'bfloat16'):

@@ -8,6 +8,18 @@ on device (`lax.scan` over steps), so the host does no work per step.
 Seeds are common random numbers: model (v, s) takes its init, data order and
 augmentation draws from seed s alone, so models that differ only in the sweep value see
 the same batches and the same random draws.
+
+Input modes (`data.input_mode`, see resolve_input_mode):
+  resident  the uint8 images live on device; each model gathers its own batches from its
+            own per-epoch permutation. Seeds vary init, data order and augmentation.
+  streamed  a grain pipeline (data/stream.py) shuffles the training split per epoch with
+            `config.seed` and feeds host batches that all M models share; each model
+            still augments them with its own keys. Seeds vary init and augmentation; the
+            data order is the same for every model, so it is not a seed-varied factor.
+
+With `train.checkpoint_every` = k the run saves WORKDIR/checkpoint every k epochs
+(checkpoint.py) and, started again with the same config, resumes from it; a streamed run
+restores its grain iterator too, so it continues with the same batches.
 """
 from __future__ import annotations
 
@@ -22,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from classbias_jax import configs, data, parallel, plots, results
+from classbias_jax import checkpoint, configs, data, parallel, plots, results
 from classbias_jax import sweep as sweep_lib
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
@@ -115,7 +127,8 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
 
   state and knobs carry the model axis [M]; aug_keys keys [M]; perms int32 [M, N] (each
   model's order of the training set); images uint8 [N, H, W, C] and labels int32 [N] are
-  shared; epoch and step int32 scalars (traced, so no step recompiles). metrics float32
+  shared; epoch and step int32 scalars (traced, so no step recompiles). With perms None
+  (streamed input) images [B, H, W, C] and labels [B] are the batch every model trains on. metrics float32
   [M] ('loss', 'accuracy') and bool [M] ('finite').
   """
   batch_size = config.train.batch_size
@@ -139,10 +152,13 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
   def model_step(per_model, shared):
     state, knobs, perm, aug_key = per_model
     images, labels, epoch, step = shared
-    idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
-    y = labels[idx]
+    if perm is None:  # streamed: the shared host batch, as given
+      batch, y = images, labels
+    else:
+      idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
+      batch, y = images[idx], labels[idx]
     key = jax.random.fold_in(jax.random.fold_in(aug_key, epoch), step)
-    x = preprocess(key, images[idx], y, knobs)
+    x = preprocess(key, batch, y, knobs)
 
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
@@ -341,15 +357,16 @@ def batch_for_eval(images: np.ndarray, batch_size: int) -> np.ndarray:
 class Progress:
   """One status line per epoch: bar, epoch, ETA and means over models (stderr)."""
 
-  def __init__(self, epochs: int, num_models: int, stream=sys.stderr):
+  def __init__(self, epochs: int, num_models: int, stream=sys.stderr, first_epoch: int = 0):
     self.epochs, self.num_models, self.stream = epochs, num_models, stream
+    self.first_epoch = first_epoch
     self.start = time.time()
     self.tty = stream.isatty()
 
   def update(self, epoch: int, loss: float, accuracy: float, extra: str = '') -> None:
     done = epoch + 1
     elapsed = time.time() - self.start
-    eta = elapsed / done * (self.epochs - done)
+    eta = elapsed / (done - self.first_epoch) * (self.epochs - done)
     filled = int(20 * done / self.epochs)
     line = (f'[{"#" * filled}{"." * (20 - filled)}] epoch {done}/{self.epochs} '
             f'{_clock(elapsed)} elapsed, ETA {_clock(eta)} | {self.num_models} models: '
@@ -365,8 +382,107 @@ def _clock(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# Input modes: device-resident or streamed.
+# ----------------------------------------------------------------------------------------
+RESIDENT_FRACTION = 0.25  # of device memory; the rest holds M models' state and activations
+RESIDENT_BYTES_CPU = 2 << 30  # where the device reports no memory size (XLA:CPU)
+
+
+def resident_bytes(dataset) -> int:
+  """Bytes the resident mode puts on each device: train, test and validation images."""
+  splits = (dataset.train_images, dataset.test_images, dataset.val_images)
+  return sum(images.nbytes for images in splits if images is not None)
+
+
+def resolve_input_mode(mode: str, data_bytes: int, device=None) -> str:
+  """'auto' -> 'resident' when `data_bytes` is under RESIDENT_FRACTION of the device's
+  memory (RESIDENT_BYTES_CPU when it reports none, as on CPU), else 'streamed'.
+
+  Under 'shard' every device holds a copy of the data, so one device's memory is the bound.
+  """
+  if mode != 'auto':
+    return mode
+  device = device or jax.devices()[0]
+  try:
+    limit = (device.memory_stats() or {}).get('bytes_limit')
+  except Exception:  # some backends do not implement memory_stats
+    limit = None
+  budget = RESIDENT_FRACTION * limit if limit else RESIDENT_BYTES_CPU
+  return 'resident' if data_bytes < budget else 'streamed'
+
+
+def train_stream(config, dataset, epochs: int):
+  """The grain iterator of the streamed mode over the training split: `epochs` epochs of
+  host batches {'image': uint8 [B, H, W, C], 'label': int32 [B]}, each epoch a fresh
+  permutation seeded by `config.seed` (shared by all models), the last partial batch
+  dropped (as the resident mode drops the end of each permutation)."""
+  from classbias_jax.data import stream
+  source = stream.ArraySource(dataset.train_images, dataset.train_labels)
+  mode = 'L' if dataset.image_shape[-1] == 1 else 'RGB'
+  return iter(stream.pipeline(source, batch_size=config.train.batch_size, mode=mode,
+                              seed=config.seed, num_epochs=epochs, shuffle=True,
+                              drop_remainder=True))
+
+
+def make_streamed_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
+                        erase: bool, mean, std, strategy: str) -> Callable:
+  """Returns streamed_epoch(state, knobs, keys, batches, epoch) -> (state, metrics).
+
+  batches: an iterator of host batches (train_stream); the epoch takes steps_per_epoch of
+  them. Every model trains on each batch as given, augmented with its own keys['aug'];
+  keys['data'] is unused (the pipeline sets the order). One compiled call per step: the
+  next batch is read and sent to the device while the step just dispatched runs (dispatch
+  is asynchronous), so host input overlaps device compute. Batches do not cross epochs,
+  so after an epoch the iterator's state is exactly the next epoch's start.
+  metrics: as make_train_epoch's.
+  """
+  train_step = make_train_step(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
+                               erase=erase, mean=mean, std=std, strategy=strategy)
+  step_jit = jax.jit(train_step, donate_argnums=(0,))
+
+  def streamed_epoch(state, knobs, keys, batches, epoch):
+    num_models = keys['aug'].shape[0]
+    put = lambda b: parallel.put_shared((b['image'], b['label']), strategy, num_models)
+    epoch = jnp.int32(epoch)
+    upcoming, per_step = put(next(batches)), []
+    for step in range(steps_per_epoch):
+      images, labels = upcoming
+      state, metrics = step_jit(state, knobs, keys['aug'], None, images, labels, epoch,
+                                jnp.int32(step))
+      if step + 1 < steps_per_epoch:
+        upcoming = put(next(batches))
+      per_step.append(metrics)
+    metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)  # [steps, M]
+    return state, {'loss': metrics['loss'].mean(0), 'accuracy': metrics['accuracy'].mean(0),
+                   'finite': metrics['finite'].all(0)}
+
+  return streamed_epoch
+
+
+# ----------------------------------------------------------------------------------------
 # The study.
 # ----------------------------------------------------------------------------------------
+def checkpoint_meta(config, input_mode: str, diverged, curve_epochs: list[int],
+                    eval_epochs: list[int], curves: dict[str, list], batches=None) -> dict:
+  """meta.json of a checkpoint: the config, and what the loop has collected as JSON lists
+  (float32 and float64 values survive JSON exactly), plus the grain iterator's state."""
+  return {'config': checkpoint.config_json(config), 'input_mode': input_mode,
+          'diverged': np.asarray(diverged).tolist(), 'curve_epochs': list(curve_epochs),
+          'eval_epochs': list(eval_epochs),
+          'curves': {k: [np.asarray(a).tolist() for a in v] for k, v in curves.items()},
+          'stream_state': None if batches is None else batches.get_state()}
+
+
+def truncate_metrics(path: str, epochs_done: int) -> None:
+  """Keeps the records of the first `epochs_done` epochs in metrics.jsonl: a resumed run
+  repeats the epochs after its checkpoint, which a crash may have logged already."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)['epoch'] <= epochs_done]
+  results.write_bytes(path, ''.join(lines).encode())
+
+
 def run(config, workdir: str) -> dict[str, np.ndarray]:
   """Trains the sweep in `config`, writes results into `workdir`, returns the results."""
   # Config and data first: a bad config or missing dataset leaves nothing written.
@@ -386,10 +502,16 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   model = create_model(config.model.name, dataset.num_classes, config.model.width, dtype)
   strategy = choose_strategy(config, model, image_shape=dataset.image_shape,
                              num_classes=dataset.num_classes)
+  # A checkpoint of another config is refused here, before anything is written.
+  resume = checkpoint.read_meta(workdir, config)
+  # A resumed run keeps its input mode: the two modes order the data differently.
+  input_mode = resume['input_mode'] if resume else resolve_input_mode(
+      config.data.input_mode, resident_bytes(dataset))
+  streamed = input_mode == 'streamed'
 
   os.makedirs(workdir, exist_ok=True)
   resolved = config.to_dict()
-  resolved['resolved'] = {'strategy': strategy, 'loop': loop, 'augment_ops': list(ops), 'erase': erase,
+  resolved['resolved'] = {'strategy': strategy, 'loop': loop, 'input_mode': input_mode, 'augment_ops': list(ops), 'erase': erase,
                           'num_models': sweep.num_models, 'seeds': sweep.seeds.tolist(),
                           'steps_per_epoch': steps_per_epoch, 'backend': jax.default_backend(),
                           'class_names': list(dataset.class_names)}
@@ -397,25 +519,42 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   print(f'{sweep.num_models} models ({len(sweep.values)} values of {sweep.name} x '
         f'{len(sweep.seeds)} seeds) on {dataset.name} ({num_train} train / '
         f'{len(dataset.test_labels)} test images, {dataset.num_classes} classes), '
-        f'{config.model.name}, strategy {strategy}, augment {list(ops) + ["erase"] * erase}',
-        file=sys.stderr)
+        f'{config.model.name}, strategy {strategy}, input {input_mode}, '
+        f'augment {list(ops) + ["erase"] * erase}', file=sys.stderr)
+  if resume:
+    print(f'resuming from the checkpoint after epoch {resume["epoch"]}', file=sys.stderr)
 
   # Device-resident data and state.
   # Under 'shard' per-model leaves are split over the devices and the data copied to each.
   keys = parallel.put_models(model_keys(sweep), strategy)
   state = parallel.put_models(init_state(model, config.optim, keys['init'], dataset.image_shape),
                               strategy)
+  if resume:
+    state = checkpoint.restore_state(workdir, state)
   knobs = parallel.put_models({k: jnp.asarray(v) for k, v in knobs_np.items()}, strategy)
-  train_images, train_labels = parallel.put_shared(
-      (dataset.train_images, dataset.train_labels), strategy, sweep.num_models)
-  train_epoch = make_train_epoch(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
-                                 erase=erase, mean=mean, std=std, strategy=strategy,
-                                 loop=loop)
+  batches = None
+  if streamed:  # host batches; a resumed run continues where its checkpoint left them
+    batches = train_stream(config, dataset, config.train.epochs)
+    if resume:
+      batches.set_state(resume['stream_state'])
+    streamed_epoch = make_streamed_epoch(model, config, steps_per_epoch=steps_per_epoch,
+                                         ops=ops, erase=erase, mean=mean, std=std,
+                                         strategy=strategy)
+    train_epoch = lambda state, knobs, keys, epoch: streamed_epoch(state, knobs, keys,
+                                                                   batches, epoch)
+  else:
+    train_images, train_labels = parallel.put_shared(
+        (dataset.train_images, dataset.train_labels), strategy, sweep.num_models)
+    resident_epoch = make_train_epoch(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
+                                      erase=erase, mean=mean, std=std, strategy=strategy,
+                                      loop=loop)
+    train_epoch = lambda state, knobs, keys, epoch: resident_epoch(
+        state, knobs, keys, train_images, train_labels, epoch)
   predict = make_predict(model, mean=mean, std=std, strategy=strategy,
                          chunk_size=config.train.chunk_size)
-  test_batches = parallel.put_shared(
-      batch_for_eval(dataset.test_images, config.train.eval_batch_size), strategy,
-      sweep.num_models)
+  test_batches = batch_for_eval(dataset.test_images, config.train.eval_batch_size)
+  if not streamed:  # streamed: sent a batch per call, as large test sets need
+    test_batches = parallel.put_shared(test_batches, strategy, sweep.num_models)
   num_test = len(dataset.test_labels)
 
   def test_predictions(state):
@@ -426,12 +565,18 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   curves = {'train_loss': [], 'train_accuracy': [], 'test_accuracy_curve': []}
   curve_epochs, eval_epochs = [], []
   diverged = np.zeros(sweep.num_models, bool)
-  progress = Progress(epochs, sweep.num_models)
+  start = resume['epoch'] if resume else 0
+  if resume:
+    diverged = np.asarray(resume['diverged'], bool)
+    curve_epochs, eval_epochs = resume['curve_epochs'], resume['eval_epochs']
+    curves = {k: [np.asarray(a) for a in v] for k, v in resume['curves'].items()}
+  progress = Progress(epochs, sweep.num_models, first_epoch=start)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  with open(metrics_path, 'w') as log:
-    for epoch in range(epochs):
+  truncate_metrics(metrics_path, start)
+  with open(metrics_path, 'a' if resume else 'w') as log:
+    for epoch in range(start, epochs):
       t0 = time.time()
-      state, metrics = train_epoch(state, knobs, keys, train_images, train_labels, epoch)
+      state, metrics = train_epoch(state, knobs, keys, epoch)
       metrics = jax.device_get(metrics)
       newly = ~metrics['finite'] & ~diverged
       if newly.any():
@@ -458,6 +603,10 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
       ok = ~diverged if (~diverged).any() else np.ones_like(diverged)
       progress.update(epoch, float(np.mean(metrics['loss'][ok])),
                       float(np.mean(metrics['accuracy'][ok])), extra)
+      save_every = config.train.checkpoint_every
+      if save_every and (epoch + 1) % save_every == 0 and epoch + 1 < epochs:
+        checkpoint.save(workdir, epoch + 1, state, checkpoint_meta(
+            config, input_mode, diverged, curve_epochs, eval_epochs, curves, batches))
 
   # Evaluation and results (the last epoch's evaluation already has the predictions).
   predictions = last_predictions if eval_epochs and eval_epochs[-1] == epochs else (
@@ -483,11 +632,12 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
     arrays['test_accuracy_at_eval'] = sweep.unflatten(
         np.stack(curves['test_accuracy_curve'], 1)).astype(np.float32)
   if dataset.val_images is not None:
-    val_batches = jax.device_put(batch_for_eval(dataset.val_images, config.train.eval_batch_size))
+    val_batches = batch_for_eval(dataset.val_images, config.train.eval_batch_size)  # sent per call
     val = np.asarray(predict(state, val_batches))[:, :len(dataset.val_labels)]
     arrays['val_labels'] = dataset.val_labels.astype(np.int32)
     arrays['val_predictions'] = sweep.unflatten(val)
   results.save(workdir, arrays)
+  checkpoint.remove(workdir)  # the results hold what it was kept for
   figure = plots.per_class_accuracy(arrays, os.path.join(workdir, 'figures',
                                                          'per_class_accuracy.png'))
   summary = arrays['mean_accuracy'].mean(1)
