@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
   p.add_argument('--host-devices', type=int, default=0,
                  help='CPU only: split the host into this many XLA devices (for shard)')
+  p.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                 help='trace this many steps and report where the time goes, by op')
   return p.parse_args(argv)
 
 
@@ -119,12 +122,11 @@ def benchmark(args) -> dict:
   image_shape = (args.image_size, args.image_size, 3)
   shape_args = dict(image_shape=image_shape, num_classes=args.num_classes)
   strategy = train.choose_strategy(config, model, **shape_args)
-  run_step, compile_s, flops = train.prepared_step(model, config, strategy=strategy,
-                                                   **shape_args)
-  runners = {'sweep': run_step}
+  step = train.prepared_step(model, config, strategy=strategy, **shape_args)
+  runners = {'sweep': step.run}
   if args.compare_sequential:
     one = study_config(argparse.Namespace(**{**vars(args), 'models': 1}))
-    run_one, _, _ = train.prepared_step(model, one, strategy='unroll', **shape_args)
+    run_one = train.prepared_step(model, one, strategy='unroll', **shape_args).run
     runners['sequential'] = lambda: [run_one() for _ in range(args.models)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if args.torch:
@@ -146,10 +148,10 @@ def benchmark(args) -> dict:
       'image_size': args.image_size, 'backend': backend,
       'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(),
       'cpu': parallel.cpu_model(), 'threads': threads, 'jax': jax.__version__,
-      'compile_s': compile_s, 'step_s': step_s, 'images_per_s': images / step_s,
-      'images_per_s_per_model': args.batch / step_s, 'flops_per_step': flops,
-      'achieved_tflops': flops / step_s / 1e12, 'matmul_peak_tflops': peak,
-      'fraction_of_peak': flops / step_s / 1e12 / peak,
+      'compile_s': step.compile_s, 'step_s': step_s, 'images_per_s': images / step_s,
+      'images_per_s_per_model': args.batch / step_s, 'flops_per_step': step.flops,
+      'achieved_tflops': step.flops / step_s / 1e12, 'matmul_peak_tflops': peak,
+      'fraction_of_peak': step.flops / step_s / 1e12 / peak,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
   if 'sequential' in times:
@@ -159,7 +161,86 @@ def benchmark(args) -> dict:
     torch_s = parallel.median(times['torch'])
     record['torch_images_per_s'] = args.batch / torch_s
     record['torch_ratio'] = record['images_per_s'] / record['torch_images_per_s']
+  if args.profile:
+    record['profile'] = op_profile(step, args.profile)
   return record
+
+
+# ----------------------------------------------------------------------------------------
+# Op-level profile: a jax.profiler trace, each executed HLO instruction matched to the
+# compiled program's text to name what it does.
+# ----------------------------------------------------------------------------------------
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = .+? ([a-z][\w\-]*)\((.*)$')
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) .*\{$')
+
+
+def hlo_instructions(hlo: str) -> dict[str, dict[str, str]]:
+  """name -> {'category', 'op'} for every instruction of the compiled HLO text; a fusion
+  is categorised by the root of the computation it calls."""
+  roots, parsed, current = {}, {}, None
+  for line in hlo.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      current = header.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, opcode, rest = m.groups()
+    calls = re.search(r'calls=%([\w.\-]+)', rest)
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    parsed[name] = (opcode, calls.group(1) if calls else None,
+                    op_name.group(1) if op_name else '')
+    if line.lstrip().startswith('ROOT'):
+      roots[current] = opcode
+  return {name: {'category': _category(name, roots.get(called, opcode) if called else opcode),
+                 'op': op_name} for name, (opcode, called, op_name) in parsed.items()}
+
+
+def _category(name: str, root: str) -> str:
+  if root.startswith('convolution'):
+    return 'convolution (YNNPACK)' if name.startswith('ynn') else 'convolution (XLA)'
+  if root == 'dot':
+    return 'matmul'
+  if root in ('copy', 'transpose'):
+    return 'transpose/copy'
+  if root in ('reduce', 'reduce-window'):
+    return 'reduce'
+  if root in ('gather', 'scatter', 'dynamic-slice', 'dynamic-update-slice', 'while'):
+    return 'gather/scatter/loops'
+  return 'elementwise'
+
+
+def op_profile(step, calls: int, top: int = 12) -> dict:
+  """Milliseconds per step spent in each op category and in the `top` slowest ops (summed
+  over threads, so they can exceed the wall time when ops overlap)."""
+  import glob
+  import gzip
+  import tempfile
+  import time
+  import jax
+  info = hlo_instructions(step.compiled.as_text())
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      step.run()
+    wall = time.perf_counter() - t0
+    jax.profiler.stop_trace()
+    path, = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
+    with gzip.open(path) as f:
+      events = json.load(f)['traceEvents']
+  per_op: dict[str, float] = {}
+  for e in events:
+    if e.get('ph') == 'X' and e.get('name') in info:
+      per_op[e['name']] = per_op.get(e['name'], 0.0) + e.get('dur', 0) / 1e3 / calls
+  by_category: dict[str, float] = {}
+  for name, ms in per_op.items():
+    by_category[info[name]['category']] = by_category.get(info[name]['category'], 0.0) + ms
+  slowest = sorted(per_op, key=per_op.get, reverse=True)[:top]
+  return {'wall_ms_per_step': 1e3 * wall / calls, 'op_ms_per_step': sum(per_op.values()),
+          'category_ms': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+          'top_ops': [{'name': n, 'ms': per_op[n], **info[n]} for n in slowest]}
 
 
 def summary(r: dict) -> str:
@@ -173,6 +254,14 @@ def summary(r: dict) -> str:
   if 'torch_ratio' in r:
     lines.append(f"vs PyTorch eager ({r['torch_images_per_s']:.0f} images/s, "
                  f"{r['threads']} threads): {r['torch_ratio']:.2f}x")
+  if 'profile' in r:
+    p = r['profile']
+    lines.append(f"profile: {p['wall_ms_per_step']:.0f} ms/step wall, {p['op_ms_per_step']:.0f} "
+                 f"ms/step in ops (summed over threads)")
+    lines += [f"  {ms:8.1f} ms  {100 * ms / p['op_ms_per_step']:4.1f}%  {cat}"
+              for cat, ms in p['category_ms'].items()]
+    lines += [f"  {o['ms']:8.1f} ms  {o['name']} ({o['category']}) {o['op'][-70:]}"
+              for o in p['top_ops']]
   return '\n'.join(lines)
 
 

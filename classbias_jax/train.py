@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -237,14 +237,20 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
 # ----------------------------------------------------------------------------------------
 # The compiled step on stand-in data: what `auto` measures and the benchmark CLI times.
 # ----------------------------------------------------------------------------------------
+class PreparedStep(NamedTuple):
+  run: Callable[[], None]  # trains all M models on their next batch, blocks until done
+  compile_s: float
+  flops: float  # per call, XLA's cost analysis (0 when the backend has none)
+  compiled: Any  # jax.stages.Compiled, e.g. for .as_text()
+
+
 def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str,
-                  num_batches: int = 4) -> tuple[Callable[[], None], float, float]:
+                  num_batches: int = 4) -> PreparedStep:
   """The jitted step of `make_train_step` (as make_train_epoch runs it with loop 'python')
   for the sweep in `config`, compiled on random uint8 images [num_batches * B, *image_shape]
   held on device.
 
-  Returns (run_step, compile_s, flops): run_step() trains all M models on their next
-  batch and blocks until done; flops per step from XLA's cost analysis (0 if unknown).
+  Under 'shard' the flops of one device's program are multiplied by the devices used.
   """
   sweep = sweep_lib.from_config(config)
   knobs_np = sweep_lib.knob_arrays(config, sweep, num_classes)
@@ -275,7 +281,9 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
     box['step'] += 1
     jax.block_until_ready((box['state'], metrics))
 
-  return run_step, compile_s, step_flops(compiled)
+  devices = parallel.model_mesh(sweep.num_models).size if parallel.split_strategy(
+      strategy)[0] else 1
+  return PreparedStep(run_step, compile_s, devices * step_flops(compiled), compiled)
 
 
 def step_flops(compiled) -> float:
@@ -302,9 +310,9 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
               'augment': list(ops) + ['erase'] * erase, 'chunk_size': config.train.chunk_size}
 
   def measure(strategy: str, give_up_s: float | None) -> float:
-    run_step, _, _ = prepared_step(model, config, image_shape=image_shape,
-                                   num_classes=num_classes, strategy=strategy)
-    times = parallel.time_calls(run_step, measure_steps + 1, give_up_s)
+    step = prepared_step(model, config, image_shape=image_shape, num_classes=num_classes,
+                         strategy=strategy)
+    times = parallel.time_calls(step.run, measure_steps + 1, give_up_s)
     return parallel.median(times[1:] or times)  # the first call includes warm-up
 
   return parallel.resolve_strategy(config.train.strategy, num_models=sweep.num_models,
