@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
   p.add_argument('--host-devices', type=int, default=0,
                  help='CPU only: split the host into this many XLA devices (for shard)')
+  p.add_argument('--materialize', choices=('auto', 'on', 'off'), default='auto',
+                 help="residual blocks' outputs computed once (train.materialized); auto: on CPU")
+  p.add_argument('--compare-materialize', action='store_true',
+                 help='also time the step with the opposite --materialize setting')
   p.add_argument('--profile', type=int, default=0, metavar='STEPS',
                  help='trace this many steps and report where the time goes, by op')
   return p.parse_args(argv)
@@ -122,11 +126,19 @@ def benchmark(args) -> dict:
   image_shape = (args.image_size, args.image_size, 3)
   shape_args = dict(image_shape=image_shape, num_classes=args.num_classes)
   strategy = train.choose_strategy(config, model, **shape_args)
-  step = train.prepared_step(model, config, strategy=strategy, **shape_args)
+  materialize = {'auto': None, 'on': True, 'off': False}[args.materialize]
+  if materialize is None:
+    materialize = jax.default_backend() == 'cpu'
+  step = train.prepared_step(model, config, strategy=strategy, materialize=materialize,
+                             **shape_args)
   runners = {'sweep': step.run}
+  if args.compare_materialize:
+    runners['materialize_flipped'] = train.prepared_step(
+        model, config, strategy=strategy, materialize=not materialize, **shape_args).run
   if args.compare_sequential:
     one = study_config(argparse.Namespace(**{**vars(args), 'models': 1}))
-    run_one = train.prepared_step(model, one, strategy='unroll', **shape_args).run
+    run_one = train.prepared_step(model, one, strategy='unroll', materialize=materialize,
+                                  **shape_args).run
     runners['sequential'] = lambda: [run_one() for _ in range(args.models)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if args.torch:
@@ -145,6 +157,7 @@ def benchmark(args) -> dict:
   record = {
       'model': args.model, 'batch': args.batch, 'models': args.models, 'strategy': strategy,
       'requested_strategy': args.strategy, 'augment': args.augment, 'dtype': args.dtype,
+      'materialize': materialize,
       'image_size': args.image_size, 'backend': backend,
       'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(),
       'cpu': parallel.cpu_model(), 'threads': threads, 'jax': jax.__version__,
@@ -157,6 +170,9 @@ def benchmark(args) -> dict:
   if 'sequential' in times:
     record['sequential_step_s'] = parallel.median(times['sequential'])
     record['sequential_ratio'] = record['sequential_step_s'] / step_s
+  if 'materialize_flipped' in times:
+    # > 1: the chosen setting is faster than the opposite one.
+    record['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
   if 'torch' in times:
     torch_s = parallel.median(times['torch'])
     record['torch_images_per_s'] = args.batch / torch_s
@@ -251,6 +267,9 @@ def summary(r: dict) -> str:
            f"matmul peak {r['matmul_peak_tflops'] * 1e3:.0f} GFLOP/s; compile {r['compile_s']:.1f} s"]
   if 'sequential_ratio' in r:
     lines.append(f"vs {r['models']} models one after another: {r['sequential_ratio']:.2f}x")
+  if 'materialize_ratio' in r:
+    lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
+                 f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")
   if 'torch_ratio' in r:
     lines.append(f"vs PyTorch eager ({r['torch_images_per_s']:.0f} images/s, "
                  f"{r['threads']} threads): {r['torch_ratio']:.2f}x")

@@ -18,7 +18,7 @@ from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
 
 
-def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None):
+def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None, materialize=None):
   """(state, metrics) after `steps` steps of 4 tiny models on random 8x8 images."""
   config = config or tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'aug__flip': True,
                                     'aug__pad_crop': 2})
@@ -36,7 +36,7 @@ def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None):
   perms = put(train.epoch_permutations(keys['data'], 0, 64))
   step = jax.jit(train.make_train_step(model, config, steps_per_epoch=4, ops=ops, erase=erase,
                                        mean=np.float32([0.5]), std=np.float32([0.25]),
-                                       strategy=strategy))
+                                       strategy=strategy, materialize=materialize))
   images, labels = parallel.put_shared((images, labels), strategy, sweep.num_models)
   for s in range(steps):
     state, metrics = step(state, knobs, put(keys['aug']), perms, images, labels, jnp.int32(0),
@@ -60,6 +60,12 @@ def unrolled():
 def test_strategy_matches_unroll(unrolled, strategy):
   """One device here, so 'shard' is a mesh of one: same numbers, same code path."""
   assert_same_models(unrolled, tiny_steps(strategy))
+
+
+def test_materialized_blocks_change_no_numbers(unrolled):
+  assert_same_models(unrolled, tiny_steps('unroll', materialize=False))
+  x = jnp.arange(6.0).reshape(2, 3).at[0, 0].set(jnp.nan)
+  np.testing.assert_array_equal(jax.jit(train.materialized)(x), x)
 
 
 SHARD_SCRIPT = textwrap.dedent('''
