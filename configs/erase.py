@@ -18,14 +18,14 @@ accuracy rises a little with erasing (Zhong et al.: ResNet-20 test error 7.21% -
 with p = 0.5 at 300 epochs), while some classes gain and others lose a few points at
 the largest patches; the report names them.
 
-Offline on CPU in about three minutes (the planted dataset, ResNet-8 at half width,
-5 x 2 models):
+Offline on CPU in about three minutes (the planted dataset at 16x16, 200 training images
+per class, ResNet-8 at half width, 5 x 2 models, 12 epochs):
 
   python -m classbias_jax.main --config=configs/erase.py:runlocal --workdir=runs/erase
 
-Expected: large patches can hide the `crop-` classes' edge markers, so those classes
-lose more than the `none-` classes at s = 0.5 (the planted dataset has no class built
-for erasing; this is a smoke test of the study, not a planted effect).
+Expected: every class stays within a point of 100% at every scale. The planted dataset
+has no class built for erasing (a patch hides the `crop-` markers in only a few views),
+so this checks that the study runs, not a planted effect.
 Args: runlocal, prob, seeds=N, epochs=N (0 = the study's default).
 """
 from classbias_jax import configs
@@ -68,6 +68,9 @@ def get_config(arg=None):
     c.train.epochs = args.epochs or 12
     c.train.batch_size = 64
     c.train.eval_every = 0
+    # Fastest on CPU for these small models (chunked and vmap were 2-4x slower per step
+    # when measured); naming it skips auto's one-off measurement of the candidates.
+    c.train.strategy = 'unroll'
     c.aug.pad_crop = 0  # the planted markers sit on the edge; padding would move them off
     c.aug.flip = True
   return c
