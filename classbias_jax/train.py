@@ -114,6 +114,28 @@ def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[tuple[str, ...], 
   return tuple(ops), bool(np.max(knobs['erase_prob']) > 0)
 
 
+def make_preprocess(config, ops: tuple[str, ...], erase: bool, mean, std) -> Callable:
+  """Returns preprocess(key, images uint8 [B, H, W, C], labels [B], knobs) -> normalised
+  float32 images, augmented with ONE model's knobs (scalars, or [C] per-class tables)."""
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+  def preprocess(key, images, labels, knobs):
+    x = images.astype(jnp.float32) / 255.0
+    if ops or erase:
+      from classbias_jax import augment
+      crop_key, erase_key = jax.random.split(key)
+      if ops:
+        x = augment.augment_batch(crop_key, x, labels, {k: knobs[k] for k in AUG_KNOBS}, ops,
+                                  pad_crop=config.aug.pad_crop)
+      x = (x - mean) / std
+      if erase:
+        x = augment.erase_batch(erase_key, x, labels, {k: knobs[k] for k in ERASE_KNOBS})
+      return x
+    return (x - mean) / std
+
+  return preprocess
+
+
 def epoch_permutations(data_keys, epoch, num_examples: int):
   """int32 [M, N]: each model's order of the training set in `epoch` (seed-determined)."""
   return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch),
@@ -173,21 +195,7 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
     materialize = jax.default_backend() == 'cpu'
   batch_size = config.train.batch_size
   shape = lr_shape(config.optim, steps_per_epoch, config.train.epochs)
-  mean, std = jnp.asarray(mean), jnp.asarray(std)
-
-  def preprocess(key, images, labels, knobs):
-    x = images.astype(jnp.float32) / 255.0
-    if ops or erase:
-      from classbias_jax import augment
-      crop_key, erase_key = jax.random.split(key)
-      if ops:
-        x = augment.augment_batch(crop_key, x, labels, {k: knobs[k] for k in AUG_KNOBS}, ops,
-                                  pad_crop=config.aug.pad_crop)
-      x = (x - mean) / std
-      if erase:
-        x = augment.erase_batch(erase_key, x, labels, {k: knobs[k] for k in ERASE_KNOBS})
-      return x
-    return (x - mean) / std
+  preprocess = make_preprocess(config, ops, erase, mean, std)
 
   def model_step(per_model, shared):
     state, knobs, perm, aug_key = per_model
