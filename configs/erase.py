@@ -26,13 +26,20 @@ per class, ResNet-8 at half width, 5 x 2 models, 12 epochs):
 Expected: every class stays within a point of 100% at every scale. The planted dataset
 has no class built for erasing (a patch hides the `crop-` markers in only a few views),
 so this checks that the study runs, not a planted effect.
-Args: runlocal, prob, seeds=N, epochs=N (0 = the study's default).
+Fashion-MNIST on two CPU cores (6k stratified training images, the full 10k test set,
+ResNet-8 at half width, 4 values x 4 seeds, 8 epochs; about 20 minutes on two quiet
+cores, not yet run):
+
+  python -m classbias_jax.main --config=configs/erase.py:fashion --workdir=runs/erase_fashion
+
+Args: runlocal, fashion, prob, seeds=N, epochs=N (0 = the study's default).
 """
 from classbias_jax import configs
 
 
 def get_config(arg=None):
-  args = configs.parse_arg(arg, runlocal=False, prob=False, seeds=0, epochs=0)
+  args = configs.parse_arg(arg, runlocal=False, fashion=False, prob=False, seeds=0,
+                          epochs=0)
   c = configs.base_config()
   c.seeds = args.seeds or 8
   c.data.name = 'cifar10'
@@ -73,4 +80,18 @@ def get_config(arg=None):
     c.train.strategy = 'unroll'
     c.aug.pad_crop = 0  # the planted markers sit on the edge; padding would move them off
     c.aug.flip = True
+
+  if args.fashion:  # Fashion-MNIST on two CPU cores, as crop.py:fashion (Zhong et al.'s set)
+    c.seeds = args.seeds or 4
+    c.data.name = 'fashion_mnist'
+    c.data.train_subset = 6000
+    c.model.name = 'resnet8'
+    c.model.width = 0.5
+    c.model.dtype = 'float32'
+    c.train.epochs = args.epochs or 8
+    c.train.eval_every = 0
+    c.aug.pad_crop = 2
+    c.aug.flip = True
+    if not args.prob:
+      c.sweep['values'] = (0.02, 0.1, 0.2, 0.33)
   return c
