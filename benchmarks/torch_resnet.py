@@ -9,7 +9,11 @@ torch is not a dependency of the package.
 
   python benchmarks/torch_resnet.py --model=resnet20 --batch=128 --threads=2
 
-prints one JSON line: model, batch, threads, step_s (median), images_per_s.
+prints one JSON line: model, batch, threads, step_s (median), images_per_s. With --serve
+it reads a number k per line on stdin, runs k steps and answers one JSON line
+{"wall_s": [...], "cpu_s": ...}: classbias_jax.benchmark drives it that way, interleaved
+with its own measurements, in a process of its own so the two thread pools never share
+one process.
 """
 from __future__ import annotations
 
@@ -134,6 +138,16 @@ def setup(model_name: str, batch: int, image_size: int = 32, channels: int = 3,
   return make_step(model, augment_on), images, labels
 
 
+def serve(step, images, labels) -> None:
+  """Runs k steps for each line k on stdin; answers wall seconds per step and CPU seconds."""
+  import sys
+  print(json.dumps({'ready': True, 'threads': torch.get_num_threads()}), flush=True)
+  for line in sys.stdin:
+    start = time.process_time()
+    wall = time_steps(step, images, labels, int(line))
+    print(json.dumps({'wall_s': wall, 'cpu_s': time.process_time() - start}), flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='resnet20')
@@ -142,9 +156,13 @@ def main():
   parser.add_argument('--threads', type=int, default=0)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--augment', choices=('on', 'off'), default='on')
+  parser.add_argument('--num-classes', type=int, default=10)
+  parser.add_argument('--serve', action='store_true')
   args = parser.parse_args()
   step, images, labels = setup(args.model, args.batch, args.image_size, threads=args.threads,
-                               augment_on=args.augment == 'on')
+                               num_classes=args.num_classes, augment_on=args.augment == 'on')
+  if args.serve:
+    return serve(step, images, labels)
   time_steps(step, images, labels, 3)  # warm-up: allocator, oneDNN primitive caches
   step_s = statistics.median(time_steps(step, images, labels, args.steps))
   print(json.dumps({'model': args.model, 'batch': args.batch, 'threads': torch.get_num_threads(),

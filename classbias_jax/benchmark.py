@@ -86,31 +86,53 @@ def matmul_peak_tflops(backend: str, calls: int = 10) -> float:
   return 2 * n ** 3 / min(parallel.time_calls(run, calls)) / 1e12
 
 
-def torch_step(args, threads: int):
-  """run_step() of the PyTorch reference, or None when torch is not importable."""
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    return None
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, os.path.join(root, 'benchmarks'))
-  import torch_resnet
-  step, images, labels = torch_resnet.setup(args.model, args.batch, args.image_size,
-                                            num_classes=args.num_classes, threads=threads,
-                                            augment_on=args.augment == 'on')
-  return lambda: step(images, labels).item()
+class TorchReference:
+  """benchmarks/torch_resnet.py in a child process (its OpenMP threads and XLA's would
+  otherwise share one process); calling it runs one PyTorch training step there.
+  cpu_s accumulates the child's CPU seconds."""
+
+  def __init__(self, args, threads: int):
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.join(root, 'benchmarks', 'torch_resnet.py'), '--serve',
+         f'--model={args.model}', f'--batch={args.batch}', f'--image-size={args.image_size}',
+         f'--num-classes={args.num_classes}', f'--threads={threads}', f'--augment={args.augment}'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.cpu_s = 0.0
+    self.threads = json.loads(self.proc.stdout.readline())['threads']
+
+  def __call__(self):
+    self.proc.stdin.write('1\n')
+    self.proc.stdin.flush()
+    self.cpu_s += json.loads(self.proc.stdout.readline())['cpu_s']
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
 
 
-def interleaved(runners: dict, steps: int, rounds: int) -> dict[str, list[float]]:
-  """Seconds per call of each runner: `rounds` rounds, each running every runner for
-  steps / rounds calls in turn, so load on a shared machine hits them alike."""
+def torch_available() -> bool:
+  import importlib.util
+  return importlib.util.find_spec('torch') is not None
+
+
+def interleaved(runners: dict, steps: int, rounds: int) -> tuple[dict, dict]:
+  """Wall seconds of each call of each runner, and the process's CPU seconds per call:
+  `rounds` rounds, each running every runner for steps / rounds calls in turn, so load on
+  a shared machine hits them alike. CPU seconds (all threads) measure the work done
+  whatever share of the cores the process got."""
+  import time
   from classbias_jax import parallel
   per_round = max(1, steps // rounds)
   times = {name: [] for name in runners}
+  cpu = {name: 0.0 for name in runners}
   for _ in range(rounds):
     for name, run in runners.items():
+      start = time.process_time() + getattr(run, 'cpu_s', 0.0)  # a child process's own
       times[name] += parallel.time_calls(run, per_round)
-  return times
+      cpu[name] += time.process_time() + getattr(run, 'cpu_s', 0.0) - start
+  return times, {name: c / (per_round * rounds) for name, c in cpu.items()}
 
 
 def benchmark(args) -> dict:
@@ -141,15 +163,15 @@ def benchmark(args) -> dict:
                                   **shape_args).run
     runners['sequential'] = lambda: [run_one() for _ in range(args.models)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  if args.torch:
-    run_torch = torch_step(args, threads)
-    if run_torch is None:
-      print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
-    else:
-      runners['torch'] = run_torch
+  if args.torch and not torch_available():
+    print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
+  elif args.torch:
+    runners['torch'] = TorchReference(args, threads)
   for run in runners.values():  # warm-up: first calls allocate and fill caches
     run(), run()
-  times = interleaved(runners, args.steps, args.rounds)
+  times, cpu = interleaved(runners, args.steps, args.rounds)
+  if 'torch' in runners:
+    runners['torch'].close()
   step_s = parallel.median(times['sweep'])
   backend = jax.default_backend()
   peak = matmul_peak_tflops(backend)
@@ -165,11 +187,13 @@ def benchmark(args) -> dict:
       'images_per_s_per_model': args.batch / step_s, 'flops_per_step': step.flops,
       'achieved_tflops': step.flops / step_s / 1e12, 'matmul_peak_tflops': peak,
       'fraction_of_peak': step.flops / step_s / 1e12 / peak,
-      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_s_per_step': cpu['sweep'],
+      'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
   }
   if 'sequential' in times:
     record['sequential_step_s'] = parallel.median(times['sequential'])
     record['sequential_ratio'] = record['sequential_step_s'] / step_s
+    record['sequential_cpu_ratio'] = cpu['sequential'] / cpu['sweep']
   if 'materialize_flipped' in times:
     # > 1: the chosen setting is faster than the opposite one.
     record['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
@@ -177,6 +201,8 @@ def benchmark(args) -> dict:
     torch_s = parallel.median(times['torch'])
     record['torch_images_per_s'] = args.batch / torch_s
     record['torch_ratio'] = record['images_per_s'] / record['torch_images_per_s']
+    # CPU seconds per image, PyTorch's over ours (> 1: we do the same work with less CPU).
+    record['torch_cpu_ratio'] = (cpu['torch'] / args.batch) / (cpu['sweep'] / images)
   if args.profile:
     record['profile'] = op_profile(step, args.profile)
   return record
@@ -266,13 +292,15 @@ def summary(r: dict) -> str:
            f"{r['achieved_tflops'] * 1e3:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of "
            f"matmul peak {r['matmul_peak_tflops'] * 1e3:.0f} GFLOP/s; compile {r['compile_s']:.1f} s"]
   if 'sequential_ratio' in r:
-    lines.append(f"vs {r['models']} models one after another: {r['sequential_ratio']:.2f}x")
+    lines.append(f"vs {r['models']} models one after another: {r['sequential_ratio']:.2f}x "
+                 f"(CPU time: {r['sequential_cpu_ratio']:.2f}x)")
   if 'materialize_ratio' in r:
     lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
                  f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")
   if 'torch_ratio' in r:
     lines.append(f"vs PyTorch eager ({r['torch_images_per_s']:.0f} images/s, "
-                 f"{r['threads']} threads): {r['torch_ratio']:.2f}x")
+                 f"{r['threads']} threads): {r['torch_ratio']:.2f}x (CPU time: "
+                 f"{r['torch_cpu_ratio']:.2f}x)")
   if 'profile' in r:
     p = r['profile']
     lines.append(f"profile: {p['wall_ms_per_step']:.0f} ms/step wall, {p['op_ms_per_step']:.0f} "

@@ -347,11 +347,17 @@ def step_flops(compiled) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
+# 'auto' measures only for runs this long: the measurement (a compile and a few steps of
+# each candidate) then costs a few percent of the run at most.
+MIN_STEPS_TO_MEASURE = 2000
+
+
 def choose_strategy(config, model, *, image_shape, num_classes: int,
-                    measure_steps: int = 3) -> str:
+                    total_steps: int | None = None, measure_steps: int = 2) -> str:
   """config.train.strategy, with 'auto' resolved by parallel.resolve_strategy: cached per
   machine and workload, else measured here (a few steps of each candidate on stand-in
-  data of the real shapes), else the fallback rule."""
+  data of the real shapes) when the run has at least MIN_STEPS_TO_MEASURE steps (or
+  total_steps is None), else the fallback rule."""
   sweep = sweep_lib.from_config(config)
   ops, erase = augment_ops(config, sweep_lib.knob_arrays(config, sweep, num_classes))
   workload = {'model': config.model.name, 'width': config.model.width,
@@ -365,8 +371,9 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
     times = parallel.time_calls(step.run, measure_steps + 1, give_up_s)
     return parallel.median(times[1:] or times)  # the first call includes warm-up
 
+  worth_it = total_steps is None or total_steps >= MIN_STEPS_TO_MEASURE
   return parallel.resolve_strategy(config.train.strategy, num_models=sweep.num_models,
-                                   workload=workload, measure=measure)
+                                   workload=workload, measure=measure if worth_it else None)
 
 
 def resolve_loop(loop: str, backend: str | None = None) -> str:
@@ -559,7 +566,8 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
   model = create_model(config.model.name, dataset.num_classes, config.model.width, dtype)
   strategy = choose_strategy(config, model, image_shape=dataset.image_shape,
-                             num_classes=dataset.num_classes)
+                             num_classes=dataset.num_classes,
+                             total_steps=config.train.epochs * steps_per_epoch)
   # A checkpoint of another config is refused here, before anything is written.
   resume = checkpoint.read_meta(workdir, config)
   # A resumed run keeps its input mode: the two modes order the data differently.

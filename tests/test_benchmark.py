@@ -8,7 +8,8 @@ from conftest import ROOT
 
 KEYS = ('model', 'batch', 'models', 'strategy', 'backend', 'device_kind', 'compile_s', 'step_s',
         'images_per_s', 'images_per_s_per_model', 'flops_per_step', 'achieved_tflops',
-        'matmul_peak_tflops', 'sequential_step_s', 'sequential_ratio')
+        'matmul_peak_tflops', 'sequential_step_s', 'sequential_ratio', 'cpu_s_per_step',
+        'sequential_cpu_ratio')
 
 
 def benchmark(*args, tmp_path):

@@ -166,6 +166,13 @@ def test_choose_strategy_measures_real_steps(cache_dir):
   assert all(s > 0 for s in entry['step_s'].values())
 
 
+def test_short_runs_are_not_measured(cache_dir):
+  config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,)})
+  chosen = train.choose_strategy(config, create_model('tiny', 10), image_shape=(8, 8, 1),
+                                 num_classes=10, total_steps=train.MIN_STEPS_TO_MEASURE - 1)
+  assert chosen == 'unroll' and not os.listdir(cache_dir)
+
+
 # ----------------------------------------------------- loop, donation, mixed precision
 def test_scan_loop_matches_python_loop_and_donates():
   config = tiny_config(**{'seeds': 1, 'train__batch_size': 16})
