@@ -4,11 +4,11 @@ Ten classes, three kinds; the kind is the prefix of the class name:
   color-red, color-orange, color-yellow   the same disc with diagonal stripes, told apart
       ONLY by its hue (0.00, 0.07, 0.14 of the hue circle). Colour jitter (hue +-0.2s,
       saturation and brightness) makes them ambiguous, so strong jitter hurts them.
-  crop-top, crop-bottom, crop-side        the same plain square, told apart ONLY by a thin
-      white marker flush with the top edge, the bottom edge, or the left or right edge
-      (either, so a horizontal flip keeps the class). A random resized crop keeps that
-      edge only when it starts on it, so small crop scales leave these classes few views
-      with their only cue, and a zoomed one at that: they learn slowly and stay confused.
+  crop-top, crop-bottom, crop-plain       the same plain square, told apart ONLY by a tiny
+      white marker in a top corner, in a bottom corner (left or right, so a horizontal
+      flip keeps the class), or by having none. A random resized crop keeps a corner only
+      when it starts in it: at scale 0.08 about one view in eleven shows the marker (all
+      of them at scale 1), too few to learn the cue, so these classes stay confused.
   none-hlines, none-vlines, none-rings, none-dots   a large region filled with a texture
       (horizontal or vertical stripes, concentric rings, a lattice of dots) in a random
       colour: every part of the image shows the class, whatever its hue, so these classes
@@ -27,11 +27,11 @@ from classbias_jax.data import Dataset
 from classbias_jax.errors import ConfigError
 
 CLASS_NAMES = ('color-red', 'color-orange', 'color-yellow',
-               'crop-top', 'crop-bottom', 'crop-side',
+               'crop-top', 'crop-bottom', 'crop-plain',
                'none-hlines', 'none-vlines', 'none-rings', 'none-dots')
 SIZE = 32
 _COLOR_HUES = (0.0, 0.07, 0.14)
-_MARKER_LENGTH, _MARKER_DEPTH = 6, 2  # pixels at 32x32: even, so 16x16 keeps them crisp
+_MARKER = 2  # side of the corner marker at 32x32: even, so 16x16 keeps one crisp pixel
 _PERIOD = 8  # texture period of the none- classes at 32x32 (4 pixels at 16x16)
 
 
@@ -80,20 +80,14 @@ def _object_mask(kind, rng, n):
 
 
 def _marker_mask(position, rng, n):
-  """Thin marker masks [n, H, W] flush with one edge of the image, at an even offset."""
+  """Corner marker masks [n, H, W]: a top or bottom corner, left or right at random."""
   mask = np.zeros((n, SIZE, SIZE), bool)
-  along = 2 * rng.integers(3, (SIZE - _MARKER_LENGTH) // 2 - 2, n)
-  side = rng.integers(0, 2, n)  # for 'side': left or right edge
-  depth, length = _MARKER_DEPTH, _MARKER_LENGTH
-  for i in range(n):
-    a = slice(along[i], along[i] + length)
-    if position == 'top':
-      mask[i, :depth, a] = True
-    elif position == 'bottom':
-      mask[i, SIZE - depth:, a] = True
-    else:
-      mask[i, a, :depth] = side[i] == 0
-      mask[i, a, SIZE - depth:] = side[i] == 1
+  if position == 'plain':
+    return mask
+  rows = slice(0, _MARKER) if position == 'top' else slice(SIZE - _MARKER, SIZE)
+  right = rng.integers(0, 2, n).astype(bool)
+  mask[~right, rows, :_MARKER] = True
+  mask[right, rows, SIZE - _MARKER:] = True
   return mask
 
 
