@@ -4,11 +4,11 @@ Ten classes, three kinds; the kind is the prefix of the class name:
   color-red, color-orange, color-yellow   the same disc with diagonal stripes, told apart
       ONLY by its hue (0.00, 0.07, 0.14 of the hue circle). Colour jitter (hue +-0.2s,
       saturation and brightness) makes them ambiguous, so strong jitter hurts them.
-  crop-top, crop-bottom, crop-plain       the same plain square, told apart ONLY by a tiny
-      white marker in a top corner, in a bottom corner (left or right, so a horizontal
-      flip keeps the class), or by having none. A random resized crop keeps a corner only
-      when it starts in it: at scale 0.08 about one view in eleven shows the marker (all
-      of them at scale 1), too few to learn the cue, so these classes stay confused.
+  crop-top, crop-bottom, crop-plain       the same plain square, told apart ONLY by tiny
+      white markers in both top corners, in both bottom corners, or by having none. A
+      random resized crop keeps a corner only when it starts in it: at scale 0.08 about
+      one view in seven shows a marker (every view at scale 1), too few to learn the cue,
+      so these classes stay confused with each other.
   none-hlines, none-vlines, none-rings, none-dots   a large region filled with a texture
       (horizontal or vertical stripes, concentric rings, a lattice of dots) in a random
       colour: every part of the image shows the class, whatever its hue, so these classes
@@ -31,7 +31,7 @@ CLASS_NAMES = ('color-red', 'color-orange', 'color-yellow',
                'none-hlines', 'none-vlines', 'none-rings', 'none-dots')
 SIZE = 32
 _COLOR_HUES = (0.0, 0.07, 0.14)
-_MARKER = 2  # side of the corner marker at 32x32: even, so 16x16 keeps one crisp pixel
+_MARKER = 2  # side of a corner marker at 32x32: even, so 16x16 keeps one crisp pixel
 _PERIOD = 8  # texture period of the none- classes at 32x32 (4 pixels at 16x16)
 
 
@@ -79,15 +79,16 @@ def _object_mask(kind, rng, n):
   raise ValueError(kind)
 
 
-def _marker_mask(position, rng, n):
-  """Corner marker masks [n, H, W]: a top or bottom corner, left or right at random."""
+def _marker_mask(position, n):
+  """Marker masks [n, H, W]: both top corners, both bottom corners, or none ('plain').
+
+  Both corners of a side, so a horizontal flip keeps the class and the cue sits at a
+  fixed place: the classes learn it fast without crops, and crops rarely show it."""
   mask = np.zeros((n, SIZE, SIZE), bool)
-  if position == 'plain':
-    return mask
-  rows = slice(0, _MARKER) if position == 'top' else slice(SIZE - _MARKER, SIZE)
-  right = rng.integers(0, 2, n).astype(bool)
-  mask[~right, rows, :_MARKER] = True
-  mask[right, rows, SIZE - _MARKER:] = True
+  if position != 'plain':
+    rows = slice(0, _MARKER) if position == 'top' else slice(SIZE - _MARKER, SIZE)
+    mask[:, rows, :_MARKER] = True
+    mask[:, rows, SIZE - _MARKER:] = True
   return mask
 
 
@@ -125,7 +126,7 @@ def generate(num_per_class: int, seed: int, size: int = SIZE) -> tuple[np.ndarra
       img = _paint(img, _object_mask('stripes', rng, n), fg)
     elif kind == 'crop':
       img = _paint(img, _object_mask('square', rng, n), _random_colors(rng, n, (0.3, 1), (0.7, 1)))
-      img = _paint(img, _marker_mask(detail, rng, n), np.ones((n, 3)))
+      img = _paint(img, _marker_mask(detail, n), np.ones((n, 3)))
     else:
       img = _paint(img, _object_mask(detail, rng, n), _random_colors(rng, n, (0.3, 1), (0.7, 1)))
     img = _downsample(img + rng.normal(0, 0.06, img.shape), size)
