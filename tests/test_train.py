@@ -168,3 +168,17 @@ def test_missing_dataset_is_one_line(tmp_path):
   err = proc.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and 'cifar100' in err[0], proc.stderr
   assert not workdir.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir('/usr/share/datasets/fashion-mnist'),
+                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_fashion_mnist_end_to_end(tmp_path):
+  """The real Debian files through a tiny run: 640 training images, the full test set."""
+  config = tiny_config(**{'data__name': 'fashion_mnist', 'data__train_subset': 640,
+                          'train__epochs': 3, 'seeds': 1, 'train__eval_every': 0,
+                          'optim__warmup_epochs': 0.0, 'sweep__values': (0.0, 1e-3)})
+  r = train.run(config, str(tmp_path))
+  assert r['per_class_accuracy'].shape == (2, 1, 10)
+  assert len(r['test_labels']) == 10000
+  assert list(r['class_names'][:2]) == ['T-shirt/top', 'Trouser']
+  assert r['mean_accuracy'].max() > 0.3  # chance is 0.1
