@@ -8,6 +8,7 @@ batch tensor), run eagerly. classbias_jax.benchmark imports it when torch is ins
 torch is not a dependency of the package.
 
   python benchmarks/torch_resnet.py --model=resnet20 --batch=128 --threads=2
+  python benchmarks/torch_resnet.py --model=resnet20 --batch=128 --device=cuda
 
 prints one JSON line: model, batch, threads, step_s (median), images_per_s. With --serve
 it reads a number k per line on stdin, runs k steps and answers one JSON line
@@ -87,13 +88,15 @@ def create(name: str, num_classes: int = 10) -> ResNet:
 def augment(x, padding: int = 4):
   """[B, C, H, W] -> [B, C, H, W]: RandomCrop(H, padding) + RandomHorizontalFlip, per image."""
   b, c, h, w = x.shape
+  dev = x.device
   padded = F.pad(x, (padding,) * 4)
-  top = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1))
-  left = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1))
-  rows = top + torch.arange(h).view(1, 1, h, 1)
-  cols = left + torch.arange(w).view(1, 1, 1, w)
-  x = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
-  flip = torch.rand(b, 1, 1, 1) < 0.5
+  top = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1), device=dev)
+  left = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1), device=dev)
+  rows = top + torch.arange(h, device=dev).view(1, 1, h, 1)
+  cols = left + torch.arange(w, device=dev).view(1, 1, 1, w)
+  x = padded[torch.arange(b, device=dev).view(b, 1, 1, 1),
+             torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+  flip = torch.rand(b, 1, 1, 1, device=dev) < 0.5
   return torch.where(flip, x.flip(3), x)
 
 
@@ -115,7 +118,8 @@ def make_step(model, augment_on: bool = True):
 
 
 def time_steps(step, images, labels, steps: int) -> list[float]:
-  """Seconds of each of `steps` calls (the loss is read back, so each step has finished)."""
+  """Seconds of each of `steps` calls (reading the loss back waits for the step, on a GPU
+  too)."""
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
@@ -125,7 +129,8 @@ def time_steps(step, images, labels, steps: int) -> list[float]:
 
 
 def setup(model_name: str, batch: int, image_size: int = 32, channels: int = 3,
-          num_classes: int = 10, threads: int = 0, augment_on: bool = True, seed: int = 0):
+          num_classes: int = 10, threads: int = 0, augment_on: bool = True, seed: int = 0,
+          device: str = 'cpu'):
   """(step, images, labels) ready to time; `threads` > 0 sets torch's intra-op threads."""
   if threads:
     torch.set_num_threads(threads)
@@ -133,9 +138,10 @@ def setup(model_name: str, batch: int, image_size: int = 32, channels: int = 3,
   model = create(model_name, num_classes).train()
   if channels != 3:
     model.stem[0] = nn.Conv2d(channels, model.stem[0].out_channels, 3, 1, 1, bias=False)
+  model = model.to(device)
   images = torch.randint(0, 256, (batch, image_size, image_size, channels), dtype=torch.uint8)
   labels = torch.randint(0, num_classes, (batch,))
-  return make_step(model, augment_on), images, labels
+  return make_step(model, augment_on), images.to(device), labels.to(device)
 
 
 def serve(step, images, labels) -> None:
@@ -157,10 +163,12 @@ def main():
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--augment', choices=('on', 'off'), default='on')
   parser.add_argument('--num-classes', type=int, default=10)
+  parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
   parser.add_argument('--serve', action='store_true')
   args = parser.parse_args()
   step, images, labels = setup(args.model, args.batch, args.image_size, threads=args.threads,
-                               num_classes=args.num_classes, augment_on=args.augment == 'on')
+                               num_classes=args.num_classes, augment_on=args.augment == 'on',
+                               device=args.device)
   if args.serve:
     return serve(step, images, labels)
   time_steps(step, images, labels, 3)  # warm-up: allocator, oneDNN primitive caches

@@ -40,7 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--image-size', type=int, default=32)
   p.add_argument('--num-classes', type=int, default=10)
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
-  p.add_argument('--steps', type=int, default=10, help='timed steps (after warm-up)')
+  p.add_argument('--loop', choices=('auto', 'python', 'scan'), default='auto',
+                 help="as train.loop: a compiled call per step ('python', auto on CPU) or "
+                 "a lax.scan over 4 steps per call ('scan', auto elsewhere)")
+  p.add_argument('--steps', type=int, default=10, help='timed calls (after warm-up)')
+  p.add_argument('--epoch-images', type=int, default=50000,
+                 help='training images per epoch, for model_epochs_per_hour (CIFAR: 50000)')
   p.add_argument('--rounds', type=int, default=3,
                  help='the timed steps are split into this many interleaved rounds')
   p.add_argument('--compare-sequential', action='store_true')
@@ -91,13 +96,14 @@ class TorchReference:
   otherwise share one process); calling it runs one PyTorch training step there.
   cpu_s accumulates the child's CPU seconds."""
 
-  def __init__(self, args, threads: int):
+  def __init__(self, args, threads: int, device: str = 'cpu'):
     import subprocess
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     self.proc = subprocess.Popen(
         [sys.executable, os.path.join(root, 'benchmarks', 'torch_resnet.py'), '--serve',
          f'--model={args.model}', f'--batch={args.batch}', f'--image-size={args.image_size}',
-         f'--num-classes={args.num_classes}', f'--threads={threads}', f'--augment={args.augment}'],
+         f'--num-classes={args.num_classes}', f'--threads={threads}', f'--augment={args.augment}',
+         f'--device={device}'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.cpu_s = 0.0
     self.threads = json.loads(self.proc.stdout.readline())['threads']
@@ -151,40 +157,49 @@ def benchmark(args) -> dict:
   materialize = {'auto': None, 'on': True, 'off': False}[args.materialize]
   if materialize is None:
     materialize = jax.default_backend() == 'cpu'
+  loop = train.resolve_loop(args.loop)
   step = train.prepared_step(model, config, strategy=strategy, materialize=materialize,
-                             **shape_args)
+                             loop=loop, **shape_args)
   runners = {'sweep': step.run}
   if args.compare_materialize:
     runners['materialize_flipped'] = train.prepared_step(
-        model, config, strategy=strategy, materialize=not materialize, **shape_args).run
+        model, config, strategy=strategy, materialize=not materialize, loop=loop,
+        **shape_args).run
   if args.compare_sequential:
     one = study_config(argparse.Namespace(**{**vars(args), 'models': 1}))
-    run_one = train.prepared_step(model, one, strategy='unroll', materialize=materialize,
-                                  **shape_args).run
-    runners['sequential'] = lambda: [run_one() for _ in range(args.models)]
+    one_step = train.prepared_step(model, one, strategy='unroll', materialize=materialize,
+                                   loop=loop, **shape_args)
+    runners['sequential'] = lambda: [one_step.run() for _ in range(args.models)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if args.torch and not torch_available():
     print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
   elif args.torch:
-    runners['torch'] = TorchReference(args, threads)
+    runners['torch'] = TorchReference(args, threads,
+                                      'cuda' if jax.default_backend() == 'gpu' else 'cpu')
   for run in runners.values():  # warm-up: first calls allocate and fill caches
     run(), run()
   times, cpu = interleaved(runners, args.steps, args.rounds)
   if 'torch' in runners:
     runners['torch'].close()
+  # Seconds per training step of every runner (a 'scan' call runs several).
+  times = {k: [t / step.steps_per_call for t in v] if k != 'torch' else v
+           for k, v in times.items()}
+  cpu = {k: c / step.steps_per_call if k != 'torch' else c for k, c in cpu.items()}
   step_s = parallel.median(times['sweep'])
   backend = jax.default_backend()
   peak = matmul_peak_tflops(backend)
   images = args.batch * args.models
   record = {
       'model': args.model, 'batch': args.batch, 'models': args.models, 'strategy': strategy,
-      'requested_strategy': args.strategy, 'augment': args.augment, 'dtype': args.dtype,
+      'requested_strategy': args.strategy, 'loop': loop, 'augment': args.augment,
+      'dtype': args.dtype,
       'materialize': materialize,
       'image_size': args.image_size, 'backend': backend,
       'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(),
       'cpu': parallel.cpu_model(), 'threads': threads, 'jax': jax.__version__,
       'compile_s': step.compile_s, 'step_s': step_s, 'images_per_s': images / step_s,
       'images_per_s_per_model': args.batch / step_s, 'flops_per_step': step.flops,
+      'model_epochs_per_hour': 3600 * images / step_s / args.epoch_images,
       'achieved_tflops': step.flops / step_s / 1e12, 'matmul_peak_tflops': peak,
       'fraction_of_peak': step.flops / step_s / 1e12 / peak,
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_s_per_step': cpu['sweep'],

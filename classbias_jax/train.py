@@ -287,17 +287,20 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
 # The compiled step on stand-in data: what `auto` measures and the benchmark CLI times.
 # ----------------------------------------------------------------------------------------
 class PreparedStep(NamedTuple):
-  run: Callable[[], None]  # trains all M models on their next batch, blocks until done
+  run: Callable[[], None]  # trains all M models for steps_per_call steps, blocks until done
   compile_s: float
-  flops: float  # per call, XLA's cost analysis (0 when the backend has none)
+  flops: float  # per step, XLA's cost analysis (0 when the backend has none)
   compiled: Any  # jax.stages.Compiled, e.g. for .as_text()
+  steps_per_call: int
 
 
 def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str,
-                  num_batches: int = 4, materialize: bool | None = None) -> PreparedStep:
-  """The jitted step of `make_train_step` (as make_train_epoch runs it with loop 'python')
-  for the sweep in `config`, compiled on random uint8 images [num_batches * B, *image_shape]
-  held on device.
+                  num_batches: int = 4, materialize: bool | None = None,
+                  loop: str = 'python') -> PreparedStep:
+  """The compiled training step of `make_train_step` for the sweep in `config`, as
+  make_train_epoch runs it, on random uint8 images [num_batches * B, *image_shape] held
+  on device. loop 'python': one step per call; 'scan': num_batches steps per call (a
+  `lax.scan`, as an epoch with loop 'scan').
 
   Under 'shard' the flops of one device's program are multiplied by the devices used.
   """
@@ -319,25 +322,36 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
   per_model = put(({k: jnp.asarray(v) for k, v in knobs_np.items()}, keys['aug'],
                    epoch_permutations(keys['data'], 0, len(labels))))
   shared = parallel.put_shared((images, labels), strategy, sweep.num_models)
-  steps = [jnp.int32(i) for i in range(num_batches)]
   args = (*per_model, *shared, jnp.int32(0))
+  if loop == 'scan':
+    def scanned(state, *args):
+      return jax.lax.scan(lambda s, i: train_step(s, *args, i), state,
+                          jnp.arange(num_batches, dtype=jnp.int32))
+    fn, steps = scanned, [()]
+  else:
+    fn, steps = train_step, [(jnp.int32(i),) for i in range(num_batches)]
   t0 = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, *args, steps[0]).compile()
+  compiled = jax.jit(fn, donate_argnums=(0,)).lower(state, *args, *steps[0]).compile()
   compile_s = time.perf_counter() - t0
-  box = {'state': state, 'step': 0}
+  box = {'state': state, 'calls': 0}
 
-  def run_step():
-    box['state'], metrics = compiled(box['state'], *args, steps[box['step'] % num_batches])
-    box['step'] += 1
+  def run():
+    box['state'], metrics = compiled(box['state'], *args, *steps[box['calls'] % len(steps)])
+    box['calls'] += 1
     jax.block_until_ready((box['state'], metrics))
 
+  per_call = num_batches if loop == 'scan' else 1
   devices = parallel.model_mesh(sweep.num_models).size if parallel.split_strategy(
       strategy)[0] else 1
-  return PreparedStep(run_step, compile_s, devices * step_flops(compiled), compiled)
+  # XLA's cost analysis counts no loop bodies: a scanned step is costed on its own.
+  flops = step_flops(compiled) if loop != 'scan' else step_flops(
+      jax.jit(train_step).lower(state, *args, jnp.int32(0)))
+  return PreparedStep(run, compile_s, devices * flops, compiled, per_call)
 
 
 def step_flops(compiled) -> float:
-  """FLOPs of one call of a compiled function by XLA's cost analysis (0 when unknown)."""
+  """FLOPs of one call of a compiled (or lowered) function by XLA's cost analysis (0 when
+  unknown)."""
   try:
     cost = compiled.cost_analysis()
   except Exception:  # some backends do not implement it

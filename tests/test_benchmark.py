@@ -37,8 +37,11 @@ def test_benchmark_cli_prints_a_json_record(tmp_path):
 
 
 def test_benchmark_auto_reports_the_rule_choice(tmp_path):
-  """conftest sets CLASSBIAS_AUTO=rule, so 'auto' resolves without measuring."""
-  record, _ = benchmark('--models=1', '--strategy=auto', '--augment=off', tmp_path=tmp_path)
+  """conftest sets CLASSBIAS_AUTO=rule, so 'auto' resolves without measuring; a scanned
+  call of 4 steps is timed and costed per step."""
+  record, _ = benchmark('--models=1', '--strategy=auto', '--augment=off', '--loop=scan',
+                        tmp_path=tmp_path)
   assert record['requested_strategy'] == 'auto' and record['strategy'] == 'unroll'
-  assert record['augment'] == 'off'
+  assert record['augment'] == 'off' and record['loop'] == 'scan'
+  assert record['step_s'] > 0 and record['flops_per_step'] > 0
   assert not os.listdir(tmp_path)  # nothing measured, nothing cached
