@@ -76,9 +76,16 @@ SHARD_SCRIPT = textwrap.dedent('''
   ref, shard = t.tiny_steps('unroll'), t.tiny_steps('shard')
   t.assert_same_models(ref, shard)
   kernel = shard[0]['params']['Conv_0']['kernel']
+  # The whole study, evaluation included, with the model axis over both devices.
+  import tempfile
+  from classbias_jax import train
+  config = t.tiny_config(**{'train__strategy': 'shard', 'train__epochs': 1, 'seeds': 1})
+  with tempfile.TemporaryDirectory() as workdir:
+    accuracy = train.run(config, workdir)['mean_accuracy']
   print(json.dumps({'devices': jax.device_count(),
                     'shards': len(kernel.sharding.device_set),
-                    'rows_per_device': [s.data.shape[0] for s in kernel.addressable_shards]}))
+                    'rows_per_device': [s.data.shape[0] for s in kernel.addressable_shards],
+                    'study_models': accuracy.size}))
 ''')
 
 
@@ -89,7 +96,7 @@ def test_shard_over_two_host_devices():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out == {'devices': 2, 'shards': 2, 'rows_per_device': [2, 2]}
+  assert out == {'devices': 2, 'shards': 2, 'rows_per_device': [2, 2], 'study_models': 2}
 
 
 def test_model_mesh_uses_devices_that_divide_m():
