@@ -4,19 +4,22 @@
       --compare-sequential --torch
 
 Times the step that train.run compiles (train.make_train_step: pad-4 crop + flip
-augmentation on device as in a study, forward, backward, SGD update of all M models) on
-random images after warm-up, and prints, as its last line, one JSON object: model, batch,
-models, strategy (resolved), backend, device_kind, compile_s, step_s (median),
-images_per_s (all models), images_per_s_per_model, flops_per_step (XLA cost analysis),
-achieved_tflops, matmul_peak_tflops (a large f32 matmul, bf16 on GPU/TPU, measured in the
-same process) and fraction_of_peak.
+augmentation on device as in a study, forward, backward, SGD update of all M models,
+called as train.loop runs it) on random images after warm-up, and prints, as its last
+line, one JSON object: model, batch, models, strategy (resolved), backend, device_kind,
+compile_s, step_s (median), images_per_s (all models), images_per_s_per_model,
+model_epochs_per_hour, flops_per_step (XLA cost analysis), achieved_tflops,
+matmul_peak_tflops (a large f32 matmul, bf16 on GPU/TPU, measured in the same process),
+fraction_of_peak, cpu_s_per_step (CPU seconds of all threads: the work done, whatever
+share of a busy machine the process got) and load_average.
 
 --compare-sequential also times the M models one after another (the M = 1 program called
 M times); --torch times benchmarks/torch_resnet.py (the same architecture trained eagerly
 by PyTorch with SGD, same threads; needs torch). Both are interleaved with the main
 measurement, round by round, so a busy machine slows all of them alike; the ratios are
 reported as sequential_ratio (> 1: the M-model program is faster than M runs) and
-torch_ratio (our images/s over PyTorch's, both for the whole sweep).
+torch_ratio (our images/s over PyTorch's, both for the whole sweep), each also by CPU
+time (*_cpu_ratio). --profile=N adds an op-level profile: where the step's time goes.
 """
 from __future__ import annotations
 
@@ -144,59 +147,27 @@ def interleaved(runners: dict, steps: int, rounds: int) -> tuple[dict, dict]:
 def benchmark(args) -> dict:
   """Runs the measurements of `args` and returns the JSON record."""
   import jax
-  from classbias_jax import parallel, train
-  from classbias_jax.models import create_model
-  import jax.numpy as jnp
-
-  config = study_config(args)
-  dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
-  model = create_model(args.model, args.num_classes, 1.0, dtype)
-  image_shape = (args.image_size, args.image_size, 3)
-  shape_args = dict(image_shape=image_shape, num_classes=args.num_classes)
-  strategy = train.choose_strategy(config, model, **shape_args)
-  materialize = {'auto': None, 'on': True, 'off': False}[args.materialize]
-  if materialize is None:
-    materialize = jax.default_backend() == 'cpu'
-  loop = train.resolve_loop(args.loop)
-  step = train.prepared_step(model, config, strategy=strategy, materialize=materialize,
-                             loop=loop, **shape_args)
-  runners = {'sweep': step.run}
-  if args.compare_materialize:
-    runners['materialize_flipped'] = train.prepared_step(
-        model, config, strategy=strategy, materialize=not materialize, loop=loop,
-        **shape_args).run
-  if args.compare_sequential:
-    one = study_config(argparse.Namespace(**{**vars(args), 'models': 1}))
-    one_step = train.prepared_step(model, one, strategy='unroll', materialize=materialize,
-                                   loop=loop, **shape_args)
-    runners['sequential'] = lambda: [one_step.run() for _ in range(args.models)]
-  threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  if args.torch and not torch_available():
-    print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
-  elif args.torch:
-    runners['torch'] = TorchReference(args, threads,
-                                      'cuda' if jax.default_backend() == 'gpu' else 'cpu')
+  from classbias_jax import parallel
+  step, runners, resolved = prepare(args)
   for run in runners.values():  # warm-up: first calls allocate and fill caches
     run(), run()
   times, cpu = interleaved(runners, args.steps, args.rounds)
   if 'torch' in runners:
     runners['torch'].close()
   # Seconds per training step of every runner (a 'scan' call runs several).
-  times = {k: [t / step.steps_per_call for t in v] if k != 'torch' else v
-           for k, v in times.items()}
-  cpu = {k: c / step.steps_per_call if k != 'torch' else c for k, c in cpu.items()}
+  per_call = {k: 1 if k == 'torch' else step.steps_per_call for k in runners}
+  times = {k: [t / per_call[k] for t in v] for k, v in times.items()}
+  cpu = {k: c / per_call[k] for k, c in cpu.items()}
   step_s = parallel.median(times['sweep'])
   backend = jax.default_backend()
   peak = matmul_peak_tflops(backend)
   images = args.batch * args.models
   record = {
-      'model': args.model, 'batch': args.batch, 'models': args.models, 'strategy': strategy,
-      'requested_strategy': args.strategy, 'loop': loop, 'augment': args.augment,
-      'dtype': args.dtype,
-      'materialize': materialize,
+      'model': args.model, 'batch': args.batch, 'models': args.models, **resolved,
+      'requested_strategy': args.strategy, 'augment': args.augment, 'dtype': args.dtype,
       'image_size': args.image_size, 'backend': backend,
       'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(),
-      'cpu': parallel.cpu_model(), 'threads': threads, 'jax': jax.__version__,
+      'cpu': parallel.cpu_model(), 'jax': jax.__version__,
       'compile_s': step.compile_s, 'step_s': step_s, 'images_per_s': images / step_s,
       'images_per_s_per_model': args.batch / step_s, 'flops_per_step': step.flops,
       'model_epochs_per_hour': 3600 * images / step_s / args.epoch_images,
@@ -204,23 +175,66 @@ def benchmark(args) -> dict:
       'fraction_of_peak': step.flops / step_s / 1e12 / peak,
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_s_per_step': cpu['sweep'],
       'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
+      **ratios(times, cpu, step_s, args),
   }
-  if 'sequential' in times:
-    record['sequential_step_s'] = parallel.median(times['sequential'])
-    record['sequential_ratio'] = record['sequential_step_s'] / step_s
-    record['sequential_cpu_ratio'] = cpu['sequential'] / cpu['sweep']
-  if 'materialize_flipped' in times:
-    # > 1: the chosen setting is faster than the opposite one.
-    record['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
-  if 'torch' in times:
-    torch_s = parallel.median(times['torch'])
-    record['torch_images_per_s'] = args.batch / torch_s
-    record['torch_ratio'] = record['images_per_s'] / record['torch_images_per_s']
-    # CPU seconds per image, PyTorch's over ours (> 1: we do the same work with less CPU).
-    record['torch_cpu_ratio'] = (cpu['torch'] / args.batch) / (cpu['sweep'] / images)
   if args.profile:
     record['profile'] = op_profile(step, args.profile)
   return record
+
+
+def prepare(args):
+  """(the sweep's PreparedStep, runners by name, resolved settings for the record)."""
+  import jax
+  import jax.numpy as jnp
+  from classbias_jax import train
+  from classbias_jax.models import create_model
+  config = study_config(args)
+  dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
+  model = create_model(args.model, args.num_classes, 1.0, dtype)
+  shape_args = dict(image_shape=(args.image_size, args.image_size, 3),
+                    num_classes=args.num_classes)
+  strategy = train.choose_strategy(config, model, **shape_args)
+  materialize = {'auto': jax.default_backend() == 'cpu', 'on': True,
+                 'off': False}[args.materialize]
+  loop = train.resolve_loop(args.loop)
+  prepared = lambda config, strategy, materialize: train.prepared_step(
+      model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)
+  step = prepared(config, strategy, materialize)
+  runners = {'sweep': step.run}
+  if args.compare_materialize:
+    runners['materialize_flipped'] = prepared(config, strategy, not materialize).run
+  if args.compare_sequential:
+    one = prepared(study_config(argparse.Namespace(**{**vars(args), 'models': 1})), 'unroll',
+                   materialize)
+    runners['sequential'] = lambda: [one.run() for _ in range(args.models)]
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  if args.torch and not torch_available():
+    print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
+  elif args.torch:
+    runners['torch'] = TorchReference(args, threads,
+                                      'cuda' if jax.default_backend() == 'gpu' else 'cpu')
+  resolved = {'strategy': strategy, 'loop': loop, 'materialize': materialize,
+              'threads': threads}
+  return step, runners, resolved
+
+
+def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:
+  """The comparisons that were run: > 1 means the sweep's step (as configured) is faster."""
+  from classbias_jax import parallel
+  out = {}
+  if 'sequential' in times:
+    out['sequential_step_s'] = parallel.median(times['sequential'])
+    out['sequential_ratio'] = out['sequential_step_s'] / step_s
+    out['sequential_cpu_ratio'] = cpu['sequential'] / cpu['sweep']
+  if 'materialize_flipped' in times:
+    out['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
+  if 'torch' in times:
+    out['torch_images_per_s'] = args.batch / parallel.median(times['torch'])
+    out['torch_ratio'] = args.batch * args.models / step_s / out['torch_images_per_s']
+    # CPU seconds per image, PyTorch's over ours: the work ratio whatever the load.
+    out['torch_cpu_ratio'] = (cpu['torch'] / args.batch) / (cpu['sweep'] / (
+        args.batch * args.models))
+  return out
 
 
 # ----------------------------------------------------------------------------------------
