@@ -99,8 +99,12 @@ def model_mesh(num_models: int) -> Mesh:
   """1-D mesh ('models') over the most devices that divide M, so every device holds the
   same number of models (M = 6 on 4 devices uses 3)."""
   devices = jax.devices()
-  count = max(d for d in range(1, len(devices) + 1) if num_models % d == 0)
-  return Mesh(np.asarray(devices[:count]), (MODEL_AXIS,))
+  return Mesh(np.asarray(devices[:mesh_size(num_models, len(devices))]), (MODEL_AXIS,))
+
+
+def mesh_size(num_models: int, num_devices: int) -> int:
+  """The most devices, at most num_devices, that divide num_models."""
+  return max(d for d in range(1, num_devices + 1) if num_models % d == 0)
 
 
 def put_models(tree, strategy: str):
@@ -129,10 +133,10 @@ def candidates(backend: str, num_models: int, num_devices: int) -> list[str]:
   else:
     # Unrolling many models makes programs (and compiles) M times larger on accelerators.
     out = ['vmap', 'chunked'] + (['unroll'] if num_models <= 16 else [])
-  if num_devices > 1 and model_mesh(num_models).size > 1:
+  if mesh_size(num_models, num_devices) > 1:
     out = ['shard:' + s if s != 'unroll' else 'shard' for s in out[:2]] + out
-  return [fallback_strategy(backend, num_models, num_devices)] + [
-      s for s in out if s != fallback_strategy(backend, num_models, num_devices)]
+  first = fallback_strategy(backend, num_models, num_devices)
+  return [first] + [s for s in out if s != first]
 
 
 def fallback_strategy(backend: str, num_models: int, num_devices: int) -> str:
@@ -140,7 +144,7 @@ def fallback_strategy(backend: str, num_models: int, num_devices: int) -> str:
   become grouped convs, which XLA:CPU runs several times slower), vmapped elsewhere;
   sharded over devices when there are several that M divides into."""
   inner = 'unroll' if backend == 'cpu' else 'vmap'
-  if num_devices > 1 and model_mesh(num_models).size > 1:
+  if mesh_size(num_models, num_devices) > 1:
     return 'shard' if inner == 'unroll' else 'shard:' + inner
   return inner
 

@@ -101,6 +101,10 @@ def test_shard_over_two_host_devices():
 
 def test_model_mesh_uses_devices_that_divide_m():
   assert parallel.model_mesh(4).size == 1  # one CPU device in this process
+  assert [parallel.mesh_size(m, 4) for m in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
+  assert parallel.candidates('cpu', 8, 2) == ['shard', 'shard:chunked', 'unroll', 'chunked',
+                                              'vmap']
+  assert parallel.candidates('gpu', 32, 1) == ['vmap', 'chunked']
   assert parallel.split_strategy('shard') == (True, 'unroll')
   assert parallel.split_strategy('shard:vmap') == (True, 'vmap')
   assert parallel.split_strategy('chunked') == (False, 'chunked')
