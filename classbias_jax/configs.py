@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
   # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)
   c.data.input_mode = 'auto'
+  # streamed mode: grain worker processes that read and decode (0 = in the main process);
+  # the batches are the same whatever the number
+  c.data.workers = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet20'
@@ -179,6 +182,8 @@ def validate(config) -> None:
   if config.data.input_mode not in ('auto', 'resident', 'streamed'):
     raise ConfigError(f'data.input_mode {config.data.input_mode!r}; choose auto, resident or '
                       'streamed')
+  if config.data.workers < 0:
+    raise ConfigError(f'data.workers must be >= 0, got {config.data.workers}')
   if config.train.checkpoint_every < 0:
     raise ConfigError(f'train.checkpoint_every must be >= 0 (0 = off), got '
                       f'{config.train.checkpoint_every}')

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from classbias_jax import data
-from classbias_jax.data import folder, idx, splits, stream, tfds_source
+from classbias_jax.data import folder, idx, splits, stream
 from classbias_jax.errors import ConfigError, DataUnavailable
 
 tfds = pytest.importorskip('tensorflow_datasets')

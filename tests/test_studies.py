@@ -1,7 +1,6 @@
 """The augmentation studies (configs/crop.py, color.py, erase.py): what each sweeps, that
 each trains end to end, and that a per-class knob table reaches the augmentation."""
 import json
-import os
 
 import jax
 import numpy as np

@@ -7,6 +7,10 @@
   'idx:PATH'         any folder of MNIST-format IDX files (idx.py)
   'folder:PATH'      one subfolder per class of JPEG/PNG files (folder.py)
   other names        TFDS datasets read through `tfds.data_source` (tfds_source.py)
+
+`open_streamed(data_config)` is the streamed input mode's way in: folder and TFDS datasets
+are opened without decoding their training split (stream.StreamedDataset); the other
+sources are generated or read whole from a few files anyway, and come from `load`.
 """
 from __future__ import annotations
 
@@ -35,6 +39,10 @@ class Dataset:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train_labels)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -86,3 +94,22 @@ def load(data_config) -> Dataset:
     ds = tfds_source.load(data_config)
   from classbias_jax.data import splits
   return check(splits.apply_splits(check(ds), data_config))
+
+
+def streams_lazily(name: str) -> bool:
+  """Whether `open_streamed` leaves the training split of dataset `name` on disk."""
+  generated_or_small = ('planted', 'digits', 'fashion_mnist')
+  return name not in generated_or_small and not name.startswith('idx:')
+
+
+def open_streamed(data_config):
+  """The dataset named by `data_config.name`, for the streamed input mode.
+
+  folder:PATH and TFDS names: a stream.StreamedDataset, which decodes no training image
+  until the pipeline reads it (the test and validation splits, and a sample for the
+  channel statistics, are decoded when first used). Other sources: `load(data_config)`.
+  """
+  if not streams_lazily(data_config.name):
+    return load(data_config)
+  from classbias_jax.data import stream
+  return stream.open_dataset(data_config)

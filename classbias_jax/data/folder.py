@@ -138,12 +138,23 @@ def split_flat(paths: list[str], labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def image_mode(paths: list[str]) -> str:
   """'L' when every image is greyscale, else 'RGB' (reads headers only)."""
-  def mode(path):
-    with Image.open(path) as image:
-      return image.mode
+  return image_mode_and_sizes(paths)[0]
+
+
+def image_mode_and_sizes(paths: list[str]) -> tuple[str, set[tuple[int, int]]]:
+  """(mode as `image_mode`, the set of (height, width) of the images): headers only, so
+  the streamed mode knows its image shape without decoding a single image."""
+  def header(path):
+    try:
+      with Image.open(path) as image:
+        return image.mode, image.size
+    except (OSError, ValueError) as e:
+      raise DataUnavailable(f'{path}: cannot read image ({e})') from None
   with futures.ThreadPoolExecutor(_THREADS) as pool:
-    modes = set(pool.map(mode, paths))
-  return 'L' if modes <= set(_GREY_MODES) else 'RGB'
+    headers = list(pool.map(header, paths))
+  modes = {mode for mode, _ in headers}
+  mode = 'L' if modes <= set(_GREY_MODES) else 'RGB'
+  return mode, {(height, width) for _, (width, height) in headers}
 
 
 def decode_files(paths: list[str], mode: str, size: int, what: str) -> np.ndarray:

@@ -65,11 +65,13 @@ def _field(cfg, name: str, default):
   return default if value is None else value
 
 
-def apply_splits(dataset, cfg):
-  """Carves `val_fraction` of train into a validation split, then keeps `train_subset`.
+def split_indices(labels: np.ndarray, cfg, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """Indices (train, val) into a training split with `labels`, per `val_fraction` and
+  `train_subset` of `cfg` (the `data` config); val is None without a validation split.
 
-  dataset: a `Dataset` with no validation split. cfg: the `data` config. Returns a new
-  `Dataset`; the same config gives the same images on every run and machine.
+  Only labels are needed, so a split that stays on disk (the streamed mode) is split
+  without reading its images. train is in ascending order (a subset of it after the
+  validation split), val too; they are disjoint. `name` names the dataset in errors.
   """
   val_fraction = float(_field(cfg, 'val_fraction', 0.0))
   train_subset = int(_field(cfg, 'train_subset', 0))
@@ -78,23 +80,33 @@ def apply_splits(dataset, cfg):
     raise ConfigError(f'data.val_fraction must be in [0, 1), got {val_fraction}')
   if train_subset < 0:
     raise ConfigError(f'data.train_subset must be >= 0 (0 = all), got {train_subset}')
-  images, labels = dataset.train_images, dataset.train_labels
-  changes = {}
+  train, val = np.arange(len(labels)), None
   if val_fraction > 0:
-    if dataset.val_images is not None:
-      raise ConfigError(f'{dataset.name} already has a validation split; '
-                        'set data.val_fraction=0')
     rng = np.random.default_rng([seed, _VAL_STREAM])
     val, train = stratified_take(labels, round(val_fraction * len(labels)), rng)
-    changes.update(val_images=images[val], val_labels=labels[val])
-    images, labels = images[train], labels[train]
   if train_subset:
-    if train_subset > len(labels):
-      raise ConfigError(f'data.train_subset={train_subset} exceeds the {len(labels)} '
-                        f'training images of {dataset.name} (after the validation split)')
+    if train_subset > len(train):
+      raise ConfigError(f'data.train_subset={train_subset} exceeds the {len(train)} '
+                        f'training images of {name} (after the validation split)')
     rng = np.random.default_rng([seed, _SUBSET_STREAM])
-    keep, _ = stratified_take(labels, train_subset, rng)
-    images, labels = images[keep], labels[keep]
-  if not changes and len(labels) == len(dataset.train_labels):
+    keep, _ = stratified_take(labels[train], train_subset, rng)
+    train = train[keep]
+  return train, val
+
+
+def apply_splits(dataset, cfg):
+  """Carves `val_fraction` of train into a validation split, then keeps `train_subset`.
+
+  dataset: a `Dataset` with no validation split. cfg: the `data` config. Returns a new
+  `Dataset`; the same config gives the same images on every run and machine.
+  """
+  images, labels = dataset.train_images, dataset.train_labels
+  train, val = split_indices(labels, cfg, dataset.name)
+  if val is not None and dataset.val_images is not None:
+    raise ConfigError(f'{dataset.name} already has a validation split; '
+                      'set data.val_fraction=0')
+  if val is None and len(train) == len(labels):
     return dataset
-  return dataclasses.replace(dataset, train_images=images, train_labels=labels, **changes)
+  changes = {} if val is None else {'val_images': images[val], 'val_labels': labels[val]}
+  return dataclasses.replace(dataset, train_images=images[train], train_labels=labels[train],
+                             **changes)

@@ -13,18 +13,30 @@ resumed run continues with the same batches.
 
 Batches are {'image': uint8 [B, S, S, C], 'label': int32 [B]}.
 
+`open_dataset(data_config)` opens a folder or TFDS dataset for this mode without decoding
+its training split (see `StreamedDataset`): the pipeline then reads it item by item.
+
     python -m classbias_jax.data.stream    # images/s for 32x32 and 224x224 JPEG inputs
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from concurrent import futures
+from typing import Any
 
 import grain
 import numpy as np
 
 from classbias_jax.data import folder
+from classbias_jax.errors import ConfigError, DataUnavailable
+
+# Training images the channel mean/std of a streamed dataset are estimated from.
+STATS_SAMPLE = 2000
+_STATS_SEED = 0  # a fixed sample: the statistics do not move with any config field
+_READ_CHUNK = 256  # images decoded per batch of work when a split is read into memory
 
 
 class ArraySource:
@@ -54,10 +66,15 @@ class FileSource:
 
 
 class TfdsSource:
-  """A TFDS data source as a grain source: item i = (decoded image, label)."""
+  """A TFDS data source as a grain source: item i = (decoded image, label).
 
-  def __init__(self, source, image_key: str, label_key: str):
+  labels_from: a source of the same records whose image is left encoded (see
+  tfds_source.label_source), so that `read_labels` decodes no image.
+  """
+
+  def __init__(self, source, image_key: str, label_key: str, labels_from=None):
     self.source, self.image_key, self.label_key = source, image_key, label_key
+    self.labels_from = labels_from
 
   def __len__(self) -> int:
     return len(self.source)
@@ -66,19 +83,61 @@ class TfdsSource:
     record = self.source[i]
     return record[self.image_key], int(record[self.label_key])
 
+  def read_labels(self) -> np.ndarray:
+    """int32 [N]: every record is read, no image decoded (when `labels_from` is set)."""
+    from classbias_jax.data import tfds_source
+    source = self.source if self.labels_from is None else self.labels_from
+    return tfds_source.read_labels(source, self.label_key)
+
+
+class IndexedSource:
+  """Items `indices` of another source, in that order: a split of a source, not a copy."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def source_labels(source) -> np.ndarray:
+  """int32 labels [N] of a source without decoding its images: a folder's come from its
+  class folder names; a TFDS source's are read from its records."""
+  if isinstance(source, IndexedSource):
+    return source_labels(source.source)[source.indices]
+  if hasattr(source, 'read_labels'):
+    return source.read_labels()
+  return np.asarray(source.labels, np.int32)
+
 
 class Decode(grain.transforms.Map):
-  """(path | bytes | array, label) -> (uint8 [S, S, C], label); see folder.to_array."""
+  """(path | bytes | array, label) -> (uint8 [S, S, C], label); see folder.to_array.
 
-  def __init__(self, mode: str, size: int):
+  shape: the (H, W, C) every image must have (when size is 0 and the dataset's images
+  were not all seen up front); another size is a ConfigError naming data.image_size.
+  """
+
+  def __init__(self, mode: str, size: int, shape: Sequence[int] | None = None):
     self.mode, self.size = mode, size
+    self.shape = None if shape is None else tuple(shape)
 
   def map(self, item):
     image, label = item
     channels = 1 if self.mode == 'L' else 3
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == channels
             and (not self.size or image.shape[:2] == (self.size, self.size))):
-      image = folder.to_array(image, self.mode, self.size)
+      try:
+        image = folder.to_array(image, self.mode, self.size)
+      except (OSError, ValueError) as e:
+        what = image if isinstance(image, str) else 'an image'
+        raise DataUnavailable(f'{what}: cannot decode image ({e})') from None
+    if self.shape is not None and image.shape != self.shape:
+      raise ConfigError(f'images have different sizes ({self.shape[1]}x{self.shape[0]} and '
+                        f'{image.shape[1]}x{image.shape[0]}); set data.image_size to resize '
+                        'them to one size')
     return image, label
 
 
@@ -89,20 +148,209 @@ def collate(items: Sequence[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
 
 
 def folder_sources(path: str) -> dict:
-  """{'train': FileSource, 'test': FileSource, 'class_names', 'mode'} of folder:PATH."""
+  """{'train': FileSource, 'test': FileSource, 'class_names', 'mode', 'sizes'} of
+  folder:PATH; sizes: the set of (height, width) of all its images (headers only)."""
   listing = folder.find(path)
   paths = listing['train'][0] + listing['test'][0]
+  mode, sizes = folder.image_mode_and_sizes(paths)
   return {'train': FileSource(*listing['train']), 'test': FileSource(*listing['test']),
-          'class_names': tuple(listing['class_names']), 'mode': folder.image_mode(paths)}
+          'class_names': tuple(listing['class_names']), 'mode': mode, 'sizes': sizes}
 
 
 def tfds_sources(name: str, data_dir: str = '') -> dict:
-  """{'train': TfdsSource, 'test': TfdsSource, 'class_names', 'mode'} of a TFDS dataset."""
+  """{'train': TfdsSource, 'test': TfdsSource, 'class_names', 'mode', 'sizes'} of a TFDS
+  dataset; sizes: {(height, width)} from its metadata, empty when they do not fix one."""
   from classbias_jax.data import tfds_source
   opened = tfds_source.open_sources(name, data_dir)
   keys = opened['image_key'], opened['label_key']
-  return {'train': TfdsSource(opened['train'], *keys), 'test': TfdsSource(opened['test'], *keys),
-          'class_names': opened['class_names'], 'mode': opened['mode']}
+  labels_from = tfds_source.label_source(opened['builder'], 'train', opened['image_key'])
+  return {'train': TfdsSource(opened['train'], *keys, labels_from=labels_from),
+          'test': TfdsSource(opened['test'], *keys), 'class_names': opened['class_names'],
+          'mode': opened['mode'], 'sizes': {opened['native']} if opened['native'] else set()}
+
+
+# ---- datasets opened for streaming -------------------------------------------------------
+
+def read_all(source, mode: str, size: int, shape: Sequence[int], what: str,
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes a whole (small) source into memory as `pipeline` would: uint8 images
+  [N, *shape] and int32 labels [N]; images of another shape are a ConfigError."""
+  decode = Decode(mode, size).map
+  images = np.empty((len(source),) + tuple(shape), np.uint8)
+  labels = np.empty(len(source), np.int32)
+  with futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    for start in range(0, len(source), _READ_CHUNK):
+      indices = range(start, min(len(source), start + _READ_CHUNK))
+      for i, (image, label) in zip(indices, pool.map(lambda i: decode(source[i]), indices)):
+        if image.shape != images.shape[1:]:
+          raise ConfigError(f'{what}: images have different sizes ({shape[1]}x{shape[0]} and '
+                            f'{image.shape[1]}x{image.shape[0]}); set data.image_size to '
+                            'resize them to one size')
+        images[i], labels[i] = image, label
+  return images, labels
+
+
+def sample_indices(n: int, k: int | None = None) -> np.ndarray:
+  """Sorted indices of a fixed uniform sample of k (default STATS_SAMPLE) of 0..n-1, all
+  of them when n <= k: the same on every run and machine."""
+  k = STATS_SAMPLE if k is None else k
+  if n <= k:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(_STATS_SEED).choice(n, k, replace=False))
+
+
+class StreamedDataset:
+  """A dataset opened for the streamed input mode: its training split is not read into
+  memory; `train_source` gives its items (image as stored, label) to `pipeline`, which
+  decodes them (mode `mode`, resized to `image_size` when > 0) as it streams.
+
+  It has what training reads of a `data.Dataset` (name, class_names, num_classes,
+  num_train, image_shape, train_labels, test_/val_ images and labels, channel_stats())
+  except train_images, and opening it decodes no image; each part is read when first asked:
+    image_shape     (S, S, C) for data.image_size = S; else the native size from the
+                    dataset's metadata or image headers. When neither fixes it (a TFDS
+                    image feature of unknown size), from the stats sample, and `pipeline`
+                    raises ConfigError on an image of another size.
+    train_labels    a folder's from its class folders; a TFDS dataset's read from its
+                    records with image decoding skipped. data.val_fraction and
+                    data.train_subset need them, so they are read at opening then.
+    test split      decoded into memory (evaluation needs arrays): it is small relative to
+                    train for the datasets this mode is for (ImageNet: 50k validation
+                    images against 1.28M training images).
+    val split       data.val_fraction of train, stratified as in splits.apply_splits (the
+                    same indices, so the same images as the resident mode); decoded into
+                    memory, as it is evaluated like test.
+    channel_stats() estimated from a fixed sample of STATS_SAMPLE training images
+                    (sample_indices; all of them for a smaller split, giving the resident
+                    mode's statistics up to float rounding).
+  """
+
+  def __init__(self, name: str, train, test, class_names: Sequence[str], mode: str,
+               image_size: int, sizes: set, data_config):
+    from classbias_jax.data import splits
+    self.name, self.class_names, self.mode = name, tuple(class_names), mode
+    self.image_size, self._test = image_size, test
+    self._channels = 1 if mode == 'L' else 3
+    self._native = None
+    if not image_size:
+      if len(sizes) > 1:
+        (h1, w1), (h2, w2) = sorted(sizes)[:2]
+        raise ConfigError(f'{name}: images have different sizes ({w1}x{h1} and {w2}x{h2}, '
+                          '...); set data.image_size to resize them to one size')
+      self._native = next(iter(sizes), None)
+    split_needed = any(float(getattr(data_config, field, 0) or 0)
+                       for field in ('val_fraction', 'train_subset'))
+    self._val_source = None
+    if split_needed:
+      labels = source_labels(train)
+      if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+        raise ConfigError(f'{name}: train labels outside 0..{len(self.class_names) - 1}')
+      indices, val = splits.split_indices(labels, data_config, name)
+      self.train_indices, self.val_indices = indices, val
+      if val is not None:
+        self._val_source = IndexedSource(train, val)
+      self.train_source = IndexedSource(train, indices) if len(indices) < len(train) else train
+    else:
+      self.train_indices, self.val_indices, self.train_source = None, None, train
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train_source)
+
+  @functools.cached_property
+  def train_labels(self) -> np.ndarray:
+    return source_labels(self.train_source)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    if self.image_size:
+      return (self.image_size, self.image_size, self._channels)
+    if self._native is None:
+      self._native = self._sample_stats[2]
+    return tuple(self._native) + (self._channels,)
+
+  def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std in [0, 1] of the stats sample: float32 [C] each."""
+    return self._sample_stats[:2]
+
+  @functools.cached_property
+  def _sample_stats(self) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    # Exact integer sums, one image at a time: a 224px sample never exists as floats.
+    source = IndexedSource(self.train_source, sample_indices(self.num_train))
+    decode = Decode(self.mode, self.image_size).map
+    total, squares, count, sizes = 0, 0, 0, set()
+    with futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+      for start in range(0, len(source), _READ_CHUNK):
+        indices = range(start, min(len(source), start + _READ_CHUNK))
+        for image, _ in pool.map(lambda i: decode(source[i]), indices):
+          x = image.reshape(-1, image.shape[-1]).astype(np.int64)
+          total, squares, count = total + x.sum(0), squares + (x * x).sum(0), count + len(x)
+          sizes.add(image.shape[:2])
+    if not count:
+      raise DataUnavailable(f'{self.name}: no training images')
+    if len(sizes) > 1 and not self.image_size:
+      (h1, w1), (h2, w2) = sorted(sizes)[:2]
+      raise ConfigError(f'{self.name}: images have different sizes ({w1}x{h1} and {w2}x{h2}, '
+                        '...); set data.image_size to resize them to one size')
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0)) / 255.0
+    return ((mean / 255.0).astype(np.float32), np.maximum(std, 1e-3).astype(np.float32),
+            next(iter(sizes)))
+
+  @functools.cached_property
+  def _test_split(self) -> tuple[np.ndarray, np.ndarray]:
+    return read_all(self._test, self.mode, self.image_size, self.image_shape, self.name)
+
+  @property
+  def test_images(self) -> np.ndarray:
+    return self._test_split[0]
+
+  @property
+  def test_labels(self) -> np.ndarray:
+    return self._test_split[1]
+
+  @functools.cached_property
+  def _val_split(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if self._val_source is None:
+      return None, None
+    return read_all(self._val_source, self.mode, self.image_size, self.image_shape, self.name)
+
+  @property
+  def val_images(self) -> np.ndarray | None:
+    return self._val_split[0]
+
+  @property
+  def val_labels(self) -> np.ndarray | None:
+    return self._val_split[1]
+
+  def resident_bytes(self) -> int:
+    """Bytes of train, test and validation images as uint8 arrays: what the resident mode
+    would hold, N x H x W x C, known without decoding an image (but see image_shape)."""
+    count = self.num_train + len(self._test) + (
+        0 if self._val_source is None else len(self._val_source))
+    return count * int(np.prod(self.image_shape))
+
+  def stream_options(self) -> dict[str, Any]:
+    """The `pipeline` arguments that decode this dataset's items."""
+    return {'mode': self.mode, 'image_size': self.image_size, 'image_shape': self.image_shape}
+
+
+def open_dataset(data_config) -> StreamedDataset:
+  """`data.name` = 'folder:PATH' or a TFDS name -> a StreamedDataset (data.data_dir,
+  data.image_size, data.val_fraction, data.train_subset, data.split_seed): lists the files
+  or opens the TFDS data source; decodes no image."""
+  name = data_config.name
+  if name.startswith('folder:'):
+    opened = folder_sources(os.path.expanduser(name.split(':', 1)[1]))
+  else:
+    opened = tfds_sources(name, getattr(data_config, 'data_dir', '') or '')
+  return StreamedDataset(name, opened['train'], opened['test'], opened['class_names'],
+                         opened['mode'], int(getattr(data_config, 'image_size', 0) or 0),
+                         opened['sizes'], data_config)
 
 
 def _parse_absl_flags():
@@ -115,19 +363,20 @@ def _parse_absl_flags():
 def pipeline(source, *, batch_size: int, image_size: int = 0, mode: str = 'RGB',
              seed: int = 0, num_epochs: int | None = None, shuffle: bool = True,
              drop_remainder: bool = True, num_threads: int = 0, num_workers: int = 0,
-             ) -> grain.IterDataset:
+             image_shape: Sequence[int] | None = None) -> grain.IterDataset:
   """A grain dataset of batches {'image': uint8 [B, S, S, C], 'label': int32 [B]}.
 
   source: random-access, item = (path | encoded bytes | uint8 array, label).
   image_size: S (0 = native, which must be one size). num_epochs: None = forever.
   num_threads: reader threads per process, 0 = one per CPU (PIL decodes outside the GIL,
-  so threads scale). num_workers > 0 also runs the pipeline in that many processes;
-  `main` measures both.
+  so threads scale). num_workers > 0 also runs the pipeline in that many processes
+  (spawned; the batches and their order are the same as with 0, and so is the iterator
+  state); `main` measures both. image_shape: checked for every image (see Decode).
   """
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.map(Decode(mode, image_size))
+  ds = ds.map(Decode(mode, image_size, image_shape))
   # Batch before repeat: batches stay within an epoch; repeat reshuffles each epoch.
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
   ds = ds.repeat(num_epochs)

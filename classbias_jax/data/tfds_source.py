@@ -116,7 +116,29 @@ def open_sources(name: str, data_dir: str = '') -> dict:
   grey = len(shape) == 2 or shape[-1] == 1
   return {'train': sources[0], 'test': sources[1], 'image_key': image_key,
           'label_key': label_key, 'class_names': tuple(info.features[label_key].names),
-          'mode': 'L' if grey else 'RGB'}
+          'mode': 'L' if grey else 'RGB', 'builder': builder,
+          'native': tuple(shape[:2]) if None not in shape[:2] else None}
+
+
+def label_source(builder, split: str, image_key: str):
+  """A data source of `split` whose records hold the encoded image bytes, not the decoded
+  image: reading labels through it skips the image decoding (the records are still read)."""
+  import tensorflow_datasets as tfds
+  if not isinstance(builder.info.features[image_key], tfds.features.Image):
+    return builder.as_data_source(split=split)  # a Tensor feature: nothing to decode
+  return builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+
+
+def read_labels(source, label_key: str) -> np.ndarray:
+  """int32 labels [N] of a data source, _CHUNK records per read (see `label_source`)."""
+  n = len(source)
+  labels = np.empty(n, np.int32)
+  getitems = getattr(source, '__getitems__', None)
+  for start in range(0, n, _CHUNK):
+    indices = list(range(start, min(n, start + _CHUNK)))
+    records = getitems(indices) if getitems else [source[i] for i in indices]
+    labels[start:start + len(indices)] = [record[label_key] for record in records]
+  return labels
 
 
 def read_split(source, image_key: str, label_key: str, mode: str, size: int, what: str,
