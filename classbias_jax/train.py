@@ -289,14 +289,15 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
 class PreparedStep(NamedTuple):
   run: Callable[[], None]  # trains all M models for steps_per_call steps, blocks until done
   compile_s: float
-  flops: float  # per step, XLA's cost analysis (0 when the backend has none)
+  flops: float  # per step, all models: model_flops (3x the forward pass)
   compiled: Any  # jax.stages.Compiled, e.g. for .as_text()
   steps_per_call: int
+  xla_flops: float = 0.0  # per step, XLA's cost analysis (0 when the backend has none)
 
 
 def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str,
                   num_batches: int = 4, materialize: bool | None = None,
-                  loop: str = 'python') -> PreparedStep:
+                  loop: str = 'python', count_flops: bool = True) -> PreparedStep:
   """The compiled training step of `make_train_step` for the sweep in `config`, as
   make_train_epoch runs it, on random uint8 images [num_batches * B, *image_shape] held
   on device. loop 'python': one step per call; 'scan': num_batches steps per call (a
@@ -343,10 +344,69 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
   per_call = num_batches if loop == 'scan' else 1
   devices = parallel.model_mesh(sweep.num_models).size if parallel.split_strategy(
       strategy)[0] else 1
-  # XLA's cost analysis counts no loop bodies: a scanned step is costed on its own.
-  flops = step_flops(compiled) if loop != 'scan' else step_flops(
-      jax.jit(train_step).lower(state, *args, jnp.int32(0)))
-  return PreparedStep(run, compile_s, devices * flops, compiled, per_call)
+  flops = xla_flops = 0.0
+  if count_flops:
+    flops = model_flops(model, image_shape, batch_size) * sweep.num_models
+    # XLA's cost analysis counts no loop bodies (a scanned step is costed on its own) and,
+    # on GPU, no cuDNN convolutions: kept beside the model count.
+    xla_flops = step_flops(compiled) if loop != 'scan' else step_flops(
+        jax.jit(train_step).lower(state, *args, jnp.int32(0)))
+  return PreparedStep(run, compile_s, flops, compiled, per_call, devices * xla_flops)
+
+
+def model_flops(model, image_shape, batch_size: int) -> float:
+  """Training FLOPs of one step of one model: 3x the forward pass's convolution and matmul
+  FLOPs (the backward pass does twice the forward's work), 2 per multiply-add, counting
+  only window taps that fall inside the input (padding excluded), as model FLOPs are
+  usually counted. The same number on every backend, where XLA's cost analysis of a GPU
+  program leaves out the cuDNN convolutions."""
+  shape = (batch_size,) + tuple(image_shape)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
+                                                train=False))
+  forward = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  jaxpr = jax.make_jaxpr(forward)(variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+  return 3 * _jaxpr_flops(jaxpr.jaxpr)
+
+
+def _valid_taps(in_size: int, out_size: int, window: int, stride: int, pad_lo: int,
+                lhs_dilation: int, rhs_dilation: int) -> int:
+  """(output position, window tap) pairs of one spatial dimension that read an input
+  element, not padding."""
+  pos = (np.arange(out_size)[:, None] * stride - pad_lo
+         + np.arange(window)[None, :] * rhs_dilation)
+  return int(np.sum((pos >= 0) & (pos % lhs_dilation == 0)
+                    & (pos // lhs_dilation < in_size)))
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  """Convolution and matmul FLOPs of a jaxpr (sub-jaxprs included; a scan's body counts
+  `length` times, a cond its costliest branch, a while loop's body once)."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+      out = eqn.outvars[0].aval.shape
+      lhs_spec, rhs_spec, out_spec = eqn.params['dimension_numbers']
+      p = eqn.params
+      taps = 1
+      for i in range(len(rhs_spec) - 2):
+        taps *= _valid_taps(lhs[lhs_spec[2 + i]], out[out_spec[2 + i]], rhs[rhs_spec[2 + i]],
+                            p['window_strides'][i], p['padding'][i][0],
+                            (p['lhs_dilation'] or (1,) * 3)[i],
+                            (p['rhs_dilation'] or (1,) * 3)[i])
+      total += 2.0 * out[out_spec[0]] * out[out_spec[1]] * rhs[rhs_spec[1]] * taps
+    elif name == 'dot_general':
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+    elif name == 'cond':
+      total += max(_jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
+    else:
+      inner = sum(_jaxpr_flops(getattr(v, 'jaxpr', v)) for v in eqn.params.values()
+                  if isinstance(v, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)))
+      total += inner * (eqn.params['length'] if name == 'scan' else 1)
+  return float(total)
 
 
 def step_flops(compiled) -> float:
@@ -380,10 +440,15 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
               'augment': list(ops) + ['erase'] * erase, 'chunk_size': config.train.chunk_size}
 
   def measure(strategy: str, give_up_s: float | None) -> float:
+    # As the run will call it (one step or a scan of steps per call); the first call
+    # (allocation, warm-up) is not timed, so it cannot trip the give-up bar.
     step = prepared_step(model, config, image_shape=image_shape, num_classes=num_classes,
-                         strategy=strategy)
-    times = parallel.time_calls(step.run, measure_steps + 1, give_up_s)
-    return parallel.median(times[1:] or times)  # the first call includes warm-up
+                         strategy=strategy, loop=resolve_loop(config.train.loop),
+                         count_flops=False)
+    step.run()
+    bar = None if give_up_s is None else give_up_s * step.steps_per_call
+    return parallel.median(parallel.time_calls(step.run, measure_steps, bar)) / (
+        step.steps_per_call)
 
   worth_it = total_steps is None or total_steps >= MIN_STEPS_TO_MEASURE
   return parallel.resolve_strategy(config.train.strategy, num_models=sweep.num_models,
@@ -494,13 +559,40 @@ def train_stream(config, dataset, epochs: int):
   """The grain iterator of the streamed mode over the training split: `epochs` epochs of
   host batches {'image': uint8 [B, H, W, C], 'label': int32 [B]}, each epoch a fresh
   permutation seeded by `config.seed` (shared by all models), the last partial batch
-  dropped (as the resident mode drops the end of each permutation)."""
+  dropped (as the resident mode drops the end of each permutation).
+
+  dataset: a data.Dataset (its arrays are streamed), or a stream.StreamedDataset from
+  load_dataset, whose images the pipeline reads and decodes from the dataset's files.
+  `data.workers` grain worker processes decode; the batches are the same.
+  """
   from classbias_jax.data import stream
-  source = stream.ArraySource(dataset.train_images, dataset.train_labels)
-  mode = 'L' if dataset.image_shape[-1] == 1 else 'RGB'
-  return iter(stream.pipeline(source, batch_size=config.train.batch_size, mode=mode,
-                              seed=config.seed, num_epochs=epochs, shuffle=True,
-                              drop_remainder=True))
+  if isinstance(dataset, data.Dataset):
+    source = stream.ArraySource(dataset.train_images, dataset.train_labels)
+    options = {'mode': 'L' if dataset.image_shape[-1] == 1 else 'RGB'}
+  else:
+    source, options = dataset.train_source, dataset.stream_options()
+  return iter(stream.pipeline(source, batch_size=config.train.batch_size, seed=config.seed,
+                              num_epochs=epochs, shuffle=True, drop_remainder=True,
+                              num_workers=config.data.workers, **options))
+
+
+def load_dataset(data_config, mode: str):
+  """(dataset, input mode) for input mode `mode` ('auto', 'resident' or 'streamed').
+
+  resident: data.load, every split decoded into host memory. streamed: data.open_streamed,
+  which never decodes the training split up front (train_stream reads it lazily). auto:
+  opened as for streamed, so that its resident size (N x H x W x C bytes) is known without
+  decoding it, and loaded as for resident only when resolve_input_mode picks resident.
+  """
+  if mode == 'resident':
+    return data.load(data_config), mode
+  dataset = data.open_streamed(data_config)
+  in_memory = isinstance(dataset, data.Dataset)
+  mode = resolve_input_mode(mode, resident_bytes(dataset) if in_memory
+                            else dataset.resident_bytes())
+  if mode == 'resident' and not in_memory:
+    dataset = data.load(data_config)
+  return dataset, mode
 
 
 def make_streamed_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
@@ -567,8 +659,12 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   # Config and data first: a bad config or missing dataset leaves nothing written.
   configs.validate(config)
   sweep = sweep_lib.from_config(config)
-  dataset = data.load(config.data)
-  num_train = len(dataset.train_labels)
+  # A checkpoint of another config is refused here, before anything is written.
+  resume = checkpoint.read_meta(workdir, config)
+  # A resumed run keeps its input mode: the two modes order the data differently.
+  dataset, input_mode = load_dataset(config.data, resume['input_mode'] if resume
+                                     else config.data.input_mode)
+  num_train = dataset.num_train
   batch_size = config.train.batch_size
   if num_train < batch_size:
     raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
@@ -582,11 +678,6 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   strategy = choose_strategy(config, model, image_shape=dataset.image_shape,
                              num_classes=dataset.num_classes,
                              total_steps=config.train.epochs * steps_per_epoch)
-  # A checkpoint of another config is refused here, before anything is written.
-  resume = checkpoint.read_meta(workdir, config)
-  # A resumed run keeps its input mode: the two modes order the data differently.
-  input_mode = resume['input_mode'] if resume else resolve_input_mode(
-      config.data.input_mode, resident_bytes(dataset))
   streamed = input_mode == 'streamed'
 
   os.makedirs(workdir, exist_ok=True)
