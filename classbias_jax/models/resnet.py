@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from classbias_jax.errors import ConfigError
+from classbias_jax.models.conv import conv_general_dilated
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -76,8 +77,10 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
+    # conv_general_dilated: lax's, with a weight gradient that stays fast when the model
+    # axis is vmapped (models/conv.py).
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                             padding='SAME')
+                             padding='SAME', conv_general_dilated=conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     x = x.astype(self.dtype)
