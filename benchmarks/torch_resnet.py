@@ -139,6 +139,8 @@ def setup(model_name: str, batch: int, image_size: int = 32, channels: int = 3,
   if channels != 3:
     model.stem[0] = nn.Conv2d(channels, model.stem[0].out_channels, 3, 1, 1, bias=False)
   model = model.to(device)
+  if device.startswith('cuda'):
+    torch.backends.cudnn.benchmark = True  # what a tuned PyTorch script sets
   images = torch.randint(0, 256, (batch, image_size, image_size, channels), dtype=torch.uint8)
   labels = torch.randint(0, num_classes, (batch,))
   return make_step(model, augment_on), images.to(device), labels.to(device)

@@ -8,11 +8,15 @@ augmentation on device as in a study, forward, backward, SGD update of all M mod
 called as train.loop runs it) on random images after warm-up, and prints, as its last
 line, one JSON object: model, batch, models, strategy (resolved), backend, device_kind,
 compile_s, step_s (median), images_per_s (all models), images_per_s_per_model,
-model_epochs_per_hour, flops_per_step (XLA cost analysis), achieved_tflops,
+model_epochs_per_hour, flops_per_step (convolution and matmul FLOPs counted from the
+program, train.jaxpr_flops: the same on every backend), xla_flops_per_step (XLA's cost
+analysis: it skips padded taps and, on GPU, cuDNN convolutions), achieved_tflops,
 matmul_peak_tflops (a large f32 matmul, bf16 on GPU/TPU, measured in the same process),
 fraction_of_peak, cpu_s_per_step (CPU seconds of all threads: the work done, whatever
 share of a busy machine the process got) and load_average.
 
+--compare-augment also times the step with the opposite --augment setting and reports
+augment_overhead, the augmentation's share of the augmented step.
 --compare-sequential also times the M models one after another (the M = 1 program called
 M times); --torch times benchmarks/torch_resnet.py (the same architecture trained eagerly
 by PyTorch with SGD, same threads; needs torch). Both are interleaved with the main
@@ -38,8 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--models', type=int, default=8, help='M, models trained together')
   p.add_argument('--strategy', default='auto', help='auto, unroll, vmap, chunked, shard[:inner]')
   p.add_argument('--chunk-size', type=int, default=4, help="models per chunk for 'chunked'")
-  p.add_argument('--augment', choices=('on', 'off'), default='on',
-                 help='pad-4 crop + flip as in a study (off: to measure their cost)')
+  p.add_argument('--augment', choices=('on', 'off', 'study'), default='on',
+                 help="on: pad-4 crop + flip (the CIFAR recipe); study: every study's "
+                 "augmentation at full strength (RandomResizedCrop(0.08), flip, "
+                 "ColorJitter(0.8, 0.8, 0.8, 0.2), RandomErasing(p=0.5)); off: none")
   p.add_argument('--image-size', type=int, default=32)
   p.add_argument('--num-classes', type=int, default=10)
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
@@ -59,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="residual blocks' outputs computed once (train.materialized); auto: on CPU")
   p.add_argument('--compare-materialize', action='store_true',
                  help='also time the step with the opposite --materialize setting')
+  p.add_argument('--compare-augment', action='store_true',
+                 help='also time the step with the opposite --augment setting (its cost)')
   p.add_argument('--profile', type=int, default=0, metavar='STEPS',
                  help='trace this many steps and report where the time goes, by op')
   return p.parse_args(argv)
@@ -75,7 +83,10 @@ def study_config(args):
   c.train.strategy = args.strategy
   c.train.chunk_size = args.chunk_size
   c.aug.pad_crop = 4 if args.augment == 'on' else 0
-  c.aug.flip = args.augment == 'on'
+  c.aug.flip = args.augment != 'off'
+  if args.augment == 'study':
+    c.aug.crop, c.aug.crop_scale_min = True, 0.08
+    c.aug.color_strength, c.aug.erase_prob = 1.0, 0.5
   c.data.name = 'benchmark'  # only for the record: the images are random
   return c
 
@@ -170,6 +181,7 @@ def benchmark(args) -> dict:
       'cpu': parallel.cpu_model(), 'jax': jax.__version__,
       'compile_s': step.compile_s, 'step_s': step_s, 'images_per_s': images / step_s,
       'images_per_s_per_model': args.batch / step_s, 'flops_per_step': step.flops,
+      'xla_flops_per_step': step.xla_flops,
       'model_epochs_per_hour': 3600 * images / step_s / args.epoch_images,
       'achieved_tflops': step.flops / step_s / 1e12, 'matmul_peak_tflops': peak,
       'fraction_of_peak': step.flops / step_s / 1e12 / peak,
@@ -200,15 +212,23 @@ def prepare(args):
   prepared = lambda config, strategy, materialize: train.prepared_step(
       model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)
   step = prepared(config, strategy, materialize)
+  print(f'compiled the {strategy} step of {args.models} models in {step.compile_s:.1f} s',
+        file=sys.stderr, flush=True)
   runners = {'sweep': step.run}
   if args.compare_materialize:
     runners['materialize_flipped'] = prepared(config, strategy, not materialize).run
+  if args.compare_augment:
+    flipped = argparse.Namespace(**{**vars(args),
+                                    'augment': 'on' if args.augment == 'off' else 'off'})
+    runners['augment_flipped'] = prepared(study_config(flipped), strategy, materialize).run
   if args.compare_sequential:
     one = prepared(study_config(argparse.Namespace(**{**vars(args), 'models': 1})), 'unroll',
                    materialize)
     runners['sequential'] = lambda: [one.run() for _ in range(args.models)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  if args.torch and not torch_available():
+  if args.torch and args.augment == 'study':
+    print('the PyTorch reference has no --augment=study: skipping it', file=sys.stderr)
+  elif args.torch and not torch_available():
     print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
   elif args.torch:
     runners['torch'] = TorchReference(args, threads,
@@ -228,6 +248,14 @@ def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:
     out['sequential_cpu_ratio'] = cpu['sequential'] / cpu['sweep']
   if 'materialize_flipped' in times:
     out['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
+  if 'augment_flipped' in times:
+    # The augmentation's share of the step with it: (with - without) / with.
+    on, off = ('sweep', 'augment_flipped') if args.augment != 'off' else ('augment_flipped',
+                                                                           'sweep')
+    with_aug, without = parallel.median(times[on]), parallel.median(times[off])
+    out['augment_step_s'], out['no_augment_step_s'] = with_aug, without
+    out['augment_overhead'] = (with_aug - without) / with_aug
+    out['augment_cpu_overhead'] = (cpu[on] - cpu[off]) / cpu[on]
   if 'torch' in times:
     out['torch_images_per_s'] = args.batch / parallel.median(times['torch'])
     out['torch_ratio'] = args.batch * args.models / step_s / out['torch_images_per_s']
@@ -260,6 +288,9 @@ def hlo_instructions(hlo: str) -> dict[str, dict[str, str]]:
     name, opcode, rest = m.groups()
     calls = re.search(r'calls=%([\w.\-]+)', rest)
     op_name = re.search(r'op_name="([^"]*)"', rest)
+    target = re.search(r'custom_call_target="([^"]*)"', rest)
+    if target:  # GPU: cuDNN convolutions and cuBLAS matmuls are custom calls
+      opcode = 'custom-call:' + target.group(1)
     parsed[name] = (opcode, calls.group(1) if calls else None,
                     op_name.group(1) if op_name else '')
     if line.lstrip().startswith('ROOT'):
@@ -269,6 +300,13 @@ def hlo_instructions(hlo: str) -> dict[str, dict[str, str]]:
 
 
 def _category(name: str, root: str) -> str:
+  if root.startswith('custom-call:'):
+    target = root.lower()
+    if 'conv' in target:
+      return 'convolution (cuDNN)'
+    if 'gemm' in target or 'blas' in target or 'matmul' in target:
+      return 'matmul'
+    return 'custom call'
   if root.startswith('convolution'):
     return 'convolution (YNNPACK)' if name.startswith('ynn') else 'convolution (XLA)'
   if root == 'dot':
@@ -301,17 +339,40 @@ def op_profile(step, calls: int, top: int = 12) -> dict:
     path, = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
       events = json.load(f)['traceEvents']
+  # Accelerator events are kernels, named by the kernel; their args name the HLO op.
+  device_pids = {e.get('pid') for e in events if e.get('ph') == 'M' and
+                 e.get('name') == 'process_name' and
+                 re.search(r'/device:(GPU|TPU)', str(e.get('args', {}).get('name', '')))}
+  steps = calls * step.steps_per_call
   per_op: dict[str, float] = {}
+  unmatched: dict[str, float] = {}
+  device_busy_ms = 0.0
   for e in events:
-    if e.get('ph') == 'X' and e.get('name') in info:
-      per_op[e['name']] = per_op.get(e['name'], 0.0) + e.get('dur', 0) / 1e3 / calls
+    if e.get('ph') != 'X' or (device_pids and e.get('pid') not in device_pids):
+      continue  # on an accelerator, only its kernels: host events would count twice
+    ms = e.get('dur', 0) / 1e3 / steps
+    args = e.get('args') or {}
+    name = next((n for n in (e.get('name'), args.get('hlo_op'), args.get('long_name'))
+                 if n in info), None)
+    if device_pids:
+      device_busy_ms += ms
+    if name is not None:
+      per_op[name] = per_op.get(name, 0.0) + ms
+    elif device_pids:
+      unmatched[e.get('name', '?')] = unmatched.get(e.get('name', '?'), 0.0) + ms
   by_category: dict[str, float] = {}
   for name, ms in per_op.items():
     by_category[info[name]['category']] = by_category.get(info[name]['category'], 0.0) + ms
   slowest = sorted(per_op, key=per_op.get, reverse=True)[:top]
-  return {'wall_ms_per_step': 1e3 * wall / calls, 'op_ms_per_step': sum(per_op.values()),
-          'category_ms': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
-          'top_ops': [{'name': n, 'ms': per_op[n], **info[n]} for n in slowest]}
+  if unmatched:
+    by_category['kernels not matched to an op'] = sum(unmatched.values())
+  out = {'wall_ms_per_step': 1e3 * wall / steps, 'op_ms_per_step': sum(by_category.values()),
+         'category_ms': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+         'top_ops': [{'name': n, 'ms': per_op[n], **info[n]} for n in slowest]}
+  if device_pids:  # an accelerator: how busy it was, and what could not be named
+    out['device_busy_ms_per_step'] = device_busy_ms
+    out['top_unmatched'] = sorted(unmatched.items(), key=lambda kv: -kv[1])[:top]
+  return out
 
 
 def summary(r: dict) -> str:
@@ -326,6 +387,11 @@ def summary(r: dict) -> str:
   if 'materialize_ratio' in r:
     lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
                  f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")
+  if 'augment_overhead' in r:
+    what = 'every study augmentation' if r['augment'] == 'study' else 'pad-4 crop + flip'
+    lines.append(f"augmentation ({what}): {100 * r['augment_overhead']:.1f}% of the "
+                 f"step ({1e3 * r['augment_step_s']:.1f} vs {1e3 * r['no_augment_step_s']:.1f} "
+                 f"ms; CPU time {100 * r['augment_cpu_overhead']:.1f}%)")
   if 'torch_ratio' in r:
     lines.append(f"vs PyTorch eager ({r['torch_images_per_s']:.0f} images/s, "
                  f"{r['threads']} threads): {r['torch_ratio']:.2f}x (CPU time: "
@@ -338,6 +404,10 @@ def summary(r: dict) -> str:
               for cat, ms in p['category_ms'].items()]
     lines += [f"  {o['ms']:8.1f} ms  {o['name']} ({o['category']}) {o['op'][-70:]}"
               for o in p['top_ops']]
+    if 'device_busy_ms_per_step' in p:
+      lines.append(f"device busy {p['device_busy_ms_per_step']:.1f} ms per step (kernels "
+                   f"summed); unmatched kernels: " + ', '.join(
+                       f'{n[:60]} {ms:.2f} ms' for n, ms in p['top_unmatched']))
   return '\n'.join(lines)
 
 

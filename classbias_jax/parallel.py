@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -240,7 +241,10 @@ def measure_candidates(names: Sequence[str], measure: Callable[[str, float | Non
   timings: dict[str, float] = {}
   for name in names:
     bar = give_up_factor * min(timings.values()) if timings else None
+    t0 = time.perf_counter()
     timings[name] = measure(name, bar)
+    print(f'auto: {name} {timings[name]:.4g} s per step (measured in '
+          f'{time.perf_counter() - t0:.0f} s, compile included)', file=sys.stderr, flush=True)
   return timings
 
 

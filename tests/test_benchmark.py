@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 KEYS = ('model', 'batch', 'models', 'strategy', 'backend', 'device_kind', 'compile_s', 'step_s',
@@ -45,3 +47,38 @@ def test_benchmark_auto_reports_the_rule_choice(tmp_path):
   assert record['augment'] == 'off' and record['loop'] == 'scan'
   assert record['step_s'] > 0 and record['flops_per_step'] > 0
   assert not os.listdir(tmp_path)  # nothing measured, nothing cached
+
+
+def test_benchmark_compare_augment_reports_its_share_of_the_step(tmp_path):
+  """--augment=study turns every study augmentation on; --compare-augment times the same
+  step without them in the same run."""
+  record, stdout = benchmark('--models=1', '--strategy=unroll', '--augment=study',
+                             '--compare-augment', tmp_path=tmp_path)
+  assert record['augment'] == 'study'
+  assert record['augment_step_s'] == record['step_s'] and record['no_augment_step_s'] > 0
+  assert record['augment_overhead'] == pytest.approx(
+      1 - record['no_augment_step_s'] / record['augment_step_s'])
+  assert record['augment_overhead'] < 1
+  assert 'every study augmentation' in stdout
+
+
+def test_valid_taps_leave_out_padding():
+  from classbias_jax.train import _valid_taps
+  assert _valid_taps(4, 4, 3, 1, 1, 1, 1) == 10  # 'SAME': each edge output loses a tap
+  assert _valid_taps(4, 2, 3, 2, 0, 1, 1) == 5  # stride 2, padded only at the end
+  assert _valid_taps(5, 3, 3, 1, 0, 1, 1) == 9  # 'VALID': every tap reads the input
+
+
+def test_model_flops_agree_with_xla_cost_analysis_on_cpu():
+  """3x the forward pass's conv and matmul FLOPs is within 10% of XLA's count of the whole
+  compiled training step (which adds the elementwise work) on CPU, where XLA counts
+  convolutions too."""
+  import jax
+  from classbias_jax import benchmark as bench
+  from classbias_jax import train
+  from classbias_jax.models import create_model
+  args = bench.parse_args(['--model=resnet8', '--models=2', '--batch=8', '--augment=off'])
+  step = train.prepared_step(create_model('resnet8', 10), bench.study_config(args),
+                             image_shape=(16, 16, 3), num_classes=10, strategy='unroll')
+  assert jax.default_backend() == 'cpu' and step.xla_flops > 0
+  assert 0.9 < step.flops / step.xla_flops < 1.1
