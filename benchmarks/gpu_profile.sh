@@ -2,7 +2,7 @@
 # Follow-up to gpu_check.sh on one GPU: the vmapped sweep step with its op-level profile
 # (where the time goes), against the models one after another and PyTorch, in f32 and bf16.
 # Writes $OUT/gpu_profile.log and one JSON record per benchmark to $OUT/gpu_profile.jsonl.
-#   OUT=/tmp/gpu PYTHON=python3 bash benchmarks/gpu_profile.sh
+#   OUT=/tmp/gpu PYTHON=python3 bash benchmarks/gpu_profile.sh    # about 7 minutes
 set -uo pipefail
 out="${OUT:-.}"
 mkdir -p "$out"
@@ -23,10 +23,10 @@ bench() {  # bench LIMIT_S ARGS...
   rm -f "$tmp"
 }
 r20='--model=resnet20 --batch=128'
-bench 75 $r20 --models=16 --strategy=vmap --compare-sequential --torch --steps=12 --rounds=3 \
+bench 150 $r20 --models=16 --strategy=vmap --compare-sequential --torch --steps=12 --rounds=3 \
     --profile=1
-bench 60 $r20 --models=16 --strategy=vmap --dtype=bfloat16 --compare-sequential --steps=12 \
+bench 150 $r20 --models=16 --strategy=vmap --dtype=bfloat16 --compare-sequential --steps=12 \
     --rounds=3
-bench 60 --model=resnet18 --batch=128 --models=8 --strategy=vmap --dtype=bfloat16 --steps=8 \
+bench 90 --model=resnet18 --batch=128 --models=8 --strategy=vmap --dtype=bfloat16 --steps=8 \
     --rounds=2
 say done
