@@ -15,6 +15,7 @@ matmul_peak_tflops (a large f32 matmul, bf16 on GPU/TPU, measured in the same pr
 fraction_of_peak, cpu_s_per_step (CPU seconds of all threads: the work done, whatever
 share of a busy machine the process got) and load_average.
 
+--compare-conv-chunk also times the step with whole-batch convolutions (conv_chunk_ratio).
 --compare-augment also times the step with the opposite --augment setting and reports
 augment_overhead, the augmentation's share of the augmented step.
 --compare-sequential also times the M models one after another (the M = 1 program called
@@ -65,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="residual blocks' outputs computed once (train.materialized); auto: on CPU")
   p.add_argument('--compare-materialize', action='store_true',
                  help='also time the step with the opposite --materialize setting')
+  p.add_argument('--compare-conv-chunk', action='store_true',
+                 help='also time the step with whole-batch convolutions (conv_batch_chunk=0; '
+                 'CPU convolves chunks of 32 images by default, models/conv.py)')
   p.add_argument('--compare-augment', action='store_true',
                  help='also time the step with the opposite --augment setting (its cost)')
   p.add_argument('--profile', type=int, default=0, metavar='STEPS',
@@ -209,7 +213,7 @@ def prepare(args):
   materialize = {'auto': jax.default_backend() == 'cpu', 'on': True,
                  'off': False}[args.materialize]
   loop = train.resolve_loop(args.loop)
-  prepared = lambda config, strategy, materialize: train.prepared_step(
+  prepared = lambda config, strategy, materialize, model=model: train.prepared_step(
       model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)
   step = prepared(config, strategy, materialize)
   print(f'compiled the {strategy} step of {args.models} models in {step.compile_s:.1f} s',
@@ -217,6 +221,9 @@ def prepare(args):
   runners = {'sweep': step.run}
   if args.compare_materialize:
     runners['materialize_flipped'] = prepared(config, strategy, not materialize).run
+  if args.compare_conv_chunk:
+    runners['whole_batch_convs'] = prepared(config, strategy, materialize,
+                                            model.clone(conv_batch_chunk=0)).run
   if args.compare_augment:
     flipped = argparse.Namespace(**{**vars(args),
                                     'augment': 'on' if args.augment == 'off' else 'off'})
@@ -248,6 +255,9 @@ def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:
     out['sequential_cpu_ratio'] = cpu['sequential'] / cpu['sweep']
   if 'materialize_flipped' in times:
     out['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
+  if 'whole_batch_convs' in times:
+    out['conv_chunk_ratio'] = parallel.median(times['whole_batch_convs']) / step_s
+    out['conv_chunk_cpu_ratio'] = cpu['whole_batch_convs'] / cpu['sweep']
   if 'augment_flipped' in times:
     # The augmentation's share of the step with it: (with - without) / with.
     on, off = ('sweep', 'augment_flipped') if args.augment != 'off' else ('augment_flipped',
@@ -387,6 +397,9 @@ def summary(r: dict) -> str:
   if 'materialize_ratio' in r:
     lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
                  f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")
+  if 'conv_chunk_ratio' in r:
+    lines.append(f"convolutions in chunks of 32 images vs whole batches: "
+                 f"{r['conv_chunk_ratio']:.2f}x (CPU time: {r['conv_chunk_cpu_ratio']:.2f}x)")
   if 'augment_overhead' in r:
     what = 'every study augmentation' if r['augment'] == 'study' else 'pad-4 crop + flip'
     lines.append(f"augmentation ({what}): {100 * r['augment_overhead']:.1f}% of the "

@@ -1,5 +1,6 @@
 """models/conv.py: the same gradients as lax's convolution, vmapped or not, without the
 batch-grouped weight-gradient convolution under vmap."""
+import functools
 import re
 
 import jax
@@ -66,3 +67,34 @@ def test_resnet_vmapped_gradients_match_per_model_gradients():
                          jax.tree.map(lambda a: a[m], variables['batch_stats']))
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(batched)):
       np.testing.assert_allclose(b[m], a, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_chunks_give_the_same_convolution_and_gradients():
+  """batch_chunk=4 on a batch of 8: two convolutions, the same outputs and gradients."""
+  x = jax.random.normal(jax.random.key(4), (8, 6, 6, 3))
+  w = jax.random.normal(jax.random.key(5), (3, 3, 3, 4))
+  whole = loss_of(conv_general_dilated, (2, 2))
+  chunked = loss_of(functools.partial(conv_general_dilated, batch_chunk=4), (2, 2))
+  np.testing.assert_allclose(chunked(w, x), whole(w, x), rtol=1e-5)
+  for a, b in zip(jax.grad(whole, argnums=(0, 1))(w, x), jax.grad(chunked, argnums=(0, 1))(w, x)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+  text = jax.jit(chunked).lower(w, x).compile().as_text()
+  assert sum(' convolution(' in line for line in text.splitlines()) == 2
+  # A batch that is not a multiple of the chunk is convolved whole.
+  odd = functools.partial(conv_general_dilated, batch_chunk=3)
+  np.testing.assert_allclose(odd(x, w, (1, 1), 'SAME', dimension_numbers=DN),
+                             lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                                      dimension_numbers=DN), rtol=1e-5)
+
+
+def test_resnet_convolves_in_chunks_on_cpu_only_when_asked():
+  model = create_model('tiny', 3)
+  assert model.conv_batch_chunk == -1  # auto: CONV_BATCH_CHUNK on CPU
+  images = jnp.ones((64, 8, 8, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+
+  def convs(m):
+    return str(jax.make_jaxpr(lambda v: m.apply(v, images, train=False))(variables)).count(
+        'conv_general_dilated[')
+
+  assert convs(model) == 2 * convs(model.clone(conv_batch_chunk=0))

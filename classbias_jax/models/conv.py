@@ -25,9 +25,31 @@ from jax import lax
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
+                         batch_group_count=1, precision=None, preferred_element_type=None,
+                         batch_chunk: int = 0):
   """`lax.conv_general_dilated` (same arguments) with a model-axis-friendly weight
-  gradient; flax's `nn.Conv(conv_general_dilated=...)` takes it."""
+  gradient; flax's `nn.Conv(conv_general_dilated=...)` takes it.
+
+  batch_chunk > 0: a batch that is a larger multiple of it is convolved in chunks of that
+  many images (one convolution each, concatenated; gradients likewise). The same result
+  up to the summation order of the weight gradient. On XLA:CPU this is faster: measured
+  side by side (docs/benchmarks.md), a ResNet-20 step at batch 128 in chunks of 32 ran
+  1.1-1.2x faster and a ResNet-18 step 1.27x (smaller convolutions stay in cache, and
+  the thunk executor runs independent chunks on different cores).
+  """
+  batch_dim = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec[0]
+  size = lhs.shape[batch_dim]
+  if 0 < batch_chunk < size and size % batch_chunk == 0 and batch_group_count == 1:
+    chunk = functools.partial(
+        conv_general_dilated, rhs=rhs, window_strides=window_strides, padding=padding,
+        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+    parts = [chunk(lax.slice_in_dim(lhs, start, start + batch_chunk, axis=batch_dim))
+             for start in range(0, size, batch_chunk)]
+    out_dim = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                         dimension_numbers).out_spec[0]
+    return lax.concatenate(parts, out_dim)
   conv = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,

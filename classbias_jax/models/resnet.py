@@ -11,12 +11,16 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from classbias_jax.errors import ConfigError
 from classbias_jax.models.conv import conv_general_dilated
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# XLA:CPU runs convolutions faster on chunks of 32 images than on a batch of 128
+# (models/conv.py); other backends get whole batches.
+CONV_BATCH_CHUNK = 32
 
 
 class BasicBlock(nn.Module):
@@ -74,13 +78,20 @@ class ResNet(nn.Module):
   stem: str = 'cifar'  # 'cifar': 3x3 stride 1; 'imagenet': 7x7 stride 2 + 3x3 max pool
   shortcut: str = 'conv'
   dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
+  # Convolutions run in chunks of this many images (models/conv.py); -1: CONV_BATCH_CHUNK
+  # on CPU, whole batches elsewhere; 0: whole batches.
+  conv_batch_chunk: int = -1
 
   @nn.compact
   def __call__(self, x, train: bool):
     # conv_general_dilated: lax's, with a weight gradient that stays fast when the model
     # axis is vmapped (models/conv.py).
+    chunk = self.conv_batch_chunk
+    if chunk < 0:
+      chunk = CONV_BATCH_CHUNK if jax.default_backend() == 'cpu' else 0
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                             padding='SAME', conv_general_dilated=conv_general_dilated)
+                             padding='SAME', conv_general_dilated=functools.partial(
+                                 conv_general_dilated, batch_chunk=chunk))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     x = x.astype(self.dtype)
