@@ -390,7 +390,8 @@ def summary(r: dict) -> str:
            f"on {r['backend']} ({r['device_kind']}): {1e3 * r['step_s']:.1f} ms/step, "
            f"{r['images_per_s']:.0f} images/s ({r['images_per_s_per_model']:.0f} per model), "
            f"{r['achieved_tflops'] * 1e3:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of "
-           f"matmul peak {r['matmul_peak_tflops'] * 1e3:.0f} GFLOP/s; compile {r['compile_s']:.1f} s"]
+           f"matmul peak {r['matmul_peak_tflops'] * 1e3:.0f} GFLOP/s; "
+           f"compile {r['compile_s']:.1f} s"]
   if 'sequential_ratio' in r:
     lines.append(f"vs {r['models']} models one after another: {r['sequential_ratio']:.2f}x "
                  f"(CPU time: {r['sequential_cpu_ratio']:.2f}x)")

@@ -185,8 +185,8 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
   state and knobs carry the model axis [M]; aug_keys keys [M]; perms int32 [M, N] (each
   model's order of the training set); images uint8 [N, H, W, C] and labels int32 [N] are
   shared; epoch and step int32 scalars (traced, so no step recompiles). With perms None
-  (streamed input) images [B, H, W, C] and labels [B] are the batch every model trains on. metrics float32
-  [M] ('loss', 'accuracy') and bool [M] ('finite').
+  (streamed input) images [B, H, W, C] and labels [B] are the batch every model trains on.
+  metrics float32 [M] ('loss', 'accuracy') and bool [M] ('finite').
 
   materialize: residual blocks' outputs computed once (see `materialized`); default on
   XLA:CPU only, where it pays (a conditional costs a host round trip on GPU/TPU).
@@ -682,7 +682,8 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
 
   os.makedirs(workdir, exist_ok=True)
   resolved = config.to_dict()
-  resolved['resolved'] = {'strategy': strategy, 'loop': loop, 'input_mode': input_mode, 'augment_ops': list(ops), 'erase': erase,
+  resolved['resolved'] = {'strategy': strategy, 'loop': loop, 'input_mode': input_mode,
+                          'augment_ops': list(ops), 'erase': erase,
                           'num_models': sweep.num_models, 'seeds': sweep.seeds.tolist(),
                           'steps_per_epoch': steps_per_epoch, 'backend': jax.default_backend(),
                           'class_names': list(dataset.class_names)}

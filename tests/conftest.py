@@ -39,3 +39,22 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+class Interrupted(Exception):
+  """Stands for a run killed right after a checkpoint was written."""
+
+
+def run_until_first_checkpoint(config, workdir: str, monkeypatch) -> None:
+  """Runs train.run(config, workdir) and interrupts it just after its first checkpoint."""
+  from classbias_jax import checkpoint, train
+  real_save = checkpoint.save
+
+  def save_then_crash(*args, **kwargs):
+    real_save(*args, **kwargs)
+    raise Interrupted
+
+  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
+  with pytest.raises(Interrupted):
+    train.run(config, workdir)
+  monkeypatch.setattr(checkpoint, 'save', real_save)

@@ -5,7 +5,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import Interrupted, run_until_first_checkpoint, tiny_config
 
 from classbias_jax import checkpoint, configs, data, results, train
 from classbias_jax import sweep as sweep_lib
@@ -64,25 +64,13 @@ def test_auto_input_mode_follows_the_memory_budget():
     configs.validate(small_config(**{'data__input_mode': 'disk'}))
 
 
-class Interrupted(Exception):
-  pass
-
-
 @pytest.mark.parametrize('mode', ['resident', 'streamed'])
 def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, mode):
   config = small_config(**{'data__input_mode': mode, 'data__val_fraction': 0.2})
   whole = train.run(config, str(tmp_path / 'whole'))
 
-  real_save = checkpoint.save
-
-  def save_then_crash(*args, **kwargs):
-    real_save(*args, **kwargs)
-    raise Interrupted
-
   workdir = str(tmp_path / 'resumed')
-  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
-  with pytest.raises(Interrupted):
-    train.run(config, workdir)
+  run_until_first_checkpoint(config, workdir, monkeypatch)
   monkeypatch.undo()
   assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
   assert not os.path.exists(os.path.join(workdir, results.RESULTS_FILE))

@@ -34,7 +34,8 @@ def test_round_trip(tmp_path):
   back = results.load(str(tmp_path))
   np.testing.assert_array_equal(back['test_predictions'], arrays['test_predictions'])
   assert back['per_class_accuracy'][1, 0, 0] == pytest.approx(2 / 3)
-  assert results.confusion_matrices(back['test_labels'], back['test_predictions'], 4).shape == (2, 3, 4, 4)
+  confusion = results.confusion_matrices(back['test_labels'], back['test_predictions'], 4)
+  assert confusion.shape == (2, 3, 4, 4)
   assert [p.name for p in tmp_path.iterdir()] == ['results.npz']  # no temp files left
 
 

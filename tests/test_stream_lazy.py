@@ -5,10 +5,10 @@ import multiprocessing
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_until_first_checkpoint, tiny_config
 from test_data_sources import build_tfds, image_keys, png_bytes, write_folder
 
-from classbias_jax import checkpoint, data, train
+from classbias_jax import data, train
 from classbias_jax.data import folder, splits, stream
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -163,10 +163,6 @@ def test_worker_processes_give_the_same_batches_and_resume_mid_epoch(tmp_path, k
   assert_same_batches(list(resumed), want[2:])
 
 
-class Interrupted(Exception):
-  pass
-
-
 def test_streamed_run_with_workers_resumes_to_the_results_without(tmp_path, monkeypatch):
   write_folder(tmp_path / 'flat', [10, 8, 6], size=(8, 8))
   config = folder_config(tmp_path / 'flat', val_fraction=0.2)
@@ -174,17 +170,8 @@ def test_streamed_run_with_workers_resumes_to_the_results_without(tmp_path, monk
   monkeypatch.setattr(data, 'load', lambda cfg: pytest.fail('data.load decodes the train split'))
   whole = train.run(config, str(tmp_path / 'whole'))
   config.data.workers = 2
-  real_save = checkpoint.save
-
-  def save_then_crash(*args, **kwargs):
-    real_save(*args, **kwargs)
-    raise Interrupted
-
   workdir = str(tmp_path / 'resumed')
-  monkeypatch.setattr(checkpoint, 'save', save_then_crash)
-  with pytest.raises(Interrupted):
-    train.run(config, workdir)
-  monkeypatch.setattr(checkpoint, 'save', real_save)
+  run_until_first_checkpoint(config, workdir, monkeypatch)
   resumed = train.run(config, workdir)
   for key in ('test_predictions', 'val_predictions', 'train_loss', 'train_accuracy'):
     np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
