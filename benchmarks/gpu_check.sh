@@ -36,9 +36,9 @@ bench() {  # bench LIMIT_S ARGS...: one benchmark, its JSON record appended
   grep '^{"model"' "$tmp" >> "$out/gpu_benchmarks.jsonl" || say "no record (timed out or failed)"
   rm -f "$tmp"
 }
-bench 280 --model=resnet20 --batch=128 --models=16 --strategy=auto --compare-sequential \
+bench 320 --model=resnet20 --batch=128 --models=16 --strategy=auto --compare-sequential \
     --torch --steps=24 --rounds=3
-bench 160 --model=resnet18 --batch=128 --models=8 --strategy=auto --dtype=bfloat16 \
+bench 150 --model=resnet18 --batch=128 --models=8 --strategy=auto --dtype=bfloat16 \
     --steps=8 --rounds=2
 say "runlocal weight-decay study"
 start=$SECONDS
