@@ -6,13 +6,13 @@ SGD 0.1 momentum 0.9 cosine, pad-4 crop + flip, bfloat16 compute):
   python -m classbias_jax.main --config=configs/wd.py --workdir=runs/wd_cifar100
 
 Needs CIFAR-100 prepared for TFDS in `data.data_dir` (see README, "Datasets"). Expected
-runtime: about an hour on one H100-class GPU (an estimate from the FLOP count: 56 x 30
-model-epochs of 50k images at ~1.7 GFLOP per image, at ~35% of bf16 peak; not yet
-measured). Expected result, following Balestriero et al. 2022: mean accuracy peaks near
+runtime: 35-45 minutes on one H100 (56 x 30 = 1,680 model-epochs at the 2,860
+model-epochs per hour measured for 8 CIFAR ResNet-18s in bf16, docs/benchmarks.md, plus
+evaluation and compilation; the 56-model run itself is not yet measured). Expected result, following Balestriero et al. 2022: mean accuracy peaks near
 wd 5e-4 while a few classes lose 10+ points against wd 0 or 1e-4; the report names them.
 
-Offline on CPU in about two and a half minutes (scikit-learn's digits, ResNet-8, 5 x 2
-models, 15 epochs; 144 s measured on two shared cores):
+Offline on CPU in one to two and a half minutes (scikit-learn's digits, ResNet-8, 5 x 2
+models, 15 epochs; 62 s measured on two idle cores, 144 s on two shared ones):
 
   python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=runs/wd
 
