@@ -8,9 +8,9 @@ augmentation on device as in a study, forward, backward, SGD update of all M mod
 called as train.loop runs it) on random images after warm-up, and prints, as its last
 line, one JSON object: model, batch, models, strategy (resolved), backend, device_kind,
 compile_s, step_s (median), images_per_s (all models), images_per_s_per_model,
-model_epochs_per_hour, flops_per_step (convolution and matmul FLOPs counted from the
-program, train.jaxpr_flops: the same on every backend), xla_flops_per_step (XLA's cost
-analysis: it skips padded taps and, on GPU, cuDNN convolutions), achieved_tflops,
+model_epochs_per_hour, flops_per_step (train.model_flops: 3x the forward pass's
+convolution and matmul FLOPs, the same on every backend), xla_flops_per_step (XLA's cost
+analysis of the step: on GPU it leaves out the cuDNN convolutions), achieved_tflops,
 matmul_peak_tflops (a large f32 matmul, bf16 on GPU/TPU, measured in the same process),
 fraction_of_peak, cpu_s_per_step (CPU seconds of all threads: the work done, whatever
 share of a busy machine the process got) and load_average.
@@ -399,7 +399,8 @@ def summary(r: dict) -> str:
     lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
                  f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")
   if 'conv_chunk_ratio' in r:
-    lines.append(f"convolutions in chunks of 32 images vs whole batches: "
+    from classbias_jax.models.resnet import CONV_BATCH_CHUNK
+    lines.append(f"convolutions in chunks of {CONV_BATCH_CHUNK} images vs whole batches: "
                  f"{r['conv_chunk_ratio']:.2f}x (CPU time: {r['conv_chunk_cpu_ratio']:.2f}x)")
   if 'augment_overhead' in r:
     what = 'every study augmentation' if r['augment'] == 'study' else 'pad-4 crop + flip'
