@@ -16,8 +16,10 @@ fraction_of_peak, cpu_s_per_step (CPU seconds of all threads: the work done, wha
 share of a busy machine the process got) and load_average.
 
 --compare-conv-chunk also times the step with whole-batch convolutions (conv_chunk_ratio).
---compare-augment also times the step with the opposite --augment setting and reports
-augment_overhead, the augmentation's share of the augmented step.
+--compare-augment also times the step without augmentation (or, for --augment=off, with
+pad-4 crop + flip) and reports augment_overhead, the augmentation's share of the
+augmented step, and augment_alone_share, the same measured directly (the augmentation
+compiled and timed on its own, over the step); --augment=crop, color, erase or study sets a study's augmentation.
 --compare-sequential also times the M models one after another (the M = 1 program called
 M times); --torch times benchmarks/torch_resnet.py (the same architecture trained eagerly
 by PyTorch with SGD, same threads; needs torch). Both are interleaved with the main
@@ -43,10 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--models', type=int, default=8, help='M, models trained together')
   p.add_argument('--strategy', default='auto', help='auto, unroll, vmap, chunked, shard[:inner]')
   p.add_argument('--chunk-size', type=int, default=4, help="models per chunk for 'chunked'")
-  p.add_argument('--augment', choices=('on', 'off', 'study'), default='on',
-                 help="on: pad-4 crop + flip (the CIFAR recipe); study: every study's "
-                 "augmentation at full strength (RandomResizedCrop(0.08), flip, "
-                 "ColorJitter(0.8, 0.8, 0.8, 0.2), RandomErasing(p=0.5)); off: none")
+  p.add_argument('--augment', choices=tuple(AUGMENTATIONS), default='on',
+                 help='; '.join(f'{k}: {v}' for k, v in AUGMENTATIONS.items()))
   p.add_argument('--image-size', type=int, default=32)
   p.add_argument('--num-classes', type=int, default=10)
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
@@ -76,6 +76,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+# --augment: what each setting turns on (each study's augmentation at its strongest).
+AUGMENTATIONS = {
+    'on': 'pad-4 crop + flip (the CIFAR recipe)',
+    'off': 'none',
+    'crop': 'RandomResizedCrop(scale 0.08-1) + flip (configs/crop.py at its smallest scale)',
+    'color': 'pad-4 crop + flip + ColorJitter(0.8, 0.8, 0.8, 0.2) in random order '
+             '(configs/color.py at s=1)',
+    'erase': 'pad-4 crop + flip + RandomErasing(p=0.5) (configs/erase.py)',
+    'study': 'all of the above at once: RandomResizedCrop(0.08), flip, ColorJitter(s=1), '
+             'RandomErasing(p=0.5)',
+}
+
+
 def study_config(args):
   """A study config for the benchmark: M = 1 sweep value x `models` seeds."""
   from classbias_jax import configs
@@ -86,11 +99,15 @@ def study_config(args):
   c.train.batch_size = args.batch
   c.train.strategy = args.strategy
   c.train.chunk_size = args.chunk_size
-  c.aug.pad_crop = 4 if args.augment == 'on' else 0
-  c.aug.flip = args.augment != 'off'
-  if args.augment == 'study':
+  a = args.augment
+  c.aug.pad_crop = 4 if a in ('on', 'color', 'erase') else 0
+  c.aug.flip = a != 'off'
+  if a in ('crop', 'study'):
     c.aug.crop, c.aug.crop_scale_min = True, 0.08
-    c.aug.color_strength, c.aug.erase_prob = 1.0, 0.5
+  if a in ('color', 'study'):
+    c.aug.color_strength = 1.0
+  if a in ('erase', 'study'):
+    c.aug.erase_prob = 0.5
   c.data.name = 'benchmark'  # only for the record: the images are random
   return c
 
@@ -170,7 +187,8 @@ def benchmark(args) -> dict:
   if 'torch' in runners:
     runners['torch'].close()
   # Seconds per training step of every runner (a 'scan' call runs several).
-  per_call = {k: 1 if k == 'torch' else step.steps_per_call for k in runners}
+  per_call = {k: 1 if k in ('torch', 'augment_alone') else step.steps_per_call
+              for k in runners}
   times = {k: [t / per_call[k] for t in v] for k, v in times.items()}
   cpu = {k: c / per_call[k] for k, c in cpu.items()}
   step_s = parallel.median(times['sweep'])
@@ -228,13 +246,16 @@ def prepare(args):
     flipped = argparse.Namespace(**{**vars(args),
                                     'augment': 'on' if args.augment == 'off' else 'off'})
     runners['augment_flipped'] = prepared(study_config(flipped), strategy, materialize).run
+    runners['augment_alone'] = augment_alone(study_config(args) if args.augment != 'off'
+                                             else study_config(flipped), args)
   if args.compare_sequential:
     one = prepared(study_config(argparse.Namespace(**{**vars(args), 'models': 1})), 'unroll',
                    materialize)
     runners['sequential'] = lambda: [one.run() for _ in range(args.models)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  if args.torch and args.augment == 'study':
-    print('the PyTorch reference has no --augment=study: skipping it', file=sys.stderr)
+  if args.torch and args.augment not in ('on', 'off'):
+    print(f'the PyTorch reference has no --augment={args.augment}: skipping it',
+          file=sys.stderr)
   elif args.torch and not torch_available():
     print('torch is not importable: skipping the PyTorch reference', file=sys.stderr)
   elif args.torch:
@@ -243,6 +264,29 @@ def prepare(args):
   resolved = {'strategy': strategy, 'loop': loop, 'materialize': materialize,
               'threads': threads}
   return step, runners, resolved
+
+
+def augment_alone(config, args):
+  """A call that runs only the step's augmentation (train.make_preprocess) of all M models
+  on one batch, compiled on its own: its time over the step's is the augmentation's share,
+  measured directly rather than as the difference of two noisy step times."""
+  import jax
+  import numpy as np
+  from classbias_jax import sweep as sweep_lib
+  from classbias_jax import train
+  sweep = sweep_lib.from_config(config)
+  knobs = sweep_lib.knob_arrays(config, sweep, args.num_classes)
+  ops, erase = train.augment_ops(config, knobs)
+  preprocess = train.make_preprocess(config, ops, erase, mean=np.full(3, 0.5, np.float32),
+                                     std=np.full(3, 0.25, np.float32))
+  rng = np.random.default_rng(0)
+  images = jax.device_put(rng.integers(0, 256, (args.batch, args.image_size, args.image_size,
+                                                3), np.uint8))
+  labels = jax.device_put(rng.integers(0, args.num_classes, args.batch).astype(np.int32))
+  keys = jax.random.split(jax.random.key(0), sweep.num_models)
+  knobs = jax.device_put(knobs)
+  run_all = jax.jit(jax.vmap(preprocess, in_axes=(0, None, None, 0)))
+  return lambda: run_all(keys, images, labels, knobs).block_until_ready()
 
 
 def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:
@@ -266,6 +310,8 @@ def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:
     out['augment_step_s'], out['no_augment_step_s'] = with_aug, without
     out['augment_overhead'] = (with_aug - without) / with_aug
     out['augment_cpu_overhead'] = (cpu[on] - cpu[off]) / cpu[on]
+    out['augment_alone_s'] = parallel.median(times['augment_alone'])
+    out['augment_alone_share'] = out['augment_alone_s'] / with_aug
   if 'torch' in times:
     out['torch_images_per_s'] = args.batch / parallel.median(times['torch'])
     out['torch_ratio'] = args.batch * args.models / step_s / out['torch_images_per_s']
@@ -403,10 +449,12 @@ def summary(r: dict) -> str:
     lines.append(f"convolutions in chunks of {CONV_BATCH_CHUNK} images vs whole batches: "
                  f"{r['conv_chunk_ratio']:.2f}x (CPU time: {r['conv_chunk_cpu_ratio']:.2f}x)")
   if 'augment_overhead' in r:
-    what = 'every study augmentation' if r['augment'] == 'study' else 'pad-4 crop + flip'
+    what = AUGMENTATIONS[r['augment'] if r['augment'] != 'off' else 'on']
     lines.append(f"augmentation ({what}): {100 * r['augment_overhead']:.1f}% of the "
                  f"step ({1e3 * r['augment_step_s']:.1f} vs {1e3 * r['no_augment_step_s']:.1f} "
-                 f"ms; CPU time {100 * r['augment_cpu_overhead']:.1f}%)")
+                 f"ms; CPU time {100 * r['augment_cpu_overhead']:.1f}%); the augmentation "
+                 f"alone: {1e3 * r['augment_alone_s']:.1f} ms = "
+                 f"{100 * r['augment_alone_share']:.1f}% of the step")
   if 'torch_ratio' in r:
     lines.append(f"vs PyTorch eager ({r['torch_images_per_s']:.0f} images/s, "
                  f"{r['threads']} threads): {r['torch_ratio']:.2f}x (CPU time: "
