@@ -13,6 +13,9 @@ batched over models, it computes the M weight gradients as M ordinary convolutio
 (unrolled in the program) instead of one batch-grouped convolution. Outside vmap it is the
 plain weight gradient, so unvmapped programs are unchanged. Numerically it is the same
 gradient (tested against the plain vmapped one).
+
+It can also convolve a batch in chunks (`batch_chunk`), which XLA:CPU runs faster than
+one convolution over the whole batch; models/resnet.py turns that on for CPU only.
 """
 from __future__ import annotations
 
