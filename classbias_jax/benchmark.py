@@ -395,11 +395,18 @@ def op_profile(step, calls: int, top: int = 12) -> dict:
     path, = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
       events = json.load(f)['traceEvents']
+  return summarize_trace(events, info, calls * step.steps_per_call, wall, top)
+
+
+def summarize_trace(events: list, info: dict, steps: int, wall: float, top: int = 12) -> dict:
+  """Milliseconds per step by op category and the `top` slowest ops, from a trace's events
+  (chrome trace format) and `hlo_instructions` of the program: on CPU the events are the
+  ops themselves; on an accelerator only its kernels count (host events would count the
+  same work twice), matched to ops by name or by their 'hlo_op' argument."""
   # Accelerator events are kernels, named by the kernel; their args name the HLO op.
   device_pids = {e.get('pid') for e in events if e.get('ph') == 'M' and
                  e.get('name') == 'process_name' and
                  re.search(r'/device:(GPU|TPU)', str(e.get('args', {}).get('name', '')))}
-  steps = calls * step.steps_per_call
   per_op: dict[str, float] = {}
   unmatched: dict[str, float] = {}
   device_busy_ms = 0.0

@@ -83,3 +83,40 @@ def test_model_flops_agree_with_xla_cost_analysis_on_cpu():
                              image_shape=(16, 16, 3), num_classes=10, strategy='unroll')
   assert jax.default_backend() == 'cpu' and step.xla_flops > 0
   assert 0.9 < step.flops / step.xla_flops < 1.1
+
+
+GPU_HLO = """HloModule jit_step
+%fused_add (p0: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  ROOT %add.1 = f32[4]{0} add(f32[4]{0} %p0, f32[4]{0} %p0)
+}
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %cudnn-conv.7 = (f32[4]{0}, u8[0]{0}) custom-call(f32[4]{0} %x), custom_call_target="__cudnn$convBackwardFilter", metadata={op_name="jit(step)/transpose(jvp(ResNet))/Conv_0/conv_general_dilated"}
+  ROOT %loop_add_fusion = f32[4]{0} fusion(f32[4]{0} %x), kind=kLoop, calls=%fused_add
+}
+"""
+
+
+def test_gpu_trace_is_summarised_from_its_kernels_alone():
+  """A GPU trace: kernels matched to the program's ops by their hlo_op argument, cuDNN
+  custom calls counted as convolutions, host events not counted again."""
+  from classbias_jax.benchmark import hlo_instructions, summarize_trace
+  info = hlo_instructions(GPU_HLO)
+  assert info['cudnn-conv.7']['category'] == 'convolution (cuDNN)'
+  assert info['loop_add_fusion']['category'] == 'elementwise'
+  events = [
+      {'ph': 'M', 'name': 'process_name', 'pid': 1, 'args': {'name': '/host:CPU'}},
+      {'ph': 'M', 'name': 'process_name', 'pid': 2, 'args': {'name': '/device:GPU:0'}},
+      {'ph': 'X', 'pid': 1, 'name': 'cudnn-conv.7', 'dur': 9000},  # host side: not counted
+      {'ph': 'X', 'pid': 2, 'name': 'sm90_xmma_wgrad', 'dur': 3000,
+       'args': {'hlo_op': 'cudnn-conv.7'}},
+      {'ph': 'X', 'pid': 2, 'name': 'loop_add_fusion', 'dur': 1000},
+      {'ph': 'X', 'pid': 2, 'name': 'some_memcpy_kernel', 'dur': 500},
+  ]
+  out = summarize_trace(events, info, steps=2, wall=0.004)
+  assert out['category_ms'] == {'convolution (cuDNN)': 1.5, 'elementwise': 0.5,
+                                'kernels not matched to an op': 0.25}
+  assert out['device_busy_ms_per_step'] == 2.25 and out['wall_ms_per_step'] == 2.0
+  assert out['top_ops'][0]['name'] == 'cudnn-conv.7'
+  assert out['top_unmatched'] == [('some_memcpy_kernel', 0.25)]
