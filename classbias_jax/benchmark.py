@@ -19,7 +19,8 @@ share of a busy machine the process got) and load_average.
 --compare-augment also times the step without augmentation (or, for --augment=off, with
 pad-4 crop + flip) and reports augment_overhead, the augmentation's share of the
 augmented step, and augment_alone_share, the same measured directly (the augmentation
-compiled and timed on its own, over the step); --augment=crop, color, erase or study sets a study's augmentation.
+compiled and timed on its own, over the step); --augment=crop, color, erase or study
+sets a study's augmentation.
 --compare-sequential also times the M models one after another (the M = 1 program called
 M times); --torch times benchmarks/torch_resnet.py (the same architecture trained eagerly
 by PyTorch with SGD, same threads; needs torch). Both are interleaved with the main
