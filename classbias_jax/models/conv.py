@@ -40,25 +40,24 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   1.1-1.2x faster and a ResNet-18 step 1.27x (smaller convolutions stay in cache, and
   the thunk executor runs independent chunks on different cores).
   """
-  batch_dim = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec[0]
-  size = lhs.shape[batch_dim]
-  if 0 < batch_chunk < size and size % batch_chunk == 0 and batch_group_count == 1:
-    chunk = functools.partial(
-        conv_general_dilated, rhs=rhs, window_strides=window_strides, padding=padding,
-        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision, preferred_element_type=preferred_element_type)
-    parts = [chunk(lax.slice_in_dim(lhs, start, start + batch_chunk, axis=batch_dim))
-             for start in range(0, size, batch_chunk)]
-    out_dim = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                         dimension_numbers).out_spec[0]
-    return lax.concatenate(parts, out_dim)
   conv = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
+  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  batch_dim, size = dims.lhs_spec[0], lhs.shape[dims.lhs_spec[0]]
+  if 0 < batch_chunk < size and size % batch_chunk == 0 and batch_group_count == 1:
+    parts = [_with_per_model_weight_grad(
+        conv, lax.slice_in_dim(lhs, start, start + batch_chunk, axis=batch_dim), rhs)
+             for start in range(0, size, batch_chunk)]
+    return lax.concatenate(parts, dims.out_spec[0])
+  return _with_per_model_weight_grad(conv, lhs, rhs)
+
+
+def _with_per_model_weight_grad(conv, lhs, rhs):
+  """conv(lhs, rhs) with the custom weight gradient described in the module docstring."""
 
   def weight_grad(x, g, w):
     """d(sum(g * conv(x, w))) / dw, by transposing the map w -> conv(x, w), which is
