@@ -23,14 +23,12 @@ restores its grain iterator too, so it continues with the same batches.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 import time
 from typing import Any, Callable, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,13 +38,11 @@ from classbias_jax import checkpoint, configs, data, parallel, plots, results
 from classbias_jax import sweep as sweep_lib
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
-from classbias_jax.models.resnet import BasicBlock, Bottleneck
 
 AUG_KNOBS = ('crop_scale_min', 'crop_scale_max', 'crop_ratio_min', 'crop_ratio_max',
              'flip_prob', 'color_strength')
 ERASE_KNOBS = ('erase_prob', 'erase_scale_min', 'erase_scale_max', 'erase_ratio_min',
                'erase_ratio_max', 'erase_value')
-RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,36 +139,6 @@ def epoch_permutations(data_keys, epoch, num_examples: int):
 
 
 # ----------------------------------------------------------------------------------------
-# XLA:CPU: every residual block's output computed once.
-# ----------------------------------------------------------------------------------------
-def materialized(x):
-  """x, as the result of a conditional whose branches both return x.
-
-  XLA:CPU fuses the elementwise chain of a residual stream (the BatchNorms, adds and
-  ReLUs of all earlier blocks of a stage) into every consumer that can take it, among
-  them the transposes that feed each weight-gradient convolution, and recomputes it
-  there at a fraction of memory bandwidth: half of a ResNet-20 step (docs/benchmarks.md).
-  A conditional's result cannot be fused into its consumers, so it is computed once.
-  (`lax.optimization_barrier` does not help: XLA:CPU removes it before fusion.) The
-  predicate reads x, so the compiler cannot fold it; both branches give x, NaN or not.
-  """
-  first = x.reshape(-1)[0]
-  return jax.lax.cond(jnp.isnan(first), lambda v: v + 0, lambda v: v, x)
-
-
-def _materialize_blocks(next_fun, args, kwargs, context):
-  out = next_fun(*args, **kwargs)
-  if context.method_name == '__call__' and isinstance(context.module, RESIDUAL_BLOCKS):
-    return materialized(out)
-  return out
-
-
-def block_outputs_materialized(enabled: bool):
-  """Context for model.apply: residual blocks' outputs go through `materialized`."""
-  return nn.intercept_methods(_materialize_blocks) if enabled else contextlib.nullcontext()
-
-
-# ----------------------------------------------------------------------------------------
 # Update step and the compiled epoch.
 # ----------------------------------------------------------------------------------------
 def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
@@ -188,11 +154,12 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
   (streamed input) images [B, H, W, C] and labels [B] are the batch every model trains on.
   metrics float32 [M] ('loss', 'accuracy') and bool [M] ('finite').
 
-  materialize: residual blocks' outputs computed once (see `materialized`); default on
-  XLA:CPU only, where it pays (a conditional costs a host round trip on GPU/TPU).
+  materialize: the convolutions' weight-gradient operands computed once
+  (models/conv.py `materialized`); None: the model's setting (on XLA:CPU only, where it
+  pays; a conditional costs a host round trip on GPU/TPU).
   """
-  if materialize is None:
-    materialize = jax.default_backend() == 'cpu'
+  if materialize is not None and hasattr(model, 'materialize'):
+    model = model.clone(materialize=int(materialize))
   batch_size = config.train.batch_size
   shape = lr_shape(config.optim, steps_per_epoch, config.train.epochs)
   preprocess = make_preprocess(config, ops, erase, mean, std)
@@ -209,9 +176,8 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
     x = preprocess(key, batch, y, knobs)
 
     def loss_fn(params):
-      with block_outputs_materialized(materialize):
-        logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
-                                       x, train=True, mutable=['batch_stats'])
+      logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
+                                     x, train=True, mutable=['batch_stats'])
       smoothing = knobs['label_smoothing']
       smoothing = smoothing[y][:, None] if smoothing.ndim else smoothing  # per-class table
       targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), smoothing)

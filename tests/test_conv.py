@@ -1,8 +1,10 @@
-"""models/conv.py: the same gradients as lax's convolution, vmapped or not, without the
-batch-grouped weight-gradient convolution under vmap."""
+"""models/conv.py and the chunked ResNet: the same gradients as lax's convolution, vmapped or
+not, without the batch-grouped weight-gradient convolution under vmap; the same function
+in chunks as whole."""
 import functools
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 from jax import lax
 
 from classbias_jax.models import create_model
-from classbias_jax.models.conv import conv_general_dilated
+from classbias_jax.models.conv import conv_general_dilated, materialized
+from classbias_jax.models.resnet import BatchNorm, Conv, conv_init
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -69,32 +72,98 @@ def test_resnet_vmapped_gradients_match_per_model_gradients():
       np.testing.assert_allclose(b[m], a, rtol=1e-4, atol=1e-6)
 
 
-def test_batch_chunks_give_the_same_convolution_and_gradients():
-  """batch_chunk=4 on a batch of 8: two convolutions, the same outputs and gradients."""
-  x = jax.random.normal(jax.random.key(4), (8, 6, 6, 3))
-  w = jax.random.normal(jax.random.key(5), (3, 3, 3, 4))
-  whole = loss_of(conv_general_dilated, (2, 2))
-  chunked = loss_of(functools.partial(conv_general_dilated, batch_chunk=4), (2, 2))
-  np.testing.assert_allclose(chunked(w, x), whole(w, x), rtol=1e-5)
-  for a, b in zip(jax.grad(whole, argnums=(0, 1))(w, x), jax.grad(chunked, argnums=(0, 1))(w, x)):
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-  text = jax.jit(chunked).lower(w, x).compile().as_text()
-  assert sum(' convolution(' in line for line in text.splitlines()) == 2
-  # A batch that is not a multiple of the chunk is convolved whole.
-  odd = functools.partial(conv_general_dilated, batch_chunk=3)
-  np.testing.assert_allclose(odd(x, w, (1, 1), 'SAME', dimension_numbers=DN),
-                             lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                                      dimension_numbers=DN), rtol=1e-5)
+def test_materialized_operands_give_the_same_gradients():
+  """materialize=True: the same function and gradients, vmapped or not, and the operands of
+  the weight gradient are conditionals' results in the compiled program."""
+  x = jax.random.normal(jax.random.key(4), (2, 8, 6, 6, 3))
+  w = jax.random.normal(jax.random.key(5), (2, 3, 3, 3, 4))
+  plain = loss_of(conv_general_dilated, (2, 2))
+  once = loss_of(functools.partial(conv_general_dilated, materialize=True), (2, 2))
+  np.testing.assert_allclose(once(w[0], x[0]), plain(w[0], x[0]), rtol=1e-6)
+  for grad in (jax.grad, lambda f, **kw: jax.vmap(jax.grad(f, **kw))):
+    args = (w, x) if grad is not jax.grad else (w[0], x[0])
+    for a, b in zip(grad(plain, argnums=(0, 1))(*args), grad(once, argnums=(0, 1))(*args)):
+      np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+  conditionals = lambda f: jax.jit(jax.grad(f)).lower(w[0], x[0]).compile().as_text().count(
+      ' conditional(')
+  assert conditionals(plain) == 0 and conditionals(once) == 2
+  # Under vmap too: the conditional takes the batched array (no select).
+  text = jax.jit(jax.vmap(jax.grad(once))).lower(w, x).compile().as_text()
+  assert text.count(' conditional(') == 2
+  nan = jnp.arange(6.0).reshape(2, 3).at[0, 0].set(jnp.nan)
+  np.testing.assert_array_equal(jax.jit(materialized)(nan), nan)
 
 
-def test_resnet_convolves_in_chunks_on_cpu_only_when_asked():
+def test_conv_and_batchnorm_are_flax_modules_on_chunk_lists():
+  """Conv and BatchNorm take flax nn.Conv's / nn.BatchNorm's variables and compute the
+  same, on one chunk or on a list of chunks (statistics of the whole batch)."""
+  x = jax.random.normal(jax.random.key(6), (8, 6, 6, 3)) * 2 + 1
+  ref = nn.Conv(5, (3, 3), (2, 2), padding='SAME', use_bias=False, kernel_init=conv_init)
+  ours = Conv(5, (3, 3), (2, 2))
+  v_ref, v_ours = ref.init(jax.random.key(7), x), ours.init(jax.random.key(7), [x])
+  np.testing.assert_array_equal(v_ours['params']['kernel'], v_ref['params']['kernel'])
+  y = ref.apply(v_ref, x)
+  np.testing.assert_allclose(ours.apply(v_ref, [x])[0], y, rtol=1e-6)
+  np.testing.assert_allclose(jnp.concatenate(ours.apply(v_ref, [x[:4], x[4:]])), y, rtol=1e-6)
+
+  bn_ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  bn = BatchNorm(use_running_average=False)
+  variables = bn_ref.init(jax.random.key(8), y)
+  variables = {'params': {'scale': jnp.arange(1.0, 6.0), 'bias': jnp.arange(5.0)},
+               'batch_stats': variables['batch_stats']}
+  out_ref, stats_ref = bn_ref.apply(variables, y, mutable=['batch_stats'])
+  for chunks in ([y], [y[:4], y[4:]]):
+    out, stats = bn.apply(variables, chunks, mutable=['batch_stats'])
+    np.testing.assert_allclose(jnp.concatenate(out), out_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(stats_ref), jax.tree.leaves(stats)):
+      np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+  evaluated = BatchNorm(use_running_average=True).apply({**variables, **stats_ref}, [y])[0]
+  np.testing.assert_allclose(evaluated, nn.BatchNorm(use_running_average=True).apply(
+      {**variables, **stats_ref}, y), rtol=1e-6)
+
+
+def test_resnet_in_chunks_is_the_same_function():
+  """A batch of 8 in chunks of 4: twice the convolutions, the same logits, statistics and
+  gradients; a batch that is not a larger multiple of the chunk runs whole."""
+  model = create_model('tiny', 3).clone(conv_batch_chunk=4)
+  whole = model.clone(conv_batch_chunk=0)
+  images = jax.random.normal(jax.random.key(9), (8, 8, 8, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+
+  def loss(params, m):
+    logits, new = m.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                          images, train=True, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(logits)), (logits, new)
+
+  (_, (logits_c, stats_c)), grads_c = jax.value_and_grad(loss, has_aux=True)(
+      variables['params'], model)
+  (_, (logits_w, stats_w)), grads_w = jax.value_and_grad(loss, has_aux=True)(
+      variables['params'], whole)
+  np.testing.assert_allclose(logits_c, logits_w, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves((stats_w, grads_w)), jax.tree.leaves((stats_c, grads_c))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+  def convs(m, x):
+    return str(jax.make_jaxpr(lambda v: m.apply(v, x, train=False))(variables)).count(
+        'conv_general_dilated')
+
+  assert convs(model, images) == 2 * convs(whole, images)
+  assert convs(model, images[:6]) == convs(whole, images[:6])
+
+
+def test_resnet_chunks_and_materializes_on_cpu_by_default():
   model = create_model('tiny', 3)
-  assert model.conv_batch_chunk == -1  # auto: CONV_BATCH_CHUNK on CPU
+  assert model.conv_batch_chunk == -1 and model.materialize == -1  # auto: on CPU
   images = jnp.ones((64, 8, 8, 3))
   variables = model.init(jax.random.key(0), images, train=False)
 
-  def convs(m):
-    return str(jax.make_jaxpr(lambda v: m.apply(v, images, train=False))(variables)).count(
-        'conv_general_dilated[')
+  def grad_program(m):
+    loss = lambda p: jnp.sum(m.apply({**variables, 'params': p}, images, train=True,
+                                     mutable=['batch_stats'])[0])
+    return str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
 
-  assert convs(model) == 2 * convs(model.clone(conv_batch_chunk=0))
+  assert jax.default_backend() == 'cpu'
+  chunked, whole = grad_program(model), grad_program(model.clone(conv_batch_chunk=0))
+  assert chunked.count('conv_general_dilated') == 2 * whole.count('conv_general_dilated')
+  assert ' cond[' in chunked
+  assert ' cond[' not in grad_program(model.clone(materialize=0))

@@ -62,10 +62,8 @@ def test_strategy_matches_unroll(unrolled, strategy):
   assert_same_models(unrolled, tiny_steps(strategy))
 
 
-def test_materialized_blocks_change_no_numbers(unrolled):
+def test_materialized_operands_change_no_numbers(unrolled):
   assert_same_models(unrolled, tiny_steps('unroll', materialize=False))
-  x = jnp.arange(6.0).reshape(2, 3).at[0, 0].set(jnp.nan)
-  np.testing.assert_array_equal(jax.jit(train.materialized)(x), x)
 
 
 SHARD_SCRIPT = textwrap.dedent('''

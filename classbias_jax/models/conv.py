@@ -14,8 +14,8 @@ batched over models, it computes the M weight gradients as M ordinary convolutio
 plain weight gradient, so unvmapped programs are unchanged. Numerically it is the same
 gradient (tested against the plain vmapped one).
 
-It can also convolve a batch in chunks (`batch_chunk`), which XLA:CPU runs faster than
-one convolution over the whole batch; models/resnet.py turns that on for CPU only.
+On XLA:CPU it can also compute the weight gradient's operands once (`materialize`), see
+`materialized`.
 """
 from __future__ import annotations
 
@@ -29,16 +29,13 @@ from jax import lax
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None,
-                         batch_chunk: int = 0):
+                         materialize: bool = False):
   """`lax.conv_general_dilated` (same arguments) with a model-axis-friendly weight
-  gradient; flax's `nn.Conv(conv_general_dilated=...)` takes it.
+  gradient.
 
-  batch_chunk > 0: a batch that is a larger multiple of it is convolved in chunks of that
-  many images (one convolution each, concatenated; gradients likewise). The same result
-  up to the summation order of the weight gradient. On XLA:CPU this is faster: measured
-  side by side (docs/benchmarks.md), a ResNet-20 step at batch 128 in chunks of 32 ran
-  1.1-1.2x faster and a ResNet-18 step 1.27x (smaller convolutions stay in cache, and
-  the thunk executor runs independent chunks on different cores).
+  materialize: the input (forward) and the output gradient (backward) pass through
+  `materialized` before the weight gradient reads them. The same numbers; faster on
+  XLA:CPU (docs/benchmarks.md), a conditional more on GPU/TPU.
   """
   conv = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
@@ -46,18 +43,34 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  batch_dim, size = dims.lhs_spec[0], lhs.shape[dims.lhs_spec[0]]
-  if 0 < batch_chunk < size and size % batch_chunk == 0 and batch_group_count == 1:
-    parts = [_with_per_model_weight_grad(
-        conv, lax.slice_in_dim(lhs, start, start + batch_chunk, axis=batch_dim), rhs)
-             for start in range(0, size, batch_chunk)]
-    return lax.concatenate(parts, dims.out_spec[0])
-  return _with_per_model_weight_grad(conv, lhs, rhs)
+  return _with_per_model_weight_grad(conv, lhs, rhs, materialize)
 
 
-def _with_per_model_weight_grad(conv, lhs, rhs):
+@jax.custom_batching.custom_vmap
+def materialized(x):
+  """x, as the result of a conditional whose branches both return x.
+
+  XLA:CPU fuses elementwise producers into every consumer that can take them, among them
+  the transposes that lay out each weight-gradient convolution's operands, and recomputes
+  them there in a slow transposing loop: measured (docs/benchmarks.md), this made the
+  transposes a third of a ResNet-20 step. A conditional's result cannot be fused into
+  its consumers, so it is computed once. (`lax.optimization_barrier` does not help:
+  XLA:CPU removes it before fusion.) The predicate reads x, so the compiler cannot fold
+  it; both branches give x, NaN or not. Under vmap the conditional takes the whole
+  batched array (a batched predicate would turn it into a fusible select).
+  """
+  first = x.reshape(-1)[0]
+  return lax.cond(jnp.isnan(first), lambda v: v + 0, lambda v: v, x)
+
+
+@materialized.def_vmap
+def _(axis_size, in_batched, x):
+  return materialized(x), in_batched[0]
+
+
+def _with_per_model_weight_grad(conv, lhs, rhs, materialize: bool = False):
   """conv(lhs, rhs) with the custom weight gradient described in the module docstring."""
+  once = materialized if materialize else (lambda a: a)
 
   def weight_grad(x, g, w):
     """d(sum(g * conv(x, w))) / dw, by transposing the map w -> conv(x, w), which is
@@ -76,10 +89,12 @@ def _with_per_model_weight_grad(conv, lhs, rhs):
     return conv(x, w)
 
   def f_fwd(x, w):
+    x = once(x)
     return conv(x, w), (x, w)
 
   def f_bwd(residuals, g):
     x, w = residuals
+    g = once(g)
     input_grad = jax.linear_transpose(lambda x: conv(x, w), x)(g)[0]
     return input_grad, batched_weight_grad(x, g, w)
 
