@@ -64,12 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--host-devices', type=int, default=0,
                  help='CPU only: split the host into this many XLA devices (for shard)')
   p.add_argument('--materialize', choices=('auto', 'on', 'off'), default='auto',
-                 help="residual blocks' outputs computed once (train.materialized); auto: on CPU")
+                 help="the convolutions' weight-gradient operands computed once "
+                 "(models/conv.py materialized); auto: on CPU")
   p.add_argument('--compare-materialize', action='store_true',
                  help='also time the step with the opposite --materialize setting')
   p.add_argument('--compare-conv-chunk', action='store_true',
                  help='also time the step with whole-batch convolutions (conv_batch_chunk=0; '
-                 'CPU convolves chunks of 32 images by default, models/conv.py)')
+                 'on CPU the ResNets run in chunks of 32 images by default, models/resnet.py)')
   p.add_argument('--compare-augment', action='store_true',
                  help='also time the step with the opposite --augment setting (its cost)')
   p.add_argument('--profile', type=int, default=0, metavar='STEPS',
