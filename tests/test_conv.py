@@ -64,9 +64,9 @@ def test_resnet_vmapped_gradients_match_per_model_gradients():
                             train=True, mutable=['batch_stats'])
     return jnp.mean(logits ** 2)
 
-  batched = jax.vmap(jax.grad(loss))(variables['params'], variables['batch_stats'])
+  batched = jax.jit(jax.vmap(jax.grad(loss)))(variables['params'], variables['batch_stats'])
   for m in range(2):
-    one = jax.grad(loss)(jax.tree.map(lambda a: a[m], variables['params']),
+    one = jax.jit(jax.grad(loss))(jax.tree.map(lambda a: a[m], variables['params']),
                          jax.tree.map(lambda a: a[m], variables['batch_stats']))
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(batched)):
       np.testing.assert_allclose(b[m], a, rtol=1e-4, atol=1e-6)
@@ -135,10 +135,9 @@ def test_resnet_in_chunks_is_the_same_function():
                           images, train=True, mutable=['batch_stats'])
     return jnp.sum(jnp.sin(logits)), (logits, new)
 
-  (_, (logits_c, stats_c)), grads_c = jax.value_and_grad(loss, has_aux=True)(
-      variables['params'], model)
-  (_, (logits_w, stats_w)), grads_w = jax.value_and_grad(loss, has_aux=True)(
-      variables['params'], whole)
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, (logits_c, stats_c)), grads_c = grad(variables['params'], model)
+  (_, (logits_w, stats_w)), grads_w = grad(variables['params'], whole)
   np.testing.assert_allclose(logits_c, logits_w, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves((stats_w, grads_w)), jax.tree.leaves((stats_c, grads_c))):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
