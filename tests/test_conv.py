@@ -151,12 +151,13 @@ def test_resnet_in_chunks_is_the_same_function():
 
 
 def test_resnet_chunks_and_materializes_on_cpu_by_default():
+  """Auto: chunks of 32 for images of 16x16 pixels or more, operands materialized."""
   model = create_model('tiny', 3)
   assert model.conv_batch_chunk == -1 and model.materialize == -1  # auto: on CPU
-  images = jnp.ones((64, 8, 8, 3))
+  images = jnp.ones((64, 16, 16, 3))
   variables = model.init(jax.random.key(0), images, train=False)
 
-  def grad_program(m):
+  def grad_program(m, images=images):
     loss = lambda p: jnp.sum(m.apply({**variables, 'params': p}, images, train=True,
                                      mutable=['batch_stats'])[0])
     return str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
@@ -166,3 +167,6 @@ def test_resnet_chunks_and_materializes_on_cpu_by_default():
   assert chunked.count('conv_general_dilated') == 2 * whole.count('conv_general_dilated')
   assert ' cond[' in chunked
   assert ' cond[' not in grad_program(model.clone(materialize=0))
+  small = images[:, :8, :8]
+  assert grad_program(model, small).count('conv_general_dilated') == grad_program(
+      model.clone(conv_batch_chunk=0), small).count('conv_general_dilated')

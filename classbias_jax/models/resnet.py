@@ -20,9 +20,11 @@ from classbias_jax.errors import ConfigError
 from classbias_jax.models.conv import conv_general_dilated
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# XLA:CPU trains faster on chunks of 32 images than on a batch of 128 (see ResNet); other
-# backends get whole batches.
+# XLA:CPU trains faster on chunks of 32 images than on a batch of 128 (see ResNet) when
+# images have at least CHUNK_MIN_PIXELS (ResNet-20 step at 32x32: 1.31x, ResNet-8 at
+# 16x16: 1.07x; at 8x8: 0.97x, and a longer compile); other backends get whole batches.
 CONV_BATCH_CHUNK = 32
+CHUNK_MIN_PIXELS = 16 * 16
 
 # The models run on a list of batch chunks (see ResNet): these act on every chunk.
 relu = lambda xs: [nn.relu(x) for x in xs]
@@ -145,8 +147,9 @@ class ResNet(nn.Module):
   stem: str = 'cifar'  # 'cifar': 3x3 stride 1; 'imagenet': 7x7 stride 2 + 3x3 max pool
   shortcut: str = 'conv'
   dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
-  # Images per chunk; -1: CONV_BATCH_CHUNK on CPU, whole batches elsewhere; 0: whole
-  # batches. A batch that is not a larger multiple of the chunk runs whole.
+  # Images per chunk; -1: CONV_BATCH_CHUNK on CPU for images of at least CHUNK_MIN_PIXELS,
+  # whole batches otherwise; 0: whole batches. A batch that is not a larger multiple of
+  # the chunk runs whole.
   conv_batch_chunk: int = -1
   # Convolutions' weight-gradient operands computed once (models/conv.py `materialized`);
   # -1: on CPU, where it pays, 0: off, 1: on.
@@ -157,7 +160,7 @@ class ResNet(nn.Module):
     cpu = jax.default_backend() == 'cpu'
     chunk = self.conv_batch_chunk
     if chunk < 0:
-      chunk = CONV_BATCH_CHUNK if cpu else 0
+      chunk = CONV_BATCH_CHUNK if cpu and x.shape[1] * x.shape[2] >= CHUNK_MIN_PIXELS else 0
     materialize = cpu if self.materialize < 0 else bool(self.materialize)
     conv = functools.partial(Conv, dtype=self.dtype, materialize=materialize)
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
