@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--materialize', choices=('auto', 'on', 'off'), default='auto',
                  help="the convolutions' weight-gradient operands computed once "
                  "(models/conv.py materialized); auto: on CPU")
+  p.add_argument('--malloc', choices=('retain', 'system'), default='system',
+                 help='retain: freed host memory stays in the process on CPU '
+                 '(hostmem.py); system: the C library defaults')
   p.add_argument('--compare-materialize', action='store_true',
                  help='also time the step with the opposite --materialize setting')
   p.add_argument('--compare-conv-chunk', action='store_true',
@@ -181,7 +184,7 @@ def interleaved(runners: dict, steps: int, rounds: int) -> tuple[dict, dict]:
 def benchmark(args) -> dict:
   """Runs the measurements of `args` and returns the JSON record."""
   import jax
-  from classbias_jax import parallel
+  from classbias_jax import hostmem, parallel
   step, runners, resolved = prepare(args)
   for run in runners.values():  # warm-up: first calls allocate and fill caches
     run(), run()
@@ -209,7 +212,8 @@ def benchmark(args) -> dict:
       'model_epochs_per_hour': 3600 * images / step_s / args.epoch_images,
       'achieved_tflops': step.flops / step_s / 1e12, 'matmul_peak_tflops': peak,
       'fraction_of_peak': step.flops / step_s / 1e12 / peak,
-      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_s_per_step': cpu['sweep'],
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'malloc_retained': hostmem.applied,
+      'cpu_s_per_step': cpu['sweep'],
       'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
       **ratios(times, cpu, step_s, args),
   }
@@ -484,7 +488,10 @@ def summary(r: dict) -> str:
 
 
 def main(argv=None) -> None:
+  from classbias_jax import hostmem
   args = parse_args(argv)
+  if args.malloc == 'retain':
+    hostmem.retain_freed_memory()  # before JAX starts its threads
   if args.host_devices:
     # Must be set before JAX initialises its backends, hence the imports inside functions.
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

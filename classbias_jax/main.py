@@ -2,12 +2,13 @@
 
 Parses flags and calls `train.run`; errors a user can fix are printed as one line.
 """
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from classbias_jax import train
+from classbias_jax import hostmem, train
 from classbias_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config file.',
@@ -19,6 +20,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if os.environ.get(hostmem.ENV) == 'retain':
+    hostmem.retain_freed_memory()  # before JAX starts its threads
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
   try:
