@@ -234,8 +234,7 @@ def prepare(args):
   shape_args = dict(image_shape=(args.image_size, args.image_size, 3),
                     num_classes=args.num_classes)
   strategy = train.choose_strategy(config, model, **shape_args)
-  materialize = {'auto': jax.default_backend() == 'cpu', 'on': True,
-                 'off': False}[args.materialize]
+  materialize = {'auto': model.materializes(), 'on': True, 'off': False}[args.materialize]
   loop = train.resolve_loop(args.loop)
   prepared = lambda config, strategy, materialize, model=model: train.prepared_step(
       model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)

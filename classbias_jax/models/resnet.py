@@ -155,14 +155,19 @@ class ResNet(nn.Module):
   # -1: on CPU, where it pays, 0: off, 1: on.
   materialize: int = -1
 
+  def materializes(self) -> bool:
+    """`materialize` resolved for the default backend."""
+    if self.materialize < 0:
+      return jax.default_backend() == 'cpu'
+    return bool(self.materialize)
+
   @nn.compact
   def __call__(self, x, train: bool):
-    cpu = jax.default_backend() == 'cpu'
     chunk = self.conv_batch_chunk
     if chunk < 0:
-      chunk = CONV_BATCH_CHUNK if cpu and x.shape[1] * x.shape[2] >= CHUNK_MIN_PIXELS else 0
-    materialize = cpu if self.materialize < 0 else bool(self.materialize)
-    conv = functools.partial(Conv, dtype=self.dtype, materialize=materialize)
+      big = x.shape[1] * x.shape[2] >= CHUNK_MIN_PIXELS
+      chunk = CONV_BATCH_CHUNK if jax.default_backend() == 'cpu' and big else 0
+    conv = functools.partial(Conv, dtype=self.dtype, materialize=self.materializes())
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
     x = x.astype(self.dtype)
     size = x.shape[0]
