@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--model', default='resnet20')
   p.add_argument('--batch', type=int, default=128, help='images per model per step')
   p.add_argument('--models', type=int, default=8, help='M, models trained together')
-  p.add_argument('--strategy', default='auto', help='auto, unroll, vmap, chunked, shard[:inner]')
+  p.add_argument('--strategy', default='auto',
+                 help='auto, unroll, vmap, chunked, sequential, shard[:inner]')
   p.add_argument('--chunk-size', type=int, default=4, help="models per chunk for 'chunked'")
   p.add_argument('--augment', choices=tuple(AUGMENTATIONS), default='on',
                  help='; '.join(f'{k}: {v}' for k, v in AUGMENTATIONS.items()))
@@ -104,6 +105,7 @@ def study_config(args):
   c.train.batch_size = args.batch
   c.train.strategy = args.strategy
   c.train.chunk_size = args.chunk_size
+  c.train.loop = args.loop
   a = args.augment
   c.aug.pad_crop = 4 if a in ('on', 'color', 'erase') else 0
   c.aug.flip = a != 'off'
@@ -235,7 +237,7 @@ def prepare(args):
                     num_classes=args.num_classes)
   strategy = train.choose_strategy(config, model, **shape_args)
   materialize = {'auto': model.materializes(), 'on': True, 'off': False}[args.materialize]
-  loop = train.resolve_loop(args.loop)
+  loop = train.resolve_loop(args.loop, strategy=strategy)
   prepared = lambda config, strategy, materialize, model=model: train.prepared_step(
       model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)
   step = prepared(config, strategy, materialize)

@@ -16,8 +16,8 @@ TRACED_KNOBS = (
     'aug.erase_prob', 'aug.erase_scale_min', 'aug.erase_scale_max', 'aug.erase_ratio_min',
     'aug.erase_ratio_max', 'aug.erase_value',
 )
-STRATEGIES = ('auto', 'unroll', 'vmap', 'chunked', 'shard', 'shard:unroll', 'shard:vmap',
-              'shard:chunked')
+STRATEGIES = ('auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard', 'shard:unroll',
+              'shard:vmap', 'shard:chunked')
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128
   c.train.eval_batch_size = 500
   c.train.eval_every = 0  # evaluate on test every k epochs for curves (0: only at the end)
-  c.train.strategy = 'auto'  # how the model axis runs: auto, unroll, vmap, chunked, shard
+  c.train.strategy = 'auto'  # the model axis: auto, unroll, vmap, chunked, sequential, shard
   c.train.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
   c.train.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
   c.train.checkpoint_every = 0  # save WORKDIR/checkpoint every k epochs to resume (0: off)

@@ -7,6 +7,9 @@ Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md)
   shard         the model axis split over a 1-D mesh of devices ('models'), each device
                 running its M / D models unrolled; 'shard:vmap' and 'shard:chunked' pick
                 the per-device strategy
+  sequential    the models one after another: a compiled one-model program called M times
+                from the host (train.loop 'python' only); never slower than running the
+                models as separate jobs, whatever the compiler does with M-model programs
   auto          the fastest of the candidates for this backend, device, model, batch and
                 M, measured once per machine and cached (see `resolve_strategy`)
 
@@ -31,6 +34,7 @@ from classbias_jax.errors import ConfigError
 
 MODEL_AXIS = 'models'
 INNER = ('unroll', 'vmap', 'chunked')
+SEQUENTIAL = 'sequential'
 # How `auto` decides (docs/benchmarks.md): 'measure' (default) the cached choice, else a
 # measurement; 'cache' the cached choice, else the fallback rule; 'rule' the rule alone.
 ENV_AUTO = 'CLASSBIAS_AUTO'
@@ -42,13 +46,26 @@ ENV_CACHE_DIR = 'CLASSBIAS_CACHE_DIR'  # default ~/.cache/classbias_jax
 # ----------------------------------------------------------------------------------------
 def split_strategy(strategy: str) -> tuple[bool, str]:
   """'shard:vmap' -> (True, 'vmap'); 'shard' -> (True, 'unroll'); 'vmap' -> (False, 'vmap')."""
+  if strategy == SEQUENTIAL:
+    return False, SEQUENTIAL
   sharded, _, inner = strategy.partition(':') if strategy.startswith('shard') else (
       '', '', strategy)
   inner = inner or 'unroll'
   if (sharded and sharded != 'shard') or inner not in INNER:
     raise ConfigError(f'unknown model-axis strategy {strategy!r}; choose auto, '
-                      f'{", ".join(INNER)}, shard or shard:<{"|".join(INNER)}>')
+                      f'{", ".join(INNER)}, {SEQUENTIAL}, shard or shard:<{"|".join(INNER)}>')
   return bool(sharded), inner
+
+
+def is_sequential(strategy: str) -> bool:
+  return strategy == SEQUENTIAL
+
+
+def jit(fn: Callable, strategy: str, **kwargs) -> Callable:
+  """jax.jit(fn, **kwargs) for the strategies that run the models in one program; fn as
+  it is under 'sequential', whose over_models already calls a compiled program per model
+  (jitting it would inline those calls into one M-model program)."""
+  return fn if is_sequential(strategy) else jax.jit(fn, **kwargs)
 
 
 def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
@@ -57,9 +74,12 @@ def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
   'vmap': one vmapped program (convs become grouped convs); 'unroll': the M models as M
   independent copies of the computation in one program; 'chunked': vmapped chunks of
   `chunk_size` models, unrolled over chunks; 'shard[:inner]': the model axis split over
-  the devices of `model_mesh(M)`, each device running its models with `inner`.
+  the devices of `model_mesh(M)`, each device running its models with `inner`;
+  'sequential': a `Sequential` (called from the host, not from inside a jitted function).
   """
   sharded, inner = split_strategy(strategy)
+  if inner == SEQUENTIAL:
+    return Sequential(fn)
   local = _over_models_local(fn, inner, chunk_size)
   if not sharded:
     return local
@@ -91,6 +111,35 @@ def _over_models_local(fn: Callable, strategy: str, chunk_size: int) -> Callable
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
 
   return lifted
+
+
+class Sequential:
+  """fn lifted to the model axis by running it one model at a time from the host:
+  `one(per_model, shared, i)` is fn on model i's slice of the per-model leaves, compiled
+  once (i is traced) and called M times; the M outputs are stacked on device by a second
+  small program. The calls are dispatched asynchronously, so the host queues model i + 1
+  while model i runs. Outputs are new buffers: nothing is donated (the inputs are read by
+  every call), and the stacked state of the previous step is freed when dropped.
+  """
+
+  def __init__(self, fn: Callable):
+    self.fn = fn
+    self.one = jax.jit(self._one)
+    self.compiled = None  # set by compile(): the calls use it (same shapes as compiled)
+    self._stack = jax.jit(lambda outs: jax.tree.map(lambda *xs: jnp.stack(xs), *outs))
+
+  def _one(self, per_model, shared, index):
+    return self.fn(jax.tree.map(lambda a: a[index], per_model), shared)
+
+  def compile(self, per_model, shared):
+    """Compiles the one-model program for these shapes ahead of time and returns it."""
+    self.compiled = self.one.lower(per_model, shared, np.int32(0)).compile()
+    return self.compiled
+
+  def __call__(self, per_model, shared):
+    one = self.compiled or self.one
+    num_models = jax.tree.leaves(per_model)[0].shape[0]
+    return self._stack([one(per_model, shared, np.int32(i)) for i in range(num_models)])
 
 
 # ----------------------------------------------------------------------------------------
@@ -127,8 +176,10 @@ def put_shared(tree, strategy: str, num_models: int):
 # ----------------------------------------------------------------------------------------
 # auto: measured once per machine, cached.
 # ----------------------------------------------------------------------------------------
-def candidates(backend: str, num_models: int, num_devices: int) -> list[str]:
-  """Strategies `auto` measures, the fallback rule's choice first (it sets the bar)."""
+def candidates(backend: str, num_models: int, num_devices: int,
+               loop: str = 'python') -> list[str]:
+  """Strategies `auto` measures, the fallback rule's choice first (it sets the bar);
+  'sequential' (M > 1, train.loop 'python' only) last: the baseline a sweep must beat."""
   if backend == 'cpu':
     out = ['unroll', 'chunked', 'vmap']
   else:
@@ -136,6 +187,8 @@ def candidates(backend: str, num_models: int, num_devices: int) -> list[str]:
     out = ['vmap', 'chunked'] + (['unroll'] if num_models <= 16 else [])
   if mesh_size(num_models, num_devices) > 1:
     out = ['shard:' + s if s != 'unroll' else 'shard' for s in out[:2]] + out
+  if loop == 'python' and num_models > 1:
+    out.append(SEQUENTIAL)
   first = fallback_strategy(backend, num_models, num_devices)
   return [first] + [s for s in out if s != first]
 
@@ -203,12 +256,14 @@ def save_cache_entry(key: str, entry: dict[str, Any]) -> None:
 
 def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: int = 1,
                      workload: dict[str, Any] | None = None,
-                     measure: Callable[[str, float | None], float] | None = None) -> str:
+                     measure: Callable[[str, float | None], float] | None = None,
+                     loop: str = 'python') -> str:
   """The strategy to run: names other than 'auto' pass through.
 
   'auto': the cached choice for this machine and `workload` (a dict naming model, batch,
   dtype, ... ; M is added), else the fastest candidate by `measure(strategy, give_up_s)
-  -> seconds per step` (cached with all timings), else `fallback_strategy`.
+  -> seconds per step` (cached with all timings), else `fallback_strategy`. loop: the
+  train.loop the run uses ('sequential' is a candidate only for 'python').
   $CLASSBIAS_AUTO = 'cache' never measures; 'rule' also ignores the cache.
   """
   if strategy != 'auto':
@@ -227,7 +282,7 @@ def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: i
     return cached['strategy']
   if measure is None or mode == 'cache':
     return fallback_strategy(backend, num_models, num_devices)
-  timings = measure_candidates(candidates(backend, num_models, num_devices), measure)
+  timings = measure_candidates(candidates(backend, num_models, num_devices, loop), measure)
   best = min(timings, key=timings.get)
   save_cache_entry(key, {'strategy': best, 'step_s': timings,
                          'measured': time.strftime('%Y-%m-%d %H:%M:%S')})

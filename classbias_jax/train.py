@@ -144,7 +144,8 @@ def epoch_permutations(data_keys, epoch, num_examples: int):
 def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...],
                     erase: bool, mean, std, strategy: str,
                     materialize: bool | None = None) -> Callable:
-  """Returns the (unjitted) update of all M models on one batch each:
+  """Returns the (unjitted) update of all M models on one batch each (under 'sequential' a
+  host function calling a compiled one-model program; see parallel.jit):
 
     train_step(state, knobs, aug_keys, perms, images, labels, epoch, step) -> (state, metrics)
 
@@ -198,9 +199,14 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
 
   step_all = parallel.over_models(model_step, strategy, config.train.chunk_size)
 
-  def train_step(state, knobs, aug_keys, perms, images, labels, epoch, step):
-    return step_all((state, knobs, perms, aug_keys), (images, labels, epoch, step))
+  def split(state, knobs, aug_keys, perms, images, labels, epoch, step):
+    return (state, knobs, perms, aug_keys), (images, labels, epoch, step)
 
+  def train_step(*args):
+    return step_all(*split(*args))
+
+  if parallel.is_sequential(strategy):  # for prepared_step: the one-model program, AOT
+    train_step.compile = lambda *args: step_all.compile(*split(*args))
   return train_step
 
 
@@ -214,6 +220,9 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
   images uint8 [N, H, W, C] and labels int32 [N] live on device; metrics are float32 [M]
   means over the epoch's steps ('loss', 'accuracy') and 'finite' (all losses finite).
   """
+  if loop == 'scan' and parallel.is_sequential(strategy):
+    raise ConfigError("train.strategy 'sequential' calls a compiled program per model and "
+                      "step: it needs train.loop 'python'")
   train_step = make_train_step(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
                                erase=erase, mean=mean, std=std, strategy=strategy)
 
@@ -233,7 +242,7 @@ def make_train_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, ...
   # 'python': one compiled step per call. XLA:CPU runs a rolled `lax.scan` of a conv net
   # 10-15x slower than the same steps dispatched one by one (measured; docs/benchmarks.md),
   # while dispatching a step whose data already lives on device costs microseconds.
-  step_jit = jax.jit(train_step, donate_argnums=(0,))
+  step_jit = parallel.jit(train_step, strategy, donate_argnums=(0,))
   perms_jit = jax.jit(epoch_permutations, static_argnums=(2,))
 
   def python_epoch(state, knobs, keys, images, labels, epoch):
@@ -269,7 +278,8 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
   on device. loop 'python': one step per call; 'scan': num_batches steps per call (a
   `lax.scan`, as an epoch with loop 'scan').
 
-  Under 'shard' the flops of one device's program are multiplied by the devices used.
+  Under 'shard' the flops of one device's program are multiplied by the devices used;
+  under 'sequential' `compiled` is the one-model program and its flops are multiplied by M.
   """
   sweep = sweep_lib.from_config(config)
   knobs_np = sweep_lib.knob_arrays(config, sweep, num_classes)
@@ -290,7 +300,11 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
                    epoch_permutations(keys['data'], 0, len(labels))))
   shared = parallel.put_shared((images, labels), strategy, sweep.num_models)
   args = (*per_model, *shared, jnp.int32(0))
+  sequential = parallel.is_sequential(strategy)
   if loop == 'scan':
+    if sequential:
+      raise ConfigError("strategy 'sequential' needs loop 'python'")
+
     def scanned(state, *args):
       return jax.lax.scan(lambda s, i: train_step(s, *args, i), state,
                           jnp.arange(num_batches, dtype=jnp.int32))
@@ -298,12 +312,15 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
   else:
     fn, steps = train_step, [(jnp.int32(i),) for i in range(num_batches)]
   t0 = time.perf_counter()
-  compiled = jax.jit(fn, donate_argnums=(0,)).lower(state, *args, *steps[0]).compile()
+  if sequential:  # the one-model program (the models' calls use it), and fn calls it
+    compiled = train_step.compile(state, *args, *steps[0])
+  else:
+    compiled = fn = jax.jit(fn, donate_argnums=(0,)).lower(state, *args, *steps[0]).compile()
   compile_s = time.perf_counter() - t0
   box = {'state': state, 'calls': 0}
 
   def run():
-    box['state'], metrics = compiled(box['state'], *args, *steps[box['calls'] % len(steps)])
+    box['state'], metrics = fn(box['state'], *args, *steps[box['calls'] % len(steps)])
     box['calls'] += 1
     jax.block_until_ready((box['state'], metrics))
 
@@ -317,6 +334,8 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
     # on GPU, no cuDNN convolutions: kept beside the model count.
     xla_flops = step_flops(compiled) if loop != 'scan' else step_flops(
         jax.jit(train_step).lower(state, *args, jnp.int32(0)))
+    if sequential:  # the compiled program is one model's
+      xla_flops *= sweep.num_models
   return PreparedStep(run, compile_s, flops, compiled, per_call, devices * xla_flops)
 
 
@@ -400,17 +419,18 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
   total_steps is None), else the fallback rule."""
   sweep = sweep_lib.from_config(config)
   ops, erase = augment_ops(config, sweep_lib.knob_arrays(config, sweep, num_classes))
+  loop = resolve_loop(config.train.loop)
   workload = {'model': config.model.name, 'width': config.model.width,
               'dtype': config.model.dtype, 'batch': config.train.batch_size,
               'image_shape': list(image_shape), 'num_classes': num_classes,
-              'augment': list(ops) + ['erase'] * erase, 'chunk_size': config.train.chunk_size}
+              'augment': list(ops) + ['erase'] * erase, 'chunk_size': config.train.chunk_size,
+              'loop': loop}
 
   def measure(strategy: str, give_up_s: float | None) -> float:
     # As the run will call it (one step or a scan of steps per call); the first call
     # (allocation, warm-up) is not timed, so it cannot trip the give-up bar.
     step = prepared_step(model, config, image_shape=image_shape, num_classes=num_classes,
-                         strategy=strategy, loop=resolve_loop(config.train.loop),
-                         count_flops=False)
+                         strategy=strategy, loop=loop, count_flops=False)
     step.run()
     bar = None if give_up_s is None else give_up_s * step.steps_per_call
     return parallel.median(parallel.time_calls(step.run, measure_steps, bar)) / (
@@ -418,14 +438,17 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
 
   worth_it = total_steps is None or total_steps >= MIN_STEPS_TO_MEASURE
   return parallel.resolve_strategy(config.train.strategy, num_models=sweep.num_models,
-                                   workload=workload, measure=measure if worth_it else None)
+                                   workload=workload, measure=measure if worth_it else None,
+                                   loop=loop)
 
 
-def resolve_loop(loop: str, backend: str | None = None) -> str:
-  """'auto' -> 'python' on CPU (see make_train_epoch), 'scan' elsewhere."""
+def resolve_loop(loop: str, backend: str | None = None, strategy: str | None = None) -> str:
+  """'auto' -> 'python' on CPU (see make_train_epoch) and for strategy 'sequential' (a
+  compiled call per model and step), 'scan' elsewhere."""
   if loop != 'auto':
     return loop
-  return 'python' if (backend or jax.default_backend()) == 'cpu' else 'scan'
+  cpu = (backend or jax.default_backend()) == 'cpu'
+  return 'python' if cpu or (strategy and parallel.is_sequential(strategy)) else 'scan'
 
 
 def make_predict(model, *, mean, std, strategy: str, chunk_size: int) -> Callable:
@@ -441,7 +464,8 @@ def make_predict(model, *, mean, std, strategy: str, chunk_size: int) -> Callabl
     return jnp.argmax(model.apply(variables, x, train=False), -1).astype(jnp.int32)
 
   predict_all = parallel.over_models(predict_one, strategy, chunk_size)
-  predict_batch = jax.jit(lambda variables, images: predict_all(variables, images))
+  predict_batch = parallel.jit(lambda variables, images: predict_all(variables, images),
+                               strategy)
 
   def predict(state, batches):
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
@@ -575,7 +599,7 @@ def make_streamed_epoch(model, config, *, steps_per_epoch: int, ops: tuple[str, 
   """
   train_step = make_train_step(model, config, steps_per_epoch=steps_per_epoch, ops=ops,
                                erase=erase, mean=mean, std=std, strategy=strategy)
-  step_jit = jax.jit(train_step, donate_argnums=(0,))
+  step_jit = parallel.jit(train_step, strategy, donate_argnums=(0,))
 
   def streamed_epoch(state, knobs, keys, batches, epoch):
     num_models = keys['aug'].shape[0]
@@ -637,13 +661,13 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
   steps_per_epoch = num_train // batch_size
   knobs_np = sweep_lib.knob_arrays(config, sweep, dataset.num_classes)
   ops, erase = augment_ops(config, knobs_np)
-  loop = resolve_loop(config.train.loop)
   mean, std = dataset.channel_stats()
   dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
   model = create_model(config.model.name, dataset.num_classes, config.model.width, dtype)
   strategy = choose_strategy(config, model, image_shape=dataset.image_shape,
                              num_classes=dataset.num_classes,
                              total_steps=config.train.epochs * steps_per_epoch)
+  loop = resolve_loop(config.train.loop, strategy=strategy)
   streamed = input_mode == 'streamed'
 
   os.makedirs(workdir, exist_ok=True)

@@ -38,6 +38,17 @@ def test_benchmark_cli_prints_a_json_record(tmp_path):
   assert 'one after another' in stdout
 
 
+def test_benchmark_times_the_sequential_strategy(tmp_path):
+  """'sequential' compiles the one-model program; the record costs all M models."""
+  record, _ = benchmark('--models=2', '--strategy=sequential', '--compare-sequential',
+                        tmp_path=tmp_path)
+  one, _ = benchmark('--models=1', '--strategy=unroll', tmp_path=tmp_path)
+  assert record['strategy'] == 'sequential' and record['loop'] == 'python'
+  assert record['xla_flops_per_step'] == pytest.approx(2 * one['xla_flops_per_step'], rel=0.01)
+  assert record['flops_per_step'] == 2 * one['flops_per_step']
+  assert record['sequential_ratio'] > 0
+
+
 def test_benchmark_auto_reports_the_rule_choice(tmp_path):
   """conftest sets CLASSBIAS_AUTO=rule, so 'auto' resolves without measuring; a scanned
   call of 4 steps is timed and costed per step."""

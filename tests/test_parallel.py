@@ -34,9 +34,10 @@ def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None, materialize=No
   state = put(train.init_state(model, config.optim, keys['init'], (8, 8, 1)))
   knobs = put({k: jnp.asarray(v) for k, v in knobs_np.items()})
   perms = put(train.epoch_permutations(keys['data'], 0, 64))
-  step = jax.jit(train.make_train_step(model, config, steps_per_epoch=4, ops=ops, erase=erase,
-                                       mean=np.float32([0.5]), std=np.float32([0.25]),
-                                       strategy=strategy, materialize=materialize))
+  step = parallel.jit(train.make_train_step(model, config, steps_per_epoch=4, ops=ops,
+                                            erase=erase, mean=np.float32([0.5]),
+                                            std=np.float32([0.25]), strategy=strategy,
+                                            materialize=materialize), strategy)
   images, labels = parallel.put_shared((images, labels), strategy, sweep.num_models)
   for s in range(steps):
     state, metrics = step(state, knobs, put(keys['aug']), perms, images, labels, jnp.int32(0),
@@ -56,10 +57,42 @@ def unrolled():
   return tiny_steps('unroll')
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'chunked', 'shard', 'shard:vmap'])
+@pytest.mark.parametrize('strategy', ['vmap', 'chunked', 'sequential', 'shard', 'shard:vmap'])
 def test_strategy_matches_unroll(unrolled, strategy):
   """One device here, so 'shard' is a mesh of one: same numbers, same code path."""
   assert_same_models(unrolled, tiny_steps(strategy))
+
+
+def test_sequential_compiles_one_model_and_calls_it_per_model():
+  traces = []
+
+  def fn(per_model, shared):
+    traces.append(per_model['w'].shape)
+    return {'y': per_model['w'] * shared, 'n': per_model['n'] + 1}
+
+  lifted = parallel.over_models(fn, 'sequential')
+  per_model = {'w': jnp.arange(12.0).reshape(3, 4), 'n': jnp.arange(3)}
+  for _ in range(2):
+    out = lifted(per_model, jnp.float32(2.0))
+    np.testing.assert_array_equal(out['y'], 2 * per_model['w'])
+    np.testing.assert_array_equal(out['n'], [1, 2, 3])
+  assert traces == [(4,)]  # one model's shapes, traced once for all models and calls
+  assert parallel.jit(lifted, 'sequential') is lifted  # not inlined into one program
+  # Compiled ahead of time (as the benchmark and auto do), the calls use that program.
+  compiled = lifted.compile(per_model, jnp.float32(2.0))
+  assert lifted.compiled is compiled
+  np.testing.assert_array_equal(lifted(per_model, jnp.float32(3.0))['y'], 3 * per_model['w'])
+
+
+def test_sequential_needs_the_python_loop():
+  config = tiny_config(**{'seeds': 2, 'train__strategy': 'sequential'})
+  model = create_model('tiny', 10)
+  with pytest.raises(ConfigError, match='python'):
+    train.make_train_epoch(model, config, steps_per_epoch=1, ops=(), erase=False,
+                           mean=np.float32([0.5]), std=np.float32([0.25]),
+                           strategy='sequential', loop='scan')
+  assert train.resolve_loop('auto', 'gpu', 'sequential') == 'python'
+  assert train.resolve_loop('auto', 'gpu', 'vmap') == 'scan'
 
 
 def test_materialized_operands_change_no_numbers(unrolled):
@@ -101,12 +134,14 @@ def test_model_mesh_uses_devices_that_divide_m():
   assert parallel.model_mesh(4).size == 1  # one CPU device in this process
   assert [parallel.mesh_size(m, 4) for m in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
   assert parallel.candidates('cpu', 8, 2) == ['shard', 'shard:chunked', 'unroll', 'chunked',
-                                              'vmap']
-  assert parallel.candidates('gpu', 32, 1) == ['vmap', 'chunked']
+                                              'vmap', 'sequential']
+  assert parallel.candidates('gpu', 32, 1, loop='scan') == ['vmap', 'chunked']
+  assert parallel.candidates('cpu', 1, 1) == ['unroll', 'chunked', 'vmap']
+  assert parallel.split_strategy('sequential') == (False, 'sequential')
   assert parallel.split_strategy('shard') == (True, 'unroll')
   assert parallel.split_strategy('shard:vmap') == (True, 'vmap')
   assert parallel.split_strategy('chunked') == (False, 'chunked')
-  for bad in ('shardx', 'shard:shard', 'pmap'):
+  for bad in ('shardx', 'shard:shard', 'pmap', 'shard:sequential'):
     with pytest.raises(ConfigError):
       parallel.split_strategy(bad)
 
@@ -127,15 +162,15 @@ def fake_measure(seconds, calls):
 
 
 def test_auto_measures_once_then_reads_the_cache(cache_dir):
-  seconds = {'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0}
+  seconds = {'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0, 'sequential': 1.5}
   calls = []
   workload = {'model': 'tiny', 'batch': 16}
   pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4, workload=workload,
                                            measure=fake_measure(seconds, calls))
   assert pick() == 'chunked'
   # The rule's choice is measured first and sets the give-up bar of the others.
-  assert calls == [('unroll', None), ('chunked', 6.0), ('vmap', 3.0)]
-  assert pick() == 'chunked' and len(calls) == 3  # cached: nothing measured again
+  assert calls == [('unroll', None), ('chunked', 6.0), ('vmap', 3.0), ('sequential', 3.0)]
+  assert pick() == 'chunked' and len(calls) == 4  # cached: nothing measured again
   entry = json.load(open(cache_dir / 'strategies.json'))
   (key, value), = entry.items()
   assert json.loads(key)['models'] == 4 and json.loads(key)['backend'] == 'cpu'
@@ -143,18 +178,19 @@ def test_auto_measures_once_then_reads_the_cache(cache_dir):
   # Another workload is another entry.
   other = parallel.resolve_strategy('auto', 'cpu', num_models=8, workload=workload,
                                     measure=fake_measure(seconds, calls))
-  assert other == 'chunked' and len(calls) == 6
+  assert other == 'chunked' and len(calls) == 8
 
 
 def test_auto_without_measuring(cache_dir, monkeypatch):
   calls = []
-  measure = fake_measure({'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0}, calls)
+  measure = fake_measure({'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0, 'sequential': 3.0},
+                         calls)
   pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4,
                                            workload={'model': 'tiny'}, measure=measure)
   monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
   assert pick() == 'unroll' and not calls  # no entry: the fallback rule
   monkeypatch.setenv(parallel.ENV_AUTO, 'measure')
-  assert pick() == 'chunked' and len(calls) == 3
+  assert pick() == 'chunked' and len(calls) == 4
   monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
   assert pick() == 'chunked'  # the cached measurement
   monkeypatch.setenv(parallel.ENV_AUTO, 'rule')
@@ -171,7 +207,7 @@ def test_choose_strategy_measures_real_steps(cache_dir):
                                  measure_steps=1)
   entry, = json.load(open(cache_dir / 'strategies.json')).values()
   assert chosen == entry['strategy'] == min(entry['step_s'], key=entry['step_s'].get)
-  assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap'}
+  assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap', 'sequential'}
   assert all(s > 0 for s in entry['step_s'].values())
 
 

@@ -90,7 +90,7 @@ def test_common_random_numbers():
   np.testing.assert_array_equal(aug[0], aug[2])
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'chunked'])
+@pytest.mark.parametrize('strategy', ['vmap', 'chunked', 'sequential'])
 def test_strategies_agree(tmp_path, strategy):
   """Every model-axis strategy trains the same models (up to float reassociation)."""
   out = {}
