@@ -68,18 +68,21 @@ def jit(fn: Callable, strategy: str, **kwargs) -> Callable:
   return fn if is_sequential(strategy) else jax.jit(fn, **kwargs)
 
 
-def over_models(fn: Callable, strategy: str, chunk_size: int = 1) -> Callable:
+def over_models(fn: Callable, strategy: str, chunk_size: int = 1,
+                carry: bool = False) -> Callable:
   """Lifts fn(per_model, shared) to per_model pytrees with a leading axis [M].
 
   'vmap': one vmapped program (convs become grouped convs); 'unroll': the M models as M
   independent copies of the computation in one program; 'chunked': vmapped chunks of
   `chunk_size` models, unrolled over chunks; 'shard[:inner]': the model axis split over
   the devices of `model_mesh(M)`, each device running its models with `inner`;
-  'sequential': a `Sequential` (called from the host, not from inside a jitted function).
+  'sequential': a `Sequential` (called from the host, not from inside a jitted function);
+  carry: fn's first input and output are the state, updated in place (Sequential's carry;
+  the other strategies donate it through jax.jit).
   """
   sharded, inner = split_strategy(strategy)
   if inner == SEQUENTIAL:
-    return Sequential(fn)
+    return Sequential(fn, carry)
   local = _over_models_local(fn, inner, chunk_size)
   if not sharded:
     return local
@@ -115,31 +118,48 @@ def _over_models_local(fn: Callable, strategy: str, chunk_size: int) -> Callable
 
 class Sequential:
   """fn lifted to the model axis by running it one model at a time from the host:
-  `one(per_model, shared, i)` is fn on model i's slice of the per-model leaves, compiled
-  once (i is traced) and called M times; the M outputs are stacked on device by a second
-  small program. The calls are dispatched asynchronously, so the host queues model i + 1
-  while model i runs. Outputs are new buffers: nothing is donated (the inputs are read by
-  every call), and the stacked state of the previous step is freed when dropped.
+  `one(carry, per_model, shared, i)` is fn on model i's slice of the per-model leaves,
+  compiled once (i is traced) and called M times, dispatched asynchronously (the host
+  queues model i + 1 while model i runs). With `carry` (the train step: fn's first input
+  and first output are the model state) the state [M, ...] is donated to each call and
+  model i's new state written into it in place, so a step allocates no new state; the
+  other outputs, one per model, are stacked on device by a second small program.
   """
 
-  def __init__(self, fn: Callable):
-    self.fn = fn
-    self.one = jax.jit(self._one)
+  def __init__(self, fn: Callable, carry: bool = False):
+    self.fn, self.carry = fn, carry
+    self.one = jax.jit(self._one, donate_argnums=(0,) if carry else ())
     self.compiled = None  # set by compile(): the calls use it (same shapes as compiled)
     self._stack = jax.jit(lambda outs: jax.tree.map(lambda *xs: jnp.stack(xs), *outs))
 
-  def _one(self, per_model, shared, index):
-    return self.fn(jax.tree.map(lambda a: a[index], per_model), shared)
+  def _one(self, carry, per_model, shared, index):
+    take = lambda tree: jax.tree.map(lambda a: a[index], tree)
+    if not self.carry:
+      return self.fn(take(per_model), shared)
+    out = self.fn((take(carry),) + take(per_model), shared)
+    put = lambda a, new: jax.lax.dynamic_update_index_in_dim(a, new, index, 0)
+    return (jax.tree.map(put, carry, out[0]),) + tuple(out[1:])
+
+  def _split(self, per_model):
+    return (per_model[0], tuple(per_model[1:])) if self.carry else (None, per_model)
 
   def compile(self, per_model, shared):
     """Compiles the one-model program for these shapes ahead of time and returns it."""
-    self.compiled = self.one.lower(per_model, shared, np.int32(0)).compile()
+    self.compiled = self.one.lower(*self._split(per_model), shared, np.int32(0)).compile()
     return self.compiled
 
   def __call__(self, per_model, shared):
     one = self.compiled or self.one
+    carry, rest = self._split(per_model)
     num_models = jax.tree.leaves(per_model)[0].shape[0]
-    return self._stack([one(per_model, shared, np.int32(i)) for i in range(num_models)])
+    outs = []
+    for i in range(num_models):
+      out = one(carry, rest, shared, np.int32(i))
+      if self.carry:
+        carry, out = out[0], out[1:]
+      outs.append(out)
+    stacked = self._stack(outs)
+    return (carry,) + tuple(stacked) if self.carry else stacked
 
 
 # ----------------------------------------------------------------------------------------
@@ -178,8 +198,8 @@ def put_shared(tree, strategy: str, num_models: int):
 # ----------------------------------------------------------------------------------------
 def candidates(backend: str, num_models: int, num_devices: int,
                loop: str = 'python') -> list[str]:
-  """Strategies `auto` measures, the fallback rule's choice first (it sets the bar);
-  'sequential' (M > 1, train.loop 'python' only) last: the baseline a sweep must beat."""
+  """Strategies `auto` measures, the fallback rule's choice first (it sets the bar).
+  'sequential' needs train.loop 'python' and M > 1 (for M = 1 it is 'unroll')."""
   if backend == 'cpu':
     out = ['unroll', 'chunked', 'vmap']
   else:
@@ -189,18 +209,23 @@ def candidates(backend: str, num_models: int, num_devices: int,
     out = ['shard:' + s if s != 'unroll' else 'shard' for s in out[:2]] + out
   if loop == 'python' and num_models > 1:
     out.append(SEQUENTIAL)
-  first = fallback_strategy(backend, num_models, num_devices)
+  first = fallback_strategy(backend, num_models, num_devices, loop)
   return [first] + [s for s in out if s != first]
 
 
-def fallback_strategy(backend: str, num_models: int, num_devices: int) -> str:
-  """The choice without a measurement: one device's models unrolled on CPU (vmapped convs
-  become grouped convs, which XLA:CPU runs several times slower), vmapped elsewhere;
-  sharded over devices when there are several that M divides into."""
-  inner = 'unroll' if backend == 'cpu' else 'vmap'
+def fallback_strategy(backend: str, num_models: int, num_devices: int,
+                      loop: str = 'python') -> str:
+  """The choice without a measurement. CPU: sharded over the devices when there are
+  several that M divides into; else the models one after another ('sequential', with the
+  python loop): on XLA:CPU one model's step already keeps the cores busy, an M-model
+  program ran no faster (0.88-1.04x, docs/benchmarks.md) and compiles M times longer, and
+  vmapped convolutions become grouped ones, several times slower. GPU/TPU: vmapped,
+  sharded when several devices divide M."""
   if mesh_size(num_models, num_devices) > 1:
-    return 'shard' if inner == 'unroll' else 'shard:' + inner
-  return inner
+    return 'shard' if backend == 'cpu' else 'shard:vmap'
+  if backend != 'cpu':
+    return 'vmap'
+  return SEQUENTIAL if loop == 'python' and num_models > 1 else 'unroll'
 
 
 def machine_signature() -> dict[str, Any]:
@@ -275,13 +300,13 @@ def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: i
   if mode not in ('measure', 'cache', 'rule'):
     raise ConfigError(f'${ENV_AUTO}={mode!r}; choose measure, cache or rule')
   if workload is None or mode == 'rule':
-    return fallback_strategy(backend, num_models, num_devices)
+    return fallback_strategy(backend, num_models, num_devices, loop)
   key = cache_key({**workload, 'models': num_models})
   cached = load_cache().get(key)
   if cached:
     return cached['strategy']
   if measure is None or mode == 'cache':
-    return fallback_strategy(backend, num_models, num_devices)
+    return fallback_strategy(backend, num_models, num_devices, loop)
   timings = measure_candidates(candidates(backend, num_models, num_devices, loop), measure)
   best = min(timings, key=timings.get)
   save_cache_entry(key, {'strategy': best, 'step_s': timings,

@@ -197,7 +197,7 @@ def make_train_step(model, config, *, steps_per_epoch: int, ops: tuple[str, ...]
                'finite': jnp.isfinite(loss)}
     return new_state, metrics
 
-  step_all = parallel.over_models(model_step, strategy, config.train.chunk_size)
+  step_all = parallel.over_models(model_step, strategy, config.train.chunk_size, carry=True)
 
   def split(state, knobs, aug_keys, perms, images, labels, epoch, step):
     return (state, knobs, perms, aug_keys), (images, labels, epoch, step)

@@ -82,6 +82,14 @@ def test_sequential_compiles_one_model_and_calls_it_per_model():
   compiled = lifted.compile(per_model, jnp.float32(2.0))
   assert lifted.compiled is compiled
   np.testing.assert_array_equal(lifted(per_model, jnp.float32(3.0))['y'], 3 * per_model['w'])
+  # carry: the state (first input and output) is donated and updated in place per model.
+  step = parallel.over_models(lambda m, shared: ((m[0] + m[1] * shared), m[1].sum()),
+                              'sequential', carry=True)
+  state, x = jnp.zeros((3, 2)), jnp.arange(6.0).reshape(3, 2)
+  new_state, sums = step((state, x), jnp.float32(2.0))
+  assert state.is_deleted()
+  np.testing.assert_array_equal(new_state, 2 * x)
+  np.testing.assert_array_equal(sums, [1, 5, 9])
 
 
 def test_sequential_needs_the_python_loop():
@@ -135,6 +143,8 @@ def test_model_mesh_uses_devices_that_divide_m():
   assert [parallel.mesh_size(m, 4) for m in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
   assert parallel.candidates('cpu', 8, 2) == ['shard', 'shard:chunked', 'unroll', 'chunked',
                                               'vmap', 'sequential']
+  assert parallel.candidates('cpu', 8, 1) == ['sequential', 'unroll', 'chunked', 'vmap']
+  assert parallel.candidates('cpu', 8, 1, loop='scan') == ['unroll', 'chunked', 'vmap']
   assert parallel.candidates('gpu', 32, 1, loop='scan') == ['vmap', 'chunked']
   assert parallel.candidates('cpu', 1, 1) == ['unroll', 'chunked', 'vmap']
   assert parallel.split_strategy('sequential') == (False, 'sequential')
@@ -169,7 +179,7 @@ def test_auto_measures_once_then_reads_the_cache(cache_dir):
                                            measure=fake_measure(seconds, calls))
   assert pick() == 'chunked'
   # The rule's choice is measured first and sets the give-up bar of the others.
-  assert calls == [('unroll', None), ('chunked', 6.0), ('vmap', 3.0), ('sequential', 3.0)]
+  assert calls == [('sequential', None), ('unroll', 4.5), ('chunked', 4.5), ('vmap', 3.0)]
   assert pick() == 'chunked' and len(calls) == 4  # cached: nothing measured again
   entry = json.load(open(cache_dir / 'strategies.json'))
   (key, value), = entry.items()
@@ -188,13 +198,13 @@ def test_auto_without_measuring(cache_dir, monkeypatch):
   pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4,
                                            workload={'model': 'tiny'}, measure=measure)
   monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
-  assert pick() == 'unroll' and not calls  # no entry: the fallback rule
+  assert pick() == 'sequential' and not calls  # no entry: the fallback rule
   monkeypatch.setenv(parallel.ENV_AUTO, 'measure')
   assert pick() == 'chunked' and len(calls) == 4
   monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
   assert pick() == 'chunked'  # the cached measurement
   monkeypatch.setenv(parallel.ENV_AUTO, 'rule')
-  assert pick() == 'unroll'  # the rule ignores the cache
+  assert pick() == 'sequential'  # the rule ignores the cache
   assert parallel.resolve_strategy('auto', 'gpu', num_models=4) == 'vmap'
   assert parallel.resolve_strategy('vmap', 'cpu') == 'vmap'
 
@@ -215,7 +225,7 @@ def test_short_runs_are_not_measured(cache_dir):
   config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,)})
   chosen = train.choose_strategy(config, create_model('tiny', 10), image_shape=(8, 8, 1),
                                  num_classes=10, total_steps=train.MIN_STEPS_TO_MEASURE - 1)
-  assert chosen == 'unroll' and not os.listdir(cache_dir)
+  assert chosen == 'sequential' and not os.listdir(cache_dir)
 
 
 # ----------------------------------------------------- loop, donation, mixed precision

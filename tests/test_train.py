@@ -103,8 +103,10 @@ def test_strategies_agree(tmp_path, strategy):
   np.testing.assert_allclose(out['unroll']['train_loss'], out[strategy]['train_loss'], rtol=2e-3)
 
 
-def test_no_recompilation_between_epochs(tmp_path):
-  config = tiny_config(**{'train__epochs': 3, 'train__eval_every': 1, 'seeds': 1})
+@pytest.mark.parametrize('strategy', ['unroll', 'sequential'])
+def test_no_recompilation_between_epochs(tmp_path, strategy):
+  config = tiny_config(**{'train__epochs': 3, 'train__eval_every': 1, 'seeds': 1,
+                          'train__strategy': strategy})
   sweep = sweep_lib.from_config(config)
   traces = []
   original = parallel.over_models
@@ -120,8 +122,10 @@ def test_no_recompilation_between_epochs(tmp_path):
     train.run(config, str(tmp_path))
   finally:
     parallel.over_models = original
-  # One trace of the train step per model, one of predict per model; none per epoch.
-  assert len(traces) == 2 * sweep.num_models, len(traces)
+  # unroll: one trace of the train step per model, one of predict per model; sequential:
+  # one of each (a one-model program); none per epoch.
+  per_program = sweep.num_models if strategy == 'unroll' else 1
+  assert sweep.num_models == 2 and len(traces) == 2 * per_program, len(traces)
 
 
 def test_planted_is_deterministic():
