@@ -6,11 +6,14 @@ heaps are created and deleted every step, and large blocks are mapped and unmapp
 ResNet-20 step at batch 128 took about 80,000 minor page faults, 150-170 ms of kernel time,
 a quarter of the process's CPU time (docs/benchmarks.md). `retain_freed_memory` sets, with
 `mallopt`, one arena, no mmap for large blocks and no trimming, so memory freed by a step
-is reused by the next. Measured side by side against PyTorch: one model's step 1.07-1.1x
-faster with it (2 threads), but an 8-model program 0.76x as fast as the 8 models one after
-another instead of about 1.0x (every thread then shares one arena). So it is off unless
-asked for: CLASSBIAS_MALLOC=retain (`python -m classbias_jax.main`) or the benchmark's
---malloc=retain. The process keeps its peak memory until it exits.
+is reused by the next (a block larger than a thread arena's 64 MB heap is mapped afresh
+whatever the mmap settings, so one arena is what stops it). Measured: an 8-model ResNet-20
+sweep under strategy 'sequential' 1.25x faster (404-426 vs 319-342 images/s), but an
+8-model unrolled program 0.76x as fast and small models (the runlocal study's ResNet-8s
+on 8x8 images) 1.15-1.4x slower: every thread then shares one arena, and their many
+small allocations contend. So it is off unless asked for: CLASSBIAS_MALLOC=retain
+(`python -m classbias_jax.main`) or the benchmark's --malloc=retain. The process keeps
+its peak memory until it exits.
 
 It must run before JAX starts its threads (threads keep the arena they first used), so
 the command-line entry points call it first, and only when JAX will run on the CPU (no
