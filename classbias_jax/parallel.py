@@ -8,8 +8,8 @@ Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md)
                 running its M / D models unrolled; 'shard:vmap' and 'shard:chunked' pick
                 the per-device strategy
   sequential    the models one after another: a compiled one-model program called M times
-                from the host (train.loop 'python' only); never slower than running the
-                models as separate jobs, whatever the compiler does with M-model programs
+                from the host (train.loop 'python' only); the work of M separate runs,
+                compiled once, whatever the compiler does with M-model programs
   auto          the fastest of the candidates for this backend, device, model, batch and
                 M, measured once per machine and cached (see `resolve_strategy`)
 
