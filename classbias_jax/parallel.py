@@ -8,8 +8,9 @@ Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md)
                 running its M / D models unrolled; 'shard:vmap' and 'shard:chunked' pick
                 the per-device strategy
   sequential    the models one after another: a compiled one-model program called M times
-                from the host (train.loop 'python' only); the work of M separate runs,
-                compiled once, whatever the compiler does with M-model programs
+                from the host (a step per call: not with train.loop 'scan'); the work of
+                M separate runs, compiled once, whatever the compiler does with M-model
+                programs
   auto          the fastest of the candidates for this backend, device, model, batch and
                 M, measured once per machine and cached (see `resolve_strategy`)
 
@@ -197,9 +198,10 @@ def put_shared(tree, strategy: str, num_models: int):
 # auto: measured once per machine, cached.
 # ----------------------------------------------------------------------------------------
 def candidates(backend: str, num_models: int, num_devices: int,
-               loop: str = 'python') -> list[str]:
+               loop: str = 'auto') -> list[str]:
   """Strategies `auto` measures, the fallback rule's choice first (it sets the bar).
-  'sequential' needs train.loop 'python' and M > 1 (for M = 1 it is 'unroll')."""
+  'sequential' (which runs a step per call, train.loop 'auto' resolving to 'python' for
+  it) on every backend unless train.loop is 'scan', for M > 1 (M = 1: it is 'unroll')."""
   if backend == 'cpu':
     out = ['unroll', 'chunked', 'vmap']
   else:
@@ -207,17 +209,17 @@ def candidates(backend: str, num_models: int, num_devices: int,
     out = ['vmap', 'chunked'] + (['unroll'] if num_models <= 16 else [])
   if mesh_size(num_models, num_devices) > 1:
     out = ['shard:' + s if s != 'unroll' else 'shard' for s in out[:2]] + out
-  if loop == 'python' and num_models > 1:
+  if loop != 'scan' and num_models > 1:
     out.append(SEQUENTIAL)
   first = fallback_strategy(backend, num_models, num_devices, loop)
   return [first] + [s for s in out if s != first]
 
 
 def fallback_strategy(backend: str, num_models: int, num_devices: int,
-                      loop: str = 'python') -> str:
+                      loop: str = 'auto') -> str:
   """The choice without a measurement. CPU: sharded over the devices when there are
-  several that M divides into; else the models one after another ('sequential', with the
-  python loop): on XLA:CPU one model's step already keeps the cores busy, an M-model
+  several that M divides into; else the models one after another ('sequential', unless
+  train.loop is 'scan'): on XLA:CPU one model's step already keeps the cores busy, an M-model
   program ran no faster (0.88-1.04x, docs/benchmarks.md) and compiles M times longer, and
   vmapped convolutions become grouped ones, several times slower. GPU/TPU: vmapped,
   sharded when several devices divide M."""
@@ -225,7 +227,7 @@ def fallback_strategy(backend: str, num_models: int, num_devices: int,
     return 'shard' if backend == 'cpu' else 'shard:vmap'
   if backend != 'cpu':
     return 'vmap'
-  return SEQUENTIAL if loop == 'python' and num_models > 1 else 'unroll'
+  return SEQUENTIAL if loop != 'scan' and num_models > 1 else 'unroll'
 
 
 def machine_signature() -> dict[str, Any]:
@@ -282,13 +284,13 @@ def save_cache_entry(key: str, entry: dict[str, Any]) -> None:
 def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: int = 1,
                      workload: dict[str, Any] | None = None,
                      measure: Callable[[str, float | None], float] | None = None,
-                     loop: str = 'python') -> str:
+                     loop: str = 'auto') -> str:
   """The strategy to run: names other than 'auto' pass through.
 
   'auto': the cached choice for this machine and `workload` (a dict naming model, batch,
   dtype, ... ; M is added), else the fastest candidate by `measure(strategy, give_up_s)
-  -> seconds per step` (cached with all timings), else `fallback_strategy`. loop: the
-  train.loop the run uses ('sequential' is a candidate only for 'python').
+  -> seconds per step` (cached with all timings), else `fallback_strategy`. loop:
+  config train.loop ('sequential' is no candidate under 'scan').
   $CLASSBIAS_AUTO = 'cache' never measures; 'rule' also ignores the cache.
   """
   if strategy != 'auto':

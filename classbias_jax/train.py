@@ -419,7 +419,7 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
   total_steps is None), else the fallback rule."""
   sweep = sweep_lib.from_config(config)
   ops, erase = augment_ops(config, sweep_lib.knob_arrays(config, sweep, num_classes))
-  loop = resolve_loop(config.train.loop)
+  loop = config.train.loop  # 'auto' resolves per strategy: 'sequential' runs a step per call
   workload = {'model': config.model.name, 'width': config.model.width,
               'dtype': config.model.dtype, 'batch': config.train.batch_size,
               'image_shape': list(image_shape), 'num_classes': num_classes,
@@ -430,7 +430,8 @@ def choose_strategy(config, model, *, image_shape, num_classes: int,
     # As the run will call it (one step or a scan of steps per call); the first call
     # (allocation, warm-up) is not timed, so it cannot trip the give-up bar.
     step = prepared_step(model, config, image_shape=image_shape, num_classes=num_classes,
-                         strategy=strategy, loop=loop, count_flops=False)
+                         strategy=strategy, loop=resolve_loop(loop, strategy=strategy),
+                         count_flops=False)
     step.run()
     bar = None if give_up_s is None else give_up_s * step.steps_per_call
     return parallel.median(parallel.time_calls(step.run, measure_steps, bar)) / (

@@ -146,6 +146,7 @@ def test_model_mesh_uses_devices_that_divide_m():
   assert parallel.candidates('cpu', 8, 1) == ['sequential', 'unroll', 'chunked', 'vmap']
   assert parallel.candidates('cpu', 8, 1, loop='scan') == ['unroll', 'chunked', 'vmap']
   assert parallel.candidates('gpu', 32, 1, loop='scan') == ['vmap', 'chunked']
+  assert parallel.candidates('gpu', 32, 1) == ['vmap', 'chunked', 'sequential']
   assert parallel.candidates('cpu', 1, 1) == ['unroll', 'chunked', 'vmap']
   assert parallel.split_strategy('sequential') == (False, 'sequential')
   assert parallel.split_strategy('shard') == (True, 'unroll')
@@ -219,6 +220,15 @@ def test_choose_strategy_measures_real_steps(cache_dir):
   assert chosen == entry['strategy'] == min(entry['step_s'], key=entry['step_s'].get)
   assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap', 'sequential'}
   assert all(s > 0 for s in entry['step_s'].values())
+
+
+def test_auto_under_the_scan_loop_leaves_out_sequential(cache_dir):
+  config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,),
+                          'train__loop': 'scan'})
+  chosen = train.choose_strategy(config, create_model('tiny', 10), image_shape=(8, 8, 1),
+                                 num_classes=10, measure_steps=1)
+  entry, = json.load(open(cache_dir / 'strategies.json')).values()
+  assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap'} and chosen != 'sequential'
 
 
 def test_short_runs_are_not_measured(cache_dir):
