@@ -8,8 +8,9 @@ SGD 0.1 momentum 0.9 cosine, pad-4 crop + flip, bfloat16 compute):
 Needs CIFAR-100 prepared for TFDS in `data.data_dir` (see README, "Datasets"). Expected
 runtime: 35-45 minutes on one H100 (56 x 30 = 1,680 model-epochs at the 2,860
 model-epochs per hour measured for 8 CIFAR ResNet-18s in bf16, docs/benchmarks.md, plus
-evaluation and compilation; the 56-model run itself is not yet measured). Expected result, following Balestriero et al. 2022: mean accuracy peaks near
-wd 5e-4 while a few classes lose 10+ points against wd 0 or 1e-4; the report names them.
+evaluation and compilation; the 56-model run itself is not yet measured). Expected
+result, following Balestriero et al. 2022: mean accuracy peaks near wd 5e-4 while a few
+classes lose 10+ points against wd 0 or 1e-4; the report names them.
 
 Offline on CPU in under a minute to two minutes (scikit-learn's digits, ResNet-8, 5 x 2
 models, 15 epochs, the models one after another: strategy 'sequential'; 38 s measured on
