@@ -67,9 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--materialize', choices=('auto', 'on', 'off'), default='auto',
                  help="the convolutions' weight-gradient operands computed once "
                  "(models/conv.py materialized); auto: on CPU")
-  p.add_argument('--malloc', choices=('retain', 'system'), default='system',
-                 help='retain: freed host memory stays in the process on CPU '
-                 '(hostmem.py); system: the C library defaults')
+  p.add_argument('--malloc', choices=('hugepages', 'retain', 'system'), default=None,
+                 help='host allocator on CPU (hostmem.py): hugepages (default, or '
+                 '$CLASSBIAS_MALLOC): transparent huge pages for large blocks; retain: '
+                 'freed memory stays in the process; system: the C library defaults')
   p.add_argument('--compare-materialize', action='store_true',
                  help='also time the step with the opposite --materialize setting')
   p.add_argument('--compare-conv-chunk', action='store_true',
@@ -214,7 +215,7 @@ def benchmark(args) -> dict:
       'model_epochs_per_hour': 3600 * images / step_s / args.epoch_images,
       'achieved_tflops': step.flops / step_s / 1e12, 'matmul_peak_tflops': peak,
       'fraction_of_peak': step.flops / step_s / 1e12 / peak,
-      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'malloc_retained': hostmem.applied,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'malloc': hostmem.in_effect(),
       'cpu_s_per_step': cpu['sweep'],
       'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
       **ratios(times, cpu, step_s, args),
@@ -491,8 +492,8 @@ def summary(r: dict) -> str:
 def main(argv=None) -> None:
   from classbias_jax import hostmem
   args = parse_args(argv)
-  if args.malloc == 'retain':
-    hostmem.retain_freed_memory()  # before JAX starts its threads
+  # Before JAX starts its threads; from the command line it may execute the process again.
+  hostmem.setup(args.malloc, may_exec=argv is None)
   if args.host_devices:
     # Must be set before JAX initialises its backends, hence the imports inside functions.
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

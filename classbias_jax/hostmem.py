@@ -1,23 +1,25 @@
-"""Host memory on CPU, opt-in: freed memory stays in the process, so a training step does
-not fault its buffers in afresh from the kernel every time.
+"""Host memory on CPU: how the C library's allocator serves XLA:CPU's per-step buffers.
 
-With glibc's defaults, XLA:CPU's per-step buffers come from per-thread malloc arenas whose
-heaps are created and deleted every step, and large blocks are mapped and unmapped: a
-ResNet-20 step at batch 128 took about 80,000 minor page faults, 150-170 ms of kernel time,
-a quarter of the process's CPU time (docs/benchmarks.md). `retain_freed_memory` sets, with
-`mallopt`, one arena, no mmap for large blocks and no trimming, so memory freed by a step
-is reused by the next (a block larger than a thread arena's 64 MB heap is mapped afresh
-whatever the mmap settings, so one arena is what stops it). Measured: an 8-model ResNet-20
-sweep under strategy 'sequential' 1.25x faster (404-426 vs 319-342 images/s), but an
-8-model unrolled program 0.76x as fast and small models (the runlocal study's ResNet-8s
-on 8x8 images) 1.15-1.4x slower: every thread then shares one arena, and their many
-small allocations contend. So it is off unless asked for: CLASSBIAS_MALLOC=retain
-(`python -m classbias_jax.main`) or the benchmark's --malloc=retain. The process keeps
-its peak memory until it exits.
+With glibc's defaults a training step's large buffers are mapped afresh from the kernel
+every step and their pages faulted in one 4 KB page at a time: a ResNet-20 step at batch
+128 maps a 303 MB block of temporaries (from a thread arena, whose 64 MB heaps cannot
+hold it, so it is mapped whatever the mmap settings say) and took about 80,000 minor page
+faults, a quarter of the process's CPU time (docs/benchmarks.md). Modes
+(CLASSBIAS_MALLOC for `python -m classbias_jax.main`, --malloc for the benchmark):
 
-It must run before JAX starts its threads (threads keep the arena they first used), so
-the command-line entry points call it first, and only when JAX will run on the CPU (no
-accelerator plugin installed).
+- 'hugepages' (the default): glibc's `glibc.malloc.hugetlb=1` tunable, so that malloc
+  asks for transparent huge pages (2 MB) for the memory it maps: a 303 MB block then
+  takes about 150 faults. Tunables are read when a process starts, so the entry point
+  executes itself again, once, with the tunable added to GLIBC_TUNABLES (before anything
+  heavy is imported). Applies on Linux with glibc >= 2.35 when the kernel's transparent
+  huge pages are in 'madvise' mode ('always' needs nothing; 'never' cannot) and JAX runs
+  on the CPU. Measured side by side (alternating processes): a ResNet-20 step 1.4x faster,
+  the runlocal study's small models unchanged.
+- 'retain': `mallopt` before JAX starts its threads: one arena, no mmap, no trimming, so
+  memory freed by a step is reused by the next and the process keeps its peak memory. As
+  fast as 'hugepages' for a ResNet-20 step, but every thread then shares one arena and
+  small models' many small allocations contend (the runlocal study 1.1-1.4x slower).
+- 'system': the C library's defaults.
 """
 from __future__ import annotations
 
@@ -26,12 +28,17 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import sys
 
-ENV = 'CLASSBIAS_MALLOC'  # 'retain': the entry points call retain_freed_memory
+ENV = 'CLASSBIAS_MALLOC'
+MODES = ('hugepages', 'retain', 'system')
+DEFAULT = 'hugepages'
+HUGETLB = 'glibc.malloc.hugetlb=1'
+THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc malloc.h
 SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1))
-applied = False  # whether this process runs with SETTINGS
+applied = False  # whether this process runs with SETTINGS ('retain')
 
 
 def accelerator_plugin_installed() -> bool:
@@ -45,13 +52,69 @@ def accelerator_plugin_installed() -> bool:
   return bool(list(importlib.metadata.entry_points(group='jax_plugins')))
 
 
+def glibc_version() -> tuple[int, int] | None:
+  """(major, minor) of the C library when it is glibc on Linux, else None."""
+  if not sys.platform.startswith('linux'):
+    return None
+  name, version = platform.libc_ver()
+  match = re.match(r'(\d+)\.(\d+)', version)
+  return (int(match[1]), int(match[2])) if name == 'glibc' and match else None
+
+
+def transparent_huge_pages() -> str:
+  """The kernel's transparent huge page mode ('always', 'madvise', 'never'), '' if unknown."""
+  try:
+    with open(THP_SETTING) as f:
+      match = re.search(r'\[(\w+)\]', f.read())
+  except OSError:
+    return ''
+  return match[1] if match else ''
+
+
+def _tunables() -> list[str]:
+  return [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t]
+
+
+def in_effect() -> str:
+  """The allocator mode this process runs with: 'retain', 'hugepages' or 'system'."""
+  if applied:
+    return 'retain'
+  cpu_glibc = glibc_version() is not None and not accelerator_plugin_installed()
+  thp = transparent_huge_pages()
+  if cpu_glibc and (thp == 'always' or (
+      thp == 'madvise' and glibc_version() >= (2, 35) and HUGETLB in _tunables())):
+    return 'hugepages'
+  return 'system'
+
+
 def retain_freed_memory() -> bool:
   """Applies SETTINGS on Linux with glibc when JAX runs on the CPU (see the module
-  docstring); True when they were applied. The entry points call it when asked."""
-  if (not sys.platform.startswith('linux')
-      or platform.libc_ver()[0] != 'glibc' or accelerator_plugin_installed()):
+  docstring); True when they were applied. Must run before JAX starts its threads
+  (threads keep the arena they first used)."""
+  if glibc_version() is None or accelerator_plugin_installed():
     return False
   global applied
   mallopt = ctypes.CDLL(None).mallopt
   applied = all([mallopt(option, value) == 1 for option, value in SETTINGS])
   return applied
+
+
+def setup(mode: str | None = None, may_exec: bool = True) -> str:
+  """Puts the process in allocator mode `mode` (default: $CLASSBIAS_MALLOC, else
+  'hugepages'); command-line entry points only, first thing, as 'hugepages' may execute
+  the process again (same interpreter, arguments and environment plus the tunable).
+  Returns the mode in effect; an unknown mode exits with a one-line error. With
+  may_exec=False (a call from Python, not a command line) 'hugepages' changes nothing."""
+  mode = mode or os.environ.get(ENV) or DEFAULT
+  if mode not in MODES:
+    sys.exit(f'error: {ENV} / --malloc must be one of {", ".join(MODES)}, got {mode!r}')
+  if mode == 'retain':
+    retain_freed_memory()
+  elif (mode == 'hugepages' and may_exec and transparent_huge_pages() == 'madvise'
+        and (glibc_version() or (0, 0)) >= (2, 35) and not accelerator_plugin_installed()
+        and HUGETLB not in _tunables()):
+    env = dict(os.environ, GLIBC_TUNABLES=':'.join(_tunables() + [HUGETLB]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  return in_effect()

@@ -2,13 +2,12 @@
 
 Parses flags and calls `train.run`; errors a user can fix are printed as one line.
 """
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from classbias_jax import hostmem, train
+from classbias_jax import hostmem
 from classbias_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config file.',
@@ -20,10 +19,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if os.environ.get(hostmem.ENV) == 'retain':
-    hostmem.retain_freed_memory()  # before JAX starts its threads
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
+  from classbias_jax import train  # after hostmem.setup: JAX starts its threads later
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
@@ -31,4 +29,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  hostmem.setup()  # CLASSBIAS_MALLOC; may execute the process again, so before anything heavy
   app.run(main)

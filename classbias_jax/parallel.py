@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from classbias_jax import hostmem
 from classbias_jax.errors import ConfigError
 
 MODEL_AXIS = 'models'
@@ -231,11 +232,15 @@ def fallback_strategy(backend: str, num_models: int, num_devices: int,
 
 
 def machine_signature() -> dict[str, Any]:
-  """What makes timings comparable: backend, device kind and count, CPU model and cores."""
+  """What makes timings comparable: backend, device kind and count, CPU model and cores,
+  and on CPU the host allocator's mode (hostmem.py)."""
   devices = jax.devices()
-  return {'backend': devices[0].platform, 'device_kind': devices[0].device_kind,
-          'devices': len(devices), 'cpu': cpu_model(), 'cores': os.cpu_count(),
-          'jax': jax.__version__}
+  signature = {'backend': devices[0].platform, 'device_kind': devices[0].device_kind,
+               'devices': len(devices), 'cpu': cpu_model(), 'cores': os.cpu_count(),
+               'jax': jax.__version__}
+  if signature['backend'] == 'cpu':
+    signature['malloc'] = hostmem.in_effect()
+  return signature
 
 
 def cpu_model() -> str:
