@@ -13,12 +13,14 @@ faults, a quarter of the process's CPU time (docs/benchmarks.md). Modes
   executes itself again, once, with the tunable added to GLIBC_TUNABLES (before anything
   heavy is imported). Applies on Linux with glibc >= 2.35 when the kernel's transparent
   huge pages are in 'madvise' mode ('always' needs nothing; 'never' cannot) and JAX runs
-  on the CPU. Measured side by side (alternating processes): a ResNet-20 step 1.4x faster,
-  the runlocal study's small models unchanged.
+  on the CPU. Measured in alternating processes: a ResNet-20 step at batch 128 1.4x
+  faster (384-432 vs 270-288 images/s), 8 of them under 'sequential' 1.1x, the runlocal
+  study's small models unchanged (40-41 s).
 - 'retain': `mallopt` before JAX starts its threads: one arena, no mmap, no trimming, so
-  memory freed by a step is reused by the next and the process keeps its peak memory. As
-  fast as 'hugepages' for a ResNet-20 step, but every thread then shares one arena and
-  small models' many small allocations contend (the runlocal study 1.1-1.4x slower).
+  memory freed by a step is reused by the next and the process keeps its peak memory.
+  Faster still for CIFAR-sized sweeps (8 ResNet-20s under 'sequential': 423 images/s
+  against 358 with 'hugepages'), but every thread then shares one arena and small
+  models' many small allocations contend (the runlocal study 1.1-1.2x slower).
 - 'system': the C library's defaults.
 """
 from __future__ import annotations

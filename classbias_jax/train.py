@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from classbias_jax import checkpoint, configs, data, parallel, plots, results
+from classbias_jax import checkpoint, configs, data, hostmem, parallel, plots, results
 from classbias_jax import sweep as sweep_lib
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
@@ -677,6 +677,7 @@ def run(config, workdir: str) -> dict[str, np.ndarray]:
                           'augment_ops': list(ops), 'erase': erase,
                           'num_models': sweep.num_models, 'seeds': sweep.seeds.tolist(),
                           'steps_per_epoch': steps_per_epoch, 'backend': jax.default_backend(),
+                          'host_malloc': hostmem.in_effect(),
                           'class_names': list(dataset.class_names)}
   results.write_json(os.path.join(workdir, 'config.json'), resolved)
   print(f'{sweep.num_models} models ({len(sweep.values)} values of {sweep.name} x '

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config
 
-from classbias_jax import parallel, results, train
+from classbias_jax import hostmem, parallel, results, train
 from classbias_jax import sweep as sweep_lib
 from classbias_jax.data import planted
 from classbias_jax.models import create_model
@@ -155,6 +155,11 @@ def test_main_runs_the_study(tmp_path):
   r = results.load(str(workdir))
   assert r['per_class_accuracy'].shape == (2, 1, 10)
   assert 'epoch 1/1' in proc.stderr
+  # The entry point puts the allocator in its default mode (hostmem.py) and records it.
+  malloc = json.loads((workdir / 'config.json').read_text())['resolved']['host_malloc']
+  thp, glibc = hostmem.transparent_huge_pages(), hostmem.glibc_version() or (0, 0)
+  huge = glibc > (0, 0) and (thp == 'always' or (thp == 'madvise' and glibc >= (2, 35)))
+  assert malloc == ('hugepages' if huge else 'system')
 
 
 def test_unknown_config_arg_is_an_error(tmp_path):
