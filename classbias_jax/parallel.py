@@ -12,7 +12,8 @@ Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md)
                 M separate runs, compiled once, whatever the compiler does with M-model
                 programs
   auto          the fastest of the candidates for this backend, device, model, batch and
-                M, measured once per machine and cached (see `resolve_strategy`)
+                M, measured once per machine and cached (see `resolve_strategy`);
+                'sequential' unless another is SEQUENTIAL_MARGIN faster
 
 Under 'shard' the per-model leaves live sharded over the mesh (`put_models`) and the
 shared data replicated on every device (`put_shared`), so no step moves them.
@@ -41,6 +42,13 @@ SEQUENTIAL = 'sequential'
 # measurement; 'cache' the cached choice, else the fallback rule; 'rule' the rule alone.
 ENV_AUTO = 'CLASSBIAS_AUTO'
 ENV_CACHE_DIR = 'CLASSBIAS_CACHE_DIR'  # default ~/.cache/classbias_jax
+# 'auto' keeps 'sequential' unless another candidate's measured step is this much faster:
+# it compiles one model (6-8 s against 55 s for 8 unrolled ResNet-20s), holds one model's
+# activations, and runs exactly the work of the models one after another, while auto's
+# few timed calls can differ from a long run by more than a few percent (CPU, ResNet-20
+# M=8: unroll 2-3% faster in auto's calls and no faster in the interleaved benchmark, or
+# 15% faster in auto's calls and 4-6% in the benchmark; docs/benchmarks.md).
+SEQUENTIAL_MARGIN = 0.10
 
 
 # ----------------------------------------------------------------------------------------
@@ -294,7 +302,7 @@ def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: i
 
   'auto': the cached choice for this machine and `workload` (a dict naming model, batch,
   dtype, ... ; M is added), else the fastest candidate by `measure(strategy, give_up_s)
-  -> seconds per step` (cached with all timings), else `fallback_strategy`. loop:
+  -> seconds per step` (`pick`; cached with all timings), else `fallback_strategy`. loop:
   config train.loop ('sequential' is no candidate under 'scan').
   $CLASSBIAS_AUTO = 'cache' never measures; 'rule' also ignores the cache.
   """
@@ -315,9 +323,18 @@ def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: i
   if measure is None or mode == 'cache':
     return fallback_strategy(backend, num_models, num_devices, loop)
   timings = measure_candidates(candidates(backend, num_models, num_devices, loop), measure)
-  best = min(timings, key=timings.get)
+  best = pick(timings)
   save_cache_entry(key, {'strategy': best, 'step_s': timings,
                          'measured': time.strftime('%Y-%m-%d %H:%M:%S')})
+  return best
+
+
+def pick(timings: dict[str, float]) -> str:
+  """The fastest strategy of `timings` (seconds per step), or 'sequential' when it is
+  within SEQUENTIAL_MARGIN of the fastest."""
+  best = min(timings, key=timings.get)
+  if timings.get(SEQUENTIAL, math.inf) <= (1 + SEQUENTIAL_MARGIN) * timings[best]:
+    return SEQUENTIAL
   return best
 
 

@@ -192,6 +192,14 @@ def test_auto_measures_once_then_reads_the_cache(cache_dir):
   assert other == 'chunked' and len(calls) == 8
 
 
+def test_auto_keeps_sequential_unless_another_is_clearly_faster():
+  margin = 1 + parallel.SEQUENTIAL_MARGIN
+  assert parallel.pick({'unroll': 2.0, 'sequential': 2.0 * margin * 0.99}) == 'sequential'
+  assert parallel.pick({'unroll': 2.0, 'sequential': 2.0 * margin * 1.01}) == 'unroll'
+  assert parallel.pick({'unroll': 2.0, 'chunked': 1.0, 'sequential': 1.05}) == 'sequential'
+  assert parallel.pick({'unroll': 2.0, 'chunked': 1.0, 'vmap': 3.0}) == 'chunked'
+
+
 def test_auto_without_measuring(cache_dir, monkeypatch):
   calls = []
   measure = fake_measure({'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0, 'sequential': 3.0},
@@ -217,7 +225,7 @@ def test_choose_strategy_measures_real_steps(cache_dir):
   chosen = train.choose_strategy(config, model, image_shape=(8, 8, 1), num_classes=10,
                                  measure_steps=1)
   entry, = json.load(open(cache_dir / 'strategies.json')).values()
-  assert chosen == entry['strategy'] == min(entry['step_s'], key=entry['step_s'].get)
+  assert chosen == entry['strategy'] == parallel.pick(entry['step_s'])
   assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap', 'sequential'}
   assert all(s > 0 for s in entry['step_s'].values())
 
