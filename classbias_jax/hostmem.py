@@ -112,7 +112,8 @@ def setup(mode: str | None = None, may_exec: bool = True) -> str:
     sys.exit(f'error: {ENV} / --malloc must be one of {", ".join(MODES)}, got {mode!r}')
   if mode == 'retain':
     retain_freed_memory()
-  elif (mode == 'hugepages' and may_exec and transparent_huge_pages() == 'madvise'
+  elif (mode == 'hugepages' and may_exec and sys.executable
+        and transparent_huge_pages() == 'madvise'
         and (glibc_version() or (0, 0)) >= (2, 35) and not accelerator_plugin_installed()
         and HUGETLB not in _tunables()):
     env = dict(os.environ, GLIBC_TUNABLES=':'.join(_tunables() + [HUGETLB]))
