@@ -22,8 +22,9 @@ lightly loaded cores):
 
 Expected: the three `color-` classes, told apart only by hue, fall from 100% to about
 50-65% at s = 0.75-1 (confused with each other), while the `none-` and `crop-` classes
-stay within a point of 100%. With seeds=8 (9 minutes measured on two busy cores) the
-report flags exactly the three `color-` classes as hurt at s = 0.75 and 1 (q < 0.05).
+stay within a point of 100%. With seeds=8 (2.5 minutes measured on two lightly loaded
+cores) the report flags exactly the three `color-` classes as hurt at s = 0.75 and 1
+(21-63 points, q <= 0.008), and `color-orange` alone at 0.5 (3 points, q = 0.02).
 Args: runlocal, seeds=N, epochs=N (0 = the study's default).
 """
 from classbias_jax import configs

@@ -27,8 +27,9 @@ Expected: the three `crop-` classes, told apart only by one-pixel markers in the
 corners, fall from about 95-100% at scale 1 to 20-60% at 0.08 (42% on average; chance
 among the three is 33%: most crops cut the corners out), while the `none-` and `color-`
 classes lose 0-3 points.
-With seeds=8 (12 minutes measured on two busy cores) the report flags exactly the three
-`crop-` classes as hurt at every scale up to 0.6 (q < 0.001 at 0.08).
+With seeds=8 (3.5 minutes measured on two lightly loaded cores) the report flags exactly
+the three `crop-` classes as hurt at every scale up to 0.6 (q < 0.001 at 0.08), and
+`crop-plain` and `crop-top` at 0.8.
 
 Real images on two CPU cores (Fashion-MNIST from Debian's dataset-fashion-mnist, 6k
 stratified training images, the full 10k test set, ResNet-8 at half width, scales 0.08,

@@ -13,7 +13,7 @@ result, following Balestriero et al. 2022: mean accuracy peaks near wd 5e-4 whil
 classes lose 10+ points against wd 0 or 1e-4; the report names them.
 
 Offline on CPU in under a minute to two minutes (scikit-learn's digits, ResNet-8, 5 x 2
-models, 15 epochs, the models one after another: strategy 'sequential'; 38 s measured on
+models, 15 epochs, the models one after another: strategy 'sequential'; 38-41 s measured on
 two lightly loaded cores):
 
   python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=runs/wd
