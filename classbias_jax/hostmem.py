@@ -22,6 +22,9 @@ faults, a quarter of the process's CPU time (docs/benchmarks.md). Modes
   against 358 with 'hugepages'), but every thread then shares one arena and small
   models' many small allocations contend (the runlocal study 1.1-1.2x slower).
 - 'system': the C library's defaults.
+
+A notebook or another program that calls `train.run` itself runs with the allocator its
+process started with: start it with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for 'hugepages'.
 """
 from __future__ import annotations
 
