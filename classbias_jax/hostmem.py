@@ -80,14 +80,21 @@ def _tunables() -> list[str]:
   return [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t]
 
 
+def _tunable_applies() -> bool:
+  """Whether HUGETLB changes anything here: glibc >= 2.35 (which has it), the kernel's
+  huge pages in 'madvise' mode, JAX on the CPU."""
+  return ((glibc_version() or (0, 0)) >= (2, 35) and transparent_huge_pages() == 'madvise'
+          and not accelerator_plugin_installed())
+
+
 def in_effect() -> str:
   """The allocator mode this process runs with: 'retain', 'hugepages' or 'system'."""
   if applied:
     return 'retain'
-  cpu_glibc = glibc_version() is not None and not accelerator_plugin_installed()
-  thp = transparent_huge_pages()
-  if cpu_glibc and (thp == 'always' or (
-      thp == 'madvise' and glibc_version() >= (2, 35) and HUGETLB in _tunables())):
+  if glibc_version() is None or accelerator_plugin_installed():
+    return 'system'
+  if transparent_huge_pages() == 'always' or (_tunable_applies()
+                                              and HUGETLB in _tunables()):
     return 'hugepages'
   return 'system'
 
@@ -115,9 +122,7 @@ def setup(mode: str | None = None, may_exec: bool = True) -> str:
     sys.exit(f'error: {ENV} / --malloc must be one of {", ".join(MODES)}, got {mode!r}')
   if mode == 'retain':
     retain_freed_memory()
-  elif (mode == 'hugepages' and may_exec and sys.executable
-        and transparent_huge_pages() == 'madvise'
-        and (glibc_version() or (0, 0)) >= (2, 35) and not accelerator_plugin_installed()
+  elif (mode == 'hugepages' and may_exec and sys.executable and _tunable_applies()
         and HUGETLB not in _tunables()):
     env = dict(os.environ, GLIBC_TUNABLES=':'.join(_tunables() + [HUGETLB]))
     sys.stdout.flush()
