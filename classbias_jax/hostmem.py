@@ -80,21 +80,22 @@ def _tunables() -> list[str]:
   return [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t]
 
 
-def _tunable_applies() -> bool:
-  """Whether HUGETLB changes anything here: glibc >= 2.35 (which has it), the kernel's
-  huge pages in 'madvise' mode, JAX on the CPU."""
-  return ((glibc_version() or (0, 0)) >= (2, 35) and transparent_huge_pages() == 'madvise'
-          and not accelerator_plugin_installed())
+def hugepages_available() -> bool:
+  """Whether mode 'hugepages' can take effect here: JAX on the CPU with glibc, and the
+  kernel's transparent huge pages 'always' on, or on request ('madvise') with glibc >=
+  2.35, which has the HUGETLB tunable."""
+  if glibc_version() is None or accelerator_plugin_installed():
+    return False
+  thp = transparent_huge_pages()
+  return thp == 'always' or (thp == 'madvise' and glibc_version() >= (2, 35))
 
 
 def in_effect() -> str:
   """The allocator mode this process runs with: 'retain', 'hugepages' or 'system'."""
   if applied:
     return 'retain'
-  if glibc_version() is None or accelerator_plugin_installed():
-    return 'system'
-  if transparent_huge_pages() == 'always' or (_tunable_applies()
-                                              and HUGETLB in _tunables()):
+  if hugepages_available() and (transparent_huge_pages() == 'always'
+                                or HUGETLB in _tunables()):
     return 'hugepages'
   return 'system'
 
@@ -122,8 +123,8 @@ def setup(mode: str | None = None, may_exec: bool = True) -> str:
     sys.exit(f'error: {ENV} / --malloc must be one of {", ".join(MODES)}, got {mode!r}')
   if mode == 'retain':
     retain_freed_memory()
-  elif (mode == 'hugepages' and may_exec and sys.executable and _tunable_applies()
-        and HUGETLB not in _tunables()):
+  elif (mode == 'hugepages' and may_exec and sys.executable and hugepages_available()
+        and transparent_huge_pages() == 'madvise' and HUGETLB not in _tunables()):
     env = dict(os.environ, GLIBC_TUNABLES=':'.join(_tunables() + [HUGETLB]))
     sys.stdout.flush()
     sys.stderr.flush()

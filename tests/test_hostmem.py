@@ -40,8 +40,8 @@ def test_retain_freed_memory_applies_on_cpu_hosts_only():
 
 
 @glibc_only
-@pytest.mark.skipif(hostmem.transparent_huge_pages() != 'madvise'
-                    or (hostmem.glibc_version() or (0, 0)) < (2, 35),
+@pytest.mark.skipif(not hostmem.hugepages_available()
+                    or hostmem.transparent_huge_pages() != 'madvise',
                     reason="needs glibc >= 2.35 and transparent huge pages in 'madvise' mode")
 def test_hugepages_executes_the_process_again_once_with_the_tunable():
   mode, tunables = python(SETUP, JAX_PLATFORMS='cpu').stdout.split()

@@ -157,9 +157,7 @@ def test_main_runs_the_study(tmp_path):
   assert 'epoch 1/1' in proc.stderr
   # The entry point puts the allocator in its default mode (hostmem.py) and records it.
   malloc = json.loads((workdir / 'config.json').read_text())['resolved']['host_malloc']
-  thp, glibc = hostmem.transparent_huge_pages(), hostmem.glibc_version() or (0, 0)
-  huge = glibc > (0, 0) and (thp == 'always' or (thp == 'madvise' and glibc >= (2, 35)))
-  assert malloc == ('hugepages' if huge else 'system')
+  assert malloc == ('hugepages' if hostmem.hugepages_available() else 'system')
 
 
 def test_unknown_config_arg_is_an_error(tmp_path):
