@@ -1,30 +1,36 @@
 """Resumable runs: the train state and the loop's progress at an epoch end, on disk.
 
-    WORKDIR/checkpoint/epoch_NNNNNN/
-      state/     the train state, every leaf [M, ...], by orbax's StandardCheckpointer
-      meta.json  the run's config, the epoch, and what the loop collected so far (diverged
-                 flags, curves, the resolved input mode and, when streamed, the grain
-                 iterator state)
+An orbax CheckpointManager keeps one checkpoint, a composite of items:
 
-A checkpoint is written under a temporary name in WORKDIR/checkpoint/ and renamed into
-place once complete, so every epoch_* directory is whole: a crash mid-save leaves only a
-temporary directory, which loading ignores and the next save deletes. Older epochs are
-deleted once a newer one is in place. A run resumes only with the config that wrote the
+    WORKDIR/checkpoint/epoch_NNNNNN/
+      _CHECKPOINT_METADATA   orbax's record of the step (and commit_success.txt)
+      state/     the train state, every leaf [M, ...] (StandardSave)
+      meta/metadata          JSON (JsonSave): the run's config, the epoch, and what the
+                 loop collected so far (diverged flags, curves, the resolved input mode)
+      batches/process_0-of-1.json   the grain iterator state, when the run streams and
+                 save() was given the iterator (grain's CheckpointSave)
+
+orbax writes a checkpoint into epoch_NNNNNN.orbax-checkpoint-tmp and renames it into place
+once every item is written, so every epoch_* directory is whole: a process killed mid-save
+leaves only the temporary directory, which loading ignores and the next save deletes.
+save() returns once the rename is done (no background writes), and the older checkpoint
+is deleted after it (max_to_keep=1). A run resumes only with the config that wrote the
 checkpoint (train.run deletes the checkpoint after writing its results).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from classbias_jax.errors import ConfigError
 
 CHECKPOINT_DIR = 'checkpoint'
-_PREFIX = 'epoch_'
-_TEMP_PREFIX = '.tmp-'
+_PREFIX = 'epoch'
+_DIGITS = 6
+_STATE, _META, _BATCHES = 'state', 'meta', 'batches'
 
 
 def directory(workdir: str) -> str:
@@ -32,30 +38,55 @@ def directory(workdir: str) -> str:
 
 
 def config_json(config) -> Any:
-  """The config as plain JSON data (tuples become lists), as meta.json stores it."""
+  """The config as plain JSON data (tuples become lists), as the meta item stores it."""
   return json.loads(json.dumps(config.to_dict(), sort_keys=True))
+
+
+def _name_format():
+  import orbax.checkpoint as ocp
+  return ocp.step.standard_name_format(step_prefix=_PREFIX, step_format_fixed_length=_DIGITS)
+
+
+@contextlib.contextmanager
+def _manager(workdir: str, write: bool = False):
+  """A CheckpointManager of WORKDIR/checkpoint; only a writing one creates the directory
+  and removes temporary directories left by a killed save."""
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, step_name_format=_name_format(), enable_async_checkpointing=False,
+      create=write, cleanup_tmp_directories=write)
+  manager = ocp.CheckpointManager(os.path.abspath(directory(workdir)), options=options)
+  try:
+    yield manager
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _latest_step(workdir: str) -> int | None:
+  if not os.path.isdir(directory(workdir)):
+    return None
+  steps = [m.step for m in _name_format().find_all(directory(workdir))]
+  return max(steps) if steps else None
 
 
 def latest(workdir: str) -> str | None:
   """Path of the newest complete checkpoint in WORKDIR/checkpoint, or None."""
-  root = directory(workdir)
-  if not os.path.isdir(root):
-    return None
-  names = sorted(n for n in os.listdir(root) if n.startswith(_PREFIX))
-  return os.path.join(root, names[-1]) if names else None
+  step = _latest_step(workdir)
+  return None if step is None else os.path.join(directory(workdir),
+                                                _name_format().build_name(step))
 
 
 def read_meta(workdir: str, config) -> dict[str, Any] | None:
-  """meta.json of the newest checkpoint, or None when there is none.
+  """The meta item of the newest checkpoint, or None when there is none.
 
   Raises ConfigError (one line) when the checkpoint was written under another config:
   continuing it would mix two studies in one set of results.
   """
-  path = latest(workdir)
-  if path is None:
+  step = _latest_step(workdir)
+  if step is None:
     return None
-  with open(os.path.join(path, 'meta.json')) as f:
-    meta = json.load(f)
+  meta = _read_meta_item(workdir, step)
   # Compared as canonical JSON text: NaN (an unset per-class knob) never equals itself.
   dump = lambda c: json.dumps(c, sort_keys=True)
   if dump(meta['config']) != dump(config_json(config)):
@@ -78,37 +109,27 @@ def differing_fields(a: dict, b: dict, prefix: str = '') -> list[str]:
   return out
 
 
-def save(workdir: str, epoch: int, state, meta: dict[str, Any]) -> str:
+def save(workdir: str, epoch: int, state, meta: dict[str, Any], batches=None) -> str:
   """Writes the checkpoint of `epoch` atomically (see module docstring); returns its path.
 
   state: the train state pytree (leaves [M, ...]); meta: JSON-serialisable, must hold
-  'config' (config_json) for read_meta.
+  'config' (config_json) for read_meta. batches: the streamed run's grain iterator, whose
+  position is saved as its own item (restore_batches); None when the run does not stream.
   """
   import orbax.checkpoint as ocp
-  root = directory(workdir)
-  os.makedirs(root, exist_ok=True)
-  for name in os.listdir(root):  # left by a save that crashed
-    if name.startswith(_TEMP_PREFIX):
-      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-  final = os.path.join(root, f'{_PREFIX}{epoch:06d}')
-  tmp = tempfile.mkdtemp(dir=root, prefix=_TEMP_PREFIX)
-  try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(os.path.abspath(tmp), 'state'), state)
-    checkpointer.wait_until_finished()  # orbax writes in a background thread
-    checkpointer.close()
-    _write_json(os.path.join(tmp, 'meta.json'), dict(meta, epoch=epoch))
-    if os.path.exists(final):
-      shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  for name in os.listdir(root):
-    if name.startswith(_PREFIX) and os.path.join(root, name) != final:
-      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-  return final
+  items = {_STATE: ocp.args.StandardSave(state),
+           _META: ocp.args.JsonSave(dict(meta, epoch=epoch))}
+  if batches is not None:
+    import grain
+    items[_BATCHES] = grain.checkpoint.CheckpointSave(batches)
+  with _manager(workdir, write=True) as manager:
+    # orbax skips a step not after the latest: a save of an earlier epoch replaces them.
+    for step in manager.all_steps():
+      if step >= epoch:
+        manager.delete(step)
+    if not manager.save(epoch, args=ocp.args.Composite(**items)):
+      raise RuntimeError(f'orbax did not save epoch {epoch} in {directory(workdir)}')
+  return latest(workdir)
 
 
 def restore_state(workdir: str, like):
@@ -116,31 +137,37 @@ def restore_state(workdir: str, like):
   `like` (a freshly initialised state of the same run)."""
   import jax
   import orbax.checkpoint as ocp
-  path = latest(workdir)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    return checkpointer.restore(os.path.join(os.path.abspath(path), 'state'), abstract)
-  finally:
-    checkpointer.close()
+  with _manager(workdir) as manager:
+    return manager.restore(_latest_step(workdir), args=ocp.args.Composite(
+        **{_STATE: ocp.args.StandardRestore(abstract)}))[_STATE]
+
+
+def restore_batches(workdir: str, batches):
+  """Sets the grain iterator `batches` (fresh, of the same pipeline) to the position the
+  newest checkpoint saved, and returns it. Reads the batches item, or else the
+  'stream_state' entry of the meta item (a checkpoint whose meta carried the position)."""
+  import orbax.checkpoint as ocp
+  step = _latest_step(workdir)
+  if step is not None and os.path.isdir(os.path.join(latest(workdir), _BATCHES)):
+    import grain
+    with _manager(workdir) as manager:
+      return manager.restore(step, args=ocp.args.Composite(
+          **{_BATCHES: grain.checkpoint.CheckpointRestore(batches)}))[_BATCHES]
+  state = None if step is None else _read_meta_item(workdir, step).get('stream_state')
+  if state is None:
+    raise ValueError(f'{directory(workdir)} holds no position of the input stream')
+  batches.set_state(state)
+  return batches
+
+
+def _read_meta_item(workdir: str, step: int) -> dict[str, Any]:
+  import orbax.checkpoint as ocp
+  with _manager(workdir) as manager:
+    return manager.restore(step, args=ocp.args.Composite(
+        **{_META: ocp.args.JsonRestore()}))[_META]
 
 
 def remove(workdir: str) -> None:
   """Deletes WORKDIR/checkpoint (a finished run's results make it redundant)."""
   shutil.rmtree(directory(workdir), ignore_errors=True)
-
-
-def _write_json(path: str, obj) -> None:
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-  # Makes the rename itself durable, not only the files it moved.
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)

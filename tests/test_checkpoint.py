@@ -1,0 +1,122 @@
+"""Checkpoints on disk: atomic saves, one kept, config checks, the input stream's position."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import Interrupted, tiny_config
+
+from classbias_jax import checkpoint, train
+from classbias_jax.data import stream
+from classbias_jax.errors import ConfigError
+
+# orbax writes a step into NAME + this suffix and renames it once complete.
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
+
+
+def small_config(**overrides):
+  fields = {'seeds': 1, 'train__epochs': 2, 'train__checkpoint_every': 1}
+  return tiny_config(**dict(fields, **overrides))
+
+
+def meta_of(config, **extra):
+  return dict({'config': checkpoint.config_json(config)}, **extra)
+
+
+def test_no_checkpoint_reads_as_none_and_writes_nothing(tmp_path):
+  workdir = str(tmp_path / 'run')
+  assert checkpoint.latest(workdir) is None
+  assert checkpoint.read_meta(workdir, small_config()) is None
+  assert not os.path.exists(workdir)
+
+
+def test_save_keeps_the_newest_epoch_and_restores_it(tmp_path):
+  workdir = str(tmp_path)
+  config = small_config()
+  state = {'w': jnp.arange(3.0), 'step': jnp.zeros((), jnp.int32)}
+  for epoch in (1, 2):
+    path = checkpoint.save(workdir, epoch, {'w': state['w'] + epoch, 'step': state['step']},
+                           meta_of(config, curves=[0.1, float('nan')]))
+    assert path == checkpoint.latest(workdir)
+    assert os.listdir(checkpoint.directory(workdir)) == [f'epoch_{epoch:06d}']
+  meta = checkpoint.read_meta(workdir, config)
+  assert meta['epoch'] == 2 and meta['curves'][0] == 0.1 and np.isnan(meta['curves'][1])
+  restored = checkpoint.restore_state(workdir, state)
+  np.testing.assert_array_equal(restored['w'], [2.0, 3.0, 4.0])
+  assert restored['step'].dtype == jnp.int32
+  # An earlier epoch saved again (a run restarted before it) replaces the newer one.
+  checkpoint.save(workdir, 1, state, meta_of(config))
+  assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
+  checkpoint.remove(workdir)
+  assert checkpoint.latest(workdir) is None
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+  workdir = str(tmp_path)
+  saved = small_config()
+  checkpoint.save(workdir, 1, {'w': jnp.zeros(2)}, meta_of(saved))
+  assert checkpoint.read_meta(workdir, saved)['epoch'] == 1
+  with pytest.raises(ConfigError, match='fresh workdir') as error:
+    train.run(small_config(**{'optim__learning_rate': 0.05}), workdir)
+  assert '\n' not in str(error.value) and 'optim.learning_rate' in str(error.value)
+  assert os.listdir(workdir) == [checkpoint.CHECKPOINT_DIR]  # nothing written
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  config = small_config()
+  state = {'w': jnp.arange(3.0)}
+  checkpoint.save(workdir, 1, state, meta_of(config))
+
+  async def crash(*args, **kwargs):
+    raise Interrupted
+
+  # Fails while writing the meta item, after the state began: epoch 1 stays the latest.
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, 'async_save', crash)
+  with pytest.raises(Interrupted):
+    checkpoint.save(workdir, 2, {'w': state['w'] + 1}, meta_of(config))
+  monkeypatch.undo()
+  assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
+  # Killed mid-save (no clean-up ran): orbax's temporary directory is not a checkpoint.
+  root = checkpoint.directory(workdir)
+  os.makedirs(os.path.join(root, 'epoch_000003' + TMP_SUFFIX, 'state'))
+  assert checkpoint.read_meta(workdir, config)['epoch'] == 1
+  np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [0.0, 1.0, 2.0])
+  checkpoint.save(workdir, 2, {'w': state['w'] + 1}, meta_of(config))
+  assert os.listdir(root) == ['epoch_000002']  # temporaries and the older epoch deleted
+  np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [1.0, 2.0, 3.0])
+
+
+def batch_stream(epochs=2):
+  source = stream.ArraySource(np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1),
+                              np.arange(10) % 3)
+  return iter(stream.pipeline(source, batch_size=3, mode='L', seed=1, num_epochs=epochs,
+                              num_threads=1))
+
+
+@pytest.mark.parametrize('as_item', [True, False])
+def test_the_stream_position_is_restored(tmp_path, as_item):
+  workdir = str(tmp_path)
+  batches = batch_stream()
+  for _ in range(4):  # into the second epoch
+    next(batches)
+  meta = meta_of(small_config())
+  if as_item:
+    checkpoint.save(workdir, 1, {'w': jnp.zeros(1)}, meta, batches=batches)
+  else:  # the position carried in the meta item
+    checkpoint.save(workdir, 1, {'w': jnp.zeros(1)}, dict(meta, stream_state=batches.get_state()))
+  assert os.path.isdir(os.path.join(checkpoint.latest(workdir), 'batches')) == as_item
+  resumed = checkpoint.restore_batches(workdir, batch_stream())
+  rest = list(batches)
+  assert len(rest) == 2
+  for want, got in zip(rest, resumed, strict=True):
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
+
+
+def test_a_checkpoint_without_the_stream_position_is_refused(tmp_path):
+  workdir = str(tmp_path)
+  checkpoint.save(workdir, 1, {'w': jnp.zeros(1)}, meta_of(small_config()))
+  with pytest.raises(ValueError, match='position'):
+    checkpoint.restore_batches(workdir, batch_stream())
