@@ -322,7 +322,7 @@ def test_streamed_folder_matches_resident_per_epoch_and_resumes(tmp_path):
   write_folder(tmp_path / 'flat', [12, 9, 6])
   resident = data.load(data_config(name=f'folder:{tmp_path / "flat"}'))
   train = stream.folder_sources(str(tmp_path / 'flat'))['train']
-  steps = stream.steps_per_epoch(train, 5, drop_remainder=False)
+  steps = -(-len(train) // 5)  # the last, partial batch is kept
   it = iter(stream.pipeline(train, batch_size=5, seed=4, num_epochs=2, drop_remainder=False))
   batches = list(it)
   assert len(batches) == 2 * steps
@@ -350,5 +350,15 @@ def test_streamed_arrays_resize_and_drop_remainder():
   images, labels = random_images(23, 8, 8, 3, seed=1), np.arange(23) % 4
   source = stream.ArraySource(images, labels)
   batches = list(stream.pipeline(source, batch_size=4, image_size=12, num_epochs=1))
-  assert len(batches) == stream.steps_per_epoch(source, 4) == 5
+  assert len(batches) == len(source) // 4 == 5
   assert batches[0]['image'].shape == (4, 12, 12, 3)
+
+
+def test_input_throughput_measures_a_jpeg_folder(tmp_path):
+  from classbias_jax.tuning import input_throughput
+  input_throughput.write_jpeg_folder(str(tmp_path), 12, 16, 20, classes=3)
+  train = stream.folder_sources(str(tmp_path))['train']
+  assert len(train) + len(stream.folder_sources(str(tmp_path))['test']) == 12
+  rate = input_throughput.measure(train, batch_size=2, image_size=8, seconds=0.05,
+                                  num_threads=1, num_epochs=None)
+  assert rate > 0
