@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from classbias_jax.data import Dataset
+from classbias_jax.data import Dataset, splits
 
 TEST_FRACTION = 0.25
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
-  """Deterministic stratified split: returns (train_idx, test_idx), each sorted."""
-  rng = np.random.default_rng(seed)
-  train, test = [], []
-  for c in np.unique(labels):
-    idx = rng.permutation(np.flatnonzero(labels == c))
-    k = int(round(test_fraction * len(idx)))
-    test.append(idx[:k])
-    train.append(idx[k:])
-  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+def train_test_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted (train, test) indices: TEST_FRACTION of each class, rounded per class, as a
+  random draw seeded by `seed`."""
+  quotas = [int(round(TEST_FRACTION * n)) for n in np.bincount(labels)]
+  test, train = splits.take_per_class(labels, quotas, np.random.default_rng(seed).permutation)
+  return train, test
 
 
 def load_digits(data_config) -> Dataset:
@@ -29,6 +25,6 @@ def load_digits(data_config) -> Dataset:
   digits = sk_load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
-  train, test = stratified_split(labels, TEST_FRACTION, int(data_config.get('split_seed', 0)))
+  train, test = train_test_indices(labels, int(data_config.get('split_seed', 0)))
   names = tuple(str(i) for i in range(10))
   return Dataset('digits', images[train], labels[train], images[test], labels[test], names)

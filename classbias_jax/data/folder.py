@@ -127,13 +127,9 @@ def split_flat(paths: list[str], labels: np.ndarray) -> tuple[np.ndarray, np.nda
   """Indices (train, test) of a flat folder: per class, the first 20% by name hash is test."""
   from classbias_jax.data import splits
   quotas = splits.class_quotas(labels, round(TEST_FRACTION * len(labels)))
-  test = []
-  for c, quota in enumerate(quotas):
-    members = np.flatnonzero(labels == c)
-    members = sorted(members, key=lambda i: _hash_order(paths[i]))
-    test += members[:quota]
-  test = np.sort(np.asarray(test, np.int64))
-  return np.setdiff1d(np.arange(len(labels)), test), test
+  test, train = splits.take_per_class(
+      labels, quotas, lambda members: sorted(members, key=lambda i: _hash_order(paths[i])))
+  return train, test
 
 
 def image_mode(paths: list[str]) -> str:

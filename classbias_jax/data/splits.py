@@ -12,6 +12,7 @@ images.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,11 +50,20 @@ def stratified_take(labels: np.ndarray, total: int, rng: np.random.Generator,
   labels: int [N]. Within each class the taken images are a uniform random draw by `rng`.
   Returns two sorted int64 index arrays that partition 0..N-1.
   """
-  quotas = class_quotas(labels, total)
+  return take_per_class(labels, class_quotas(labels, total), rng.permutation)
+
+
+def take_per_class(labels: np.ndarray, quotas: Sequence[int],
+                   order: Callable[[np.ndarray], Sequence[int]],
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Splits indices of `labels` into (taken, rest): of class c, the first quotas[c] of its
+  indices as `order` arranges them (called once per class, in class order, with the
+  ascending indices of that class). Returns two sorted int64 arrays partitioning 0..N-1.
+  """
   taken = []
   for c, quota in enumerate(quotas):
     members = np.flatnonzero(labels == c)
-    taken.append(rng.permutation(members)[:quota])
+    taken.append(np.asarray(order(members), np.int64)[:quota])
   taken = np.sort(np.concatenate(taken)) if taken else np.zeros(0, np.int64)
   rest = np.setdiff1d(np.arange(len(labels)), taken, assume_unique=True)
   return taken, rest
