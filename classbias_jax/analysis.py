@@ -1,58 +1,21 @@
-"""Per-class statistics on a sweep's results: effects, intervals, tests, FDR, replication.
+"""Per-class statistics of a sweep's results, assembled into one JSON-able dict.
 
-Pure numpy/scipy on the dict that `results.load` returns; nothing here imports JAX.
-Notation: V sweep values, S seeds, C classes, N test images, n images of one class,
-B bootstrap draws. Accuracies and effects are fractions (0.05 = 5 percentage points).
+Pure numpy/scipy on the dict that `results.load` returns; nothing here imports JAX. The
+test, its variance components, the FDR family, the bootstrap and the power calculation
+are in `stats.py`; docs/statistics.md says why each was chosen and how it was checked.
+Notation: V sweep values, S seeds, C classes, N test images, n images of one class.
+Accuracies and effects are fractions (0.05 = 5 percentage points).
 
-The effect of sweep value v on class c, against a reference value r, is
+The effect of sweep value v on class c, against a reference value r, is the mean over
+seeds s and images i of class c of  D[s, i] = y[v, s, i] - y[r, s, i],  with y = 1 when
+the model classifies the image correctly. Seeds are common random numbers (same init,
+data order and augmentation draws for every sweep value), so D pairs the two models
+trained with the same seed, on the same test image.
 
-    effect_c = mean over seeds s and images i of class c of  D[s, i] = y[v, s, i] - y[r, s, i]
-
-with y = 1 when the model classifies the image correctly. Seeds are common random numbers
-(same init, data order and augmentation draws for every sweep value), so D pairs the two
-models trained with the same seed, on the same test image.
-
-Which test, and why
--------------------
-A class effect must stand out from two kinds of noise: another training run (seed) and
-another sample of the class's images. The two obvious tests each ignore one of them:
-- a paired t-test across seeds on per-class accuracy treats the test images as fixed
-  (their noise is shared by all seeds and cancels from its variance), and has S - 1
-  degrees of freedom: one with two seeds, so it can flag almost nothing;
-- a per-image test pooled over seeds (McNemar for one seed, a paired test over the
-  class's images) treats the S trained models as fixed: a run that happens to move the
-  whole class (say, the boundary between cat and dog) counts as signal.
-This is the "language-as-fixed-effect fallacy" (Clark 1973) with seeds and images in the
-roles of subjects and items, and its standard remedy is used here: a crossed
-random-effects model with one observation per (seed, image) cell,
-
-    D[s, i] = effect + a_s + b_i + e_si       (seed, image and seed x image terms),
-    Var(mean D) = var_a / S + var_b / n + var_e / (S n),
-
-estimated from the two-way ANOVA mean squares (negative components set to zero), and a
-t reference distribution with Satterthwaite's degrees of freedom. When runs do not shift
-the class as a whole (var_a ~ 0, the common case: most seed-to-seed change is per-image
-churn) the test has the power of the S x n paired outcomes; when they do, its degrees of
-freedom fall towards S - 1 and it becomes as cautious as the seed-level test must be.
-A class's seed component is floored at its mean over all classes, which has C (S - 1)
-degrees of freedom: with 2-3 seeds a class's own estimate is often negative by chance,
-and dropping it would make the test liberal exactly when seeds matter. In simulations
-(logistic per-image difficulty, per-run class-wide shifts, 2-8 seeds, 50-1000 images per
-class) the rate of p < 0.05 under no effect was 1-4% overall; classes whose runs shift
-them strongly while most classes' runs do not reached 6-7% at 4-8 seeds and 10-12% at 2.
-In the same simulations the image-only test flagged 40-85% of null classes once runs
-shifted classes, and with 2 seeds and 1000 images the seed-only test found a 0.5-logit
-effect in 36% of classes where this one found it in 69%.
-With one seed var_a cannot be estimated and the test is conditional on that model (a
-paired t-test over images, close to McNemar's). Permutation tests were ruled out: signs
-flipped over 2-8 seeds give at most 2^S distinct values (p >= 1/2 at S = 2), too coarse
-for FDR control over 1000 classes, and flips over images alone ignore the seed noise.
-
-Benjamini-Hochberg q-values are taken across classes, separately for each sweep value
-(one family of C tests per comparison). Intervals on per-class accuracies come from a
-two-way bootstrap (seeds resampled, images resampled within each class; slightly
-conservative, Owen 2007); intervals on effects are the test's t intervals, so an
-interval excludes zero exactly when p < 0.05.
+Every comparison of a report (each class at each non-reference value, against the
+reference and against the knob's off value) is one Benjamini-Hochberg family; a class is
+hurt or helped when its q-value is below ALPHA. With one seed nothing is flagged: the
+run-to-run variation of a class cannot be told apart from an effect.
 """
 from __future__ import annotations
 
@@ -60,175 +23,22 @@ import logging
 from typing import Any, Mapping
 
 import numpy as np
-from scipy import stats
 
+from classbias_jax import stats
 from classbias_jax.errors import ConfigError
+from classbias_jax.stats import TEST_NAME, bh_qvalues, crossed_effect_test  # noqa: F401
 
 ALPHA = 0.05  # q-value threshold for hurt / helped
 CONFIDENCE = 0.95
+TARGET_DROP = 0.05  # the drop whose seed count the report states
+SEEDS_FOR_FULL_TEST = 4  # below this the report says what the run cannot conclude
+FAMILY = ('every class at every non-reference sweep value, against the reference and '
+          'against the off value')
 
 # The value that turns a knob off, keyed by the last component of sweep_name.
 OFF_VALUES = {'weight_decay': 0.0, 'crop_scale_min': 1.0, 'color_strength': 0.0,
-              'erase_prob': 0.0, 'label_smoothing': 0.0, 'dropout_rate': 0.0}
+              'erase_prob': 0.0, 'label_smoothing': 0.0}
 OFF_AT_ZERO_SUFFIXES = ('_prob', '_strength')
-
-TEST_NAME = ('crossed random-effects t-test over seeds x images (Satterthwaite df), '
-             'paired by seed and image')
-
-
-# ---------------------------------------------------------------------------- tests
-
-def bh_qvalues(p: np.ndarray) -> np.ndarray:
-  """Benjamini-Hochberg q-values: p [C] -> q [C]; NaN p-values stay NaN and are not counted."""
-  p = np.asarray(p, np.float64)
-  q = np.full(p.shape, np.nan)
-  ok = ~np.isnan(p)
-  m = int(ok.sum())
-  if m == 0:
-    return q
-  order = np.argsort(p[ok])
-  scaled = p[ok][order] * m / np.arange(1, m + 1)
-  # Step-up: each q is the smallest scaled p at its rank or above.
-  scaled = np.minimum.accumulate(scaled[::-1])[::-1]
-  out = np.empty(m)
-  out[order] = np.minimum(scaled, 1.0)
-  q[ok] = out
-  return q
-
-
-def _per_class_sums(values: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """Sums of values [S, N] over the images of each class -> [S, C]."""
-  s = values.shape[0]
-  index = (np.arange(s)[:, None] * num_classes + labels[None, :]).ravel()
-  sums = np.bincount(index, weights=values.ravel(), minlength=s * num_classes)
-  return sums.reshape(s, num_classes)
-
-
-def _mean_squares(diff: np.ndarray, labels: np.ndarray, num_classes: int):
-  """Two-way ANOVA of diff [S, N] within each class: (grand mean, MS, df) per term, [C] each."""
-  s = diff.shape[0]
-  n = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    seed_mean = _per_class_sums(diff, labels, num_classes) / n  # [S, C]
-    grand = seed_mean.mean(0)  # [C]
-    centred = diff - grand[labels]
-    ss_seed = n * ((seed_mean - grand) ** 2).sum(0)
-    ss_image = s * np.bincount(labels, weights=centred.mean(0) ** 2, minlength=num_classes)
-    ss_total = np.bincount(labels, weights=(centred ** 2).sum(0), minlength=num_classes)
-    ss_res = np.maximum(ss_total - ss_seed - ss_image, 0.0)
-  df = {'seed': np.full(num_classes, s - 1.0), 'image': n - 1, 'res': (s - 1.0) * (n - 1)}
-  ss = {'seed': ss_seed, 'image': ss_image, 'res': ss_res}
-  # A term without degrees of freedom is confounded with the others: give it no weight.
-  ms = {k: np.where(df[k] > 0, ss[k] / np.maximum(df[k], 1), 0.0) for k in ss}
-  return grand, ms, df, n
-
-
-def _variance_of_mean(ms, df, n, s: int):
-  """S n Var(mean diff) per class and its Satterthwaite degrees of freedom, both [C].
-
-  A variance component enters only when its estimate is positive. A class's seed
-  component is floored at its mean over classes (C (S - 1) degrees of freedom): with 2-3
-  seeds a class's own estimate is often negative by chance, and dropping it then would
-  make the test liberal exactly when runs matter.
-  """
-  with np.errstate(invalid='ignore', divide='ignore'):
-    seed_var = (ms['seed'] - ms['res']) / n  # unbiased, but S - 1 degrees of freedom only
-  usable = (df['seed'] > 0) & (n > 0)
-  pooled = max(float(np.mean(seed_var[usable])), 0.0) if usable.any() else 0.0
-  # Mean squares equal up to rounding (common with a handful of flipped images) are ties.
-  above_res = lambda m: m > ms['res'] * (1 + 1e-9) + 1e-15  # noqa: E731
-  use_seed = (seed_var >= pooled) & above_res(ms['seed'])
-  use_pooled = ~use_seed & (pooled > 0)
-  use_image = above_res(ms['image'])
-  coef = {'seed': use_seed * 1.0, 'image': use_image * 1.0, 'res': 1.0 - use_seed - use_image,
-          'pooled': use_pooled * 1.0}
-  terms = {k: coef[k] * ms[k] for k in ms}
-  terms['pooled'] = use_pooled * pooled * n
-  df = dict(df, pooled=np.full(n.shape, (s - 1.0) * max(int(usable.sum()), 1)))
-  var_sum = sum(terms.values())
-  with np.errstate(invalid='ignore', divide='ignore'):
-    denom = sum(np.where(coef[k] != 0, terms[k] ** 2 / np.maximum(df[k], 1), 0.0)
-                for k in terms)
-    return var_sum, var_sum ** 2 / denom
-
-
-def crossed_effect_test(diff: np.ndarray, labels: np.ndarray,
-                        num_classes: int) -> dict[str, np.ndarray]:
-  """Tests mean(diff) = 0 per class, seeds and images crossed random (module docstring).
-
-  diff float [S, N]: paired differences of correctness (seed s, test image i);
-  labels int [N]. Returns float [C] arrays: effect, se, df, p, n (images per class).
-  A class without images gets NaN.
-  """
-  s = diff.shape[0]
-  effect, ms, df, n = _mean_squares(np.asarray(diff, np.float64), labels, num_classes)
-  var_sum, dof = _variance_of_mean(ms, df, n, s)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    se = np.sqrt(np.maximum(var_sum, 0.0) / (s * n))
-    p = 2 * stats.t.sf(np.abs(effect) / se, dof)
-  # Zero variance: every cell has the same difference. Exact sign-flip p over the images.
-  flat = se == 0
-  p = np.where(flat, np.where(effect == 0, 1.0, np.minimum(1.0, 2.0 ** (1 - n))), p)
-  dof = np.where(flat, n - 1, dof)
-  missing = n == 0
-  effect, se, dof, p = (np.where(missing, np.nan, x) for x in (effect, se, dof, p))
-  return {'effect': effect, 'se': se, 'df': dof, 'p': p, 'n': n}
-
-
-def effect_interval(test: Mapping[str, np.ndarray],
-                    confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-  """The t interval of crossed_effect_test's effects: (low [C], high [C])."""
-  with np.errstate(invalid='ignore'):
-    half = stats.t.ppf(0.5 + confidence / 2, np.maximum(test['df'], 1e-9)) * test['se']
-  half = np.where(test['se'] == 0, 0.0, half)
-  return test['effect'] - half, test['effect'] + half
-
-
-# ---------------------------------------------------------------------- bootstrap
-
-def _resample_counts(size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-  """How often each of `size` items is drawn in each of `draws` resamples: float32 [B, size]."""
-  picks = rng.integers(0, size, (draws, size)) + size * np.arange(draws)[:, None]
-  return np.bincount(picks.ravel(), minlength=draws * size).reshape(draws, size).astype(
-      np.float32)
-
-
-def _seed_counts(valid: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-  """Resampling counts of the valid seeds of each sweep value: valid [V, S] -> [V, B, S]."""
-  out = np.zeros((valid.shape[0], draws, valid.shape[1]), np.float32)
-  for v, row in enumerate(valid):
-    if row.any():
-      out[v][:, row] = _resample_counts(int(row.sum()), draws, rng)
-  return out
-
-
-def bootstrap_accuracy(correct: np.ndarray, labels: np.ndarray, valid: np.ndarray,
-                       num_classes: int, num_bootstrap: int,
-                       rng: np.random.Generator) -> np.ndarray:
-  """Per-class accuracy under a two-way bootstrap: float32 [V, C, B].
-
-  correct bool [V, S, N]; valid bool [V, S] (models kept). Each draw resamples the valid
-  seeds of each value and, independently, the images within each class (the same image
-  draws for every value).
-  """
-  seed_counts = _seed_counts(valid, num_bootstrap, rng)  # [V, B, S]
-  kept = valid.sum(1).astype(np.float32)  # [V]
-  out = np.full((correct.shape[0], num_classes, num_bootstrap), np.nan, np.float32)
-  for c in range(num_classes):
-    idx = np.flatnonzero(labels == c)
-    if not idx.size:
-      continue
-    image_counts = _resample_counts(idx.size, num_bootstrap, rng)  # [B, n]
-    per_seed = correct[:, :, idx].astype(np.float32) @ image_counts.T  # [V, S, B]
-    with np.errstate(invalid='ignore', divide='ignore'):
-      out[:, c] = np.einsum('vsb,vbs->vb', per_seed, seed_counts) / (kept[:, None] * idx.size)
-  return out
-
-
-def percentile_interval(draws: np.ndarray, confidence: float = CONFIDENCE):
-  """(low, high) percentiles over the last axis of bootstrap draws (NaN rows stay NaN)."""
-  tail = 100 * (1 - confidence) / 2
-  return np.percentile(draws, [tail, 100 - tail], axis=-1)
 
 
 # ------------------------------------------------------------------ building blocks
@@ -279,7 +89,7 @@ def valid_models(results: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
 def class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   """Accuracy of each class for each model: correct bool [V, S, N] -> float [V, S, C]."""
   lead = correct.shape[:-1]
-  sums = _per_class_sums(correct.reshape(-1, labels.size).astype(np.float64), labels,
+  sums = stats.per_class_sums(correct.reshape(-1, labels.size).astype(np.float64), labels,
                          num_classes)
   with np.errstate(invalid='ignore', divide='ignore'):
     return (sums / np.bincount(labels, minlength=num_classes)).reshape(lead + (num_classes,))
@@ -320,23 +130,54 @@ def paired_difference(correct: np.ndarray, valid: np.ndarray, value: int,
 
 
 def compare(diff: np.ndarray, labels: np.ndarray, num_classes: int,
-            alpha: float = ALPHA) -> dict[str, np.ndarray]:
-  """Per-class effect test, interval and BH q-values from paired differences diff [S', N].
+            reference_accuracy: np.ndarray | None = None) -> dict[str, Any]:
+  """The per-class test of one comparison from paired differences diff [S', N].
 
-  Returns [C] arrays effect, low, high, p, q, and bool masks hurt, helped (q < alpha).
+  reference_accuracy [C]: the reference's accuracy on the same seeds, which bounds the
+  interval (default: no bound beyond [-1, 1]). Returns [C] arrays effect, low, high, p,
+  se, df, n and the variance components seed, image, res, plus seeds (S'). q-values and
+  flags come from flag_family, over all the comparisons of a report.
   """
-  if diff.shape[0] == 0:
+  seeds = diff.shape[0]
+  if seeds == 0:
     nan = np.full(num_classes, np.nan)
-    none = np.zeros(num_classes, bool)
-    return {'effect': nan, 'low': nan, 'high': nan, 'p': nan, 'q': nan,
-            'hurt': none, 'helped': none}
+    keys = ('effect', 'low', 'high', 'p', 'se', 'df', 'seed', 'image', 'res')
+    return {**{k: nan for k in keys}, 'seeds': 0,
+            'n': np.bincount(labels, minlength=num_classes).astype(np.float64)}
   test = crossed_effect_test(diff, labels, num_classes)
-  low, high = effect_interval(test)
-  q = bh_qvalues(test['p'])
-  significant = q < alpha
-  return {'effect': test['effect'], 'low': low, 'high': high, 'p': test['p'], 'q': q,
-          'hurt': significant & (test['effect'] < 0),
-          'helped': significant & (test['effect'] > 0)}
+  # An effect against a class at accuracy a lies in [-a, 1 - a].
+  ref = np.full(num_classes, np.nan) if reference_accuracy is None else reference_accuracy
+  bounds = (np.where(np.isnan(ref), -1.0, -ref), np.where(np.isnan(ref), 1.0, 1 - ref))
+  low, high = stats.effect_interval(test, bounds, CONFIDENCE)
+  return {**test, 'low': low, 'high': high, 'seeds': seeds}
+
+
+def flag_family(comparisons: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str, Any]]:
+  """One Benjamini-Hochberg family over every class of every comparison given.
+
+  Adds to each comparison q, hurt, helped (q < alpha) and level: alpha / m, the p-value a
+  lone true effect needs in this family of m tests.
+  """
+  p = np.concatenate([c['p'] for c in comparisons]) if comparisons else np.zeros(0)
+  q = bh_qvalues(p)
+  level = alpha / max(int(np.sum(~np.isnan(p))), 1)
+  out, start = [], 0
+  for comp in comparisons:
+    qc = q[start:start + comp['p'].size]
+    start += comp['p'].size
+    significant = qc < alpha
+    out.append({**comp, 'q': qc, 'level': level, 'hurt': significant & (comp['effect'] < 0),
+                'helped': significant & (comp['effect'] > 0)})
+  return out
+
+
+def with_power(comp: dict[str, Any], target: float = TARGET_DROP) -> dict[str, Any]:
+  """Adds min_detectable (the smallest drop found with 80% power at the family's level) and
+  seeds_needed (seeds per value for a `target` drop, same power and level): [C] each."""
+  parts = {k: comp[k] for k in ('seed', 'image', 'res')}
+  return {**comp, 'min_detectable': stats.detectable_effect(parts, comp['n'], comp['seeds'],
+                                                            comp['level']),
+          'seeds_needed': stats.seeds_needed(parts, comp['n'], target, comp['level'])}
 
 
 def confusion_flow(predictions: np.ndarray, labels: np.ndarray, valid: np.ndarray,
@@ -373,23 +214,30 @@ def stratified_half(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return half
 
 
-def _replicate_once(diff, labels, num_classes, flag_half, alpha):
-  """Flags classes on images `flag_half`, re-measures them on the rest: dict of scalars."""
-  first = crossed_effect_test(diff[:, flag_half], labels[flag_half], num_classes)
-  second = crossed_effect_test(diff[:, ~flag_half], labels[~flag_half], num_classes)
-  flagged = bh_qvalues(first['p']) < alpha
-  sign = np.sign(first['effect'][flagged])
-  effect_b = second['effect'][flagged]
-  worst = int(np.nanargmin(first['effect'])) if np.any(~np.isnan(first['effect'])) else 0
-  return {
-      'flagged': int(flagged.sum()),
-      'replicated': int(np.sum((np.sign(effect_b) == sign) & (second['p'][flagged] < alpha))),
-      'same_sign': int(np.sum(np.sign(effect_b) == sign)),
-      'effect_a': float(np.sum(np.abs(first['effect'][flagged]))),
-      'effect_b': float(np.nansum(effect_b * sign)),
-      'worst_a': float(first['effect'][worst]),
-      'worst_b': float(second['effect'][worst]),
-  }
+def _replicate_once(diffs, labels, num_classes, flag_half, alpha) -> dict[int, dict]:
+  """Flags classes on images `flag_half` (one BH family over the values of diffs
+  {value: diff}), re-measures them on the rest: {value: dict of scalars}."""
+  first = {v: crossed_effect_test(d[:, flag_half], labels[flag_half], num_classes)
+           for v, d in diffs.items()}
+  if not first:
+    return {}
+  q = bh_qvalues(np.concatenate([t['p'] for t in first.values()]))
+  out = {}
+  for k, (v, a) in enumerate(first.items()):
+    b = crossed_effect_test(diffs[v][:, ~flag_half], labels[~flag_half], num_classes)
+    flagged = q[k * num_classes:(k + 1) * num_classes] < alpha
+    sign = np.sign(a['effect'][flagged])
+    effect_b = b['effect'][flagged]
+    worst = int(np.nanargmin(a['effect'])) if np.any(~np.isnan(a['effect'])) else 0
+    out[v] = {
+        'flagged': int(flagged.sum()),
+        'replicated': int(np.sum((np.sign(effect_b) == sign) & (b['p'][flagged] < alpha))),
+        'same_sign': int(np.sum(np.sign(effect_b) == sign)),
+        'effect_a': float(np.sum(np.abs(a['effect'][flagged]))),
+        'effect_b': float(np.nansum(effect_b * sign)),
+        'worst_a': float(a['effect'][worst]), 'worst_b': float(b['effect'][worst]),
+    }
+  return out
 
 
 def _replication_summary(runs: list[dict[str, float]]) -> dict[str, float | None]:
@@ -412,7 +260,7 @@ def split_half_replication(correct: np.ndarray, labels: np.ndarray, valid: np.nd
   """Split-half replication of the class effects of every value against `reference`.
 
   Each split halves the test images at random within each class; classes flagged
-  (q < alpha) on one half are re-measured on the other, both ways round. A flagged class
+  (q < alpha, one BH family over all values) on one half are re-measured on the other, both ways round. A flagged class
   replicates when its effect on the other half has the same sign and p < alpha.
   shrinkage = sum of the flagged effects measured on the other half / on the flagging half
   (1: no winner's curse; 0: the effects were noise). worst_class_effect_a/_b: the most
@@ -422,15 +270,12 @@ def split_half_replication(correct: np.ndarray, labels: np.ndarray, valid: np.nd
   """
   rng = rng or np.random.default_rng(0)
   halves = [stratified_half(labels, rng) for _ in range(num_splits)]
-  per_value, pooled = {}, []
-  for v in range(correct.shape[0]):
-    diff = paired_difference(correct, valid, v, reference)
-    if v == reference or diff.shape[0] == 0:
-      continue
-    runs = [_replicate_once(diff, labels, num_classes, h, alpha) for half in halves
-            for h in (half, ~half)]
-    per_value[v] = _replication_summary(runs)
-    pooled += runs
+  diffs = {v: paired_difference(correct, valid, v, reference) for v in range(len(correct))}
+  diffs = {v: d for v, d in diffs.items() if v != reference and d.shape[0]}
+  runs = [_replicate_once(diffs, labels, num_classes, h, alpha) for half in halves
+          for h in (half, ~half)]
+  per_value = {v: _replication_summary([r[v] for r in runs]) for v in diffs}
+  pooled = [r[v] for r in runs for v in diffs]
   return per_value, (_replication_summary(pooled) if pooled else None)
 
 
@@ -447,12 +292,18 @@ def _named(mask: np.ndarray, effect: np.ndarray, names: list[str]) -> list[str]:
   return [names[i] for i in idx[np.argsort(-np.abs(effect[idx]), kind='stable')]]
 
 
-def _comparison_json(comp: Mapping[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+def _comparison_json(comp: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+  with np.errstate(invalid='ignore'):
+    per_class = {'effect': comp['effect'], 'low': comp['low'], 'high': comp['high'],
+                 'p': comp['p'], 'q': comp['q'], 'se': comp['se'], 'df': comp['df'],
+                 'seed_sd': np.sqrt(comp['seed']), 'min_detectable_drop': comp['min_detectable'],
+                 'seeds_needed': comp['seeds_needed']}
   return {
       'hurt': _named(comp['hurt'], comp['effect'], names),
       'helped': _named(comp['helped'], comp['effect'], names),
       'num_hurt': int(comp['hurt'].sum()), 'num_helped': int(comp['helped'].sum()),
-      'per_class': {k: _floats(comp[k]) for k in ('effect', 'low', 'high', 'p', 'q')},
+      'num_seeds': int(comp['seeds']),
+      'per_class': {k: _floats(x) for k, x in per_class.items()},
   }
 
 
@@ -486,8 +337,8 @@ def _mean_draws(boot: np.ndarray, images: np.ndarray) -> np.ndarray:
 
 def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]]:
   """Per sweep value: summary accuracies and per-class accuracy with bootstrap intervals."""
-  acc_low, acc_high = percentile_interval(boot)
-  mean_low, mean_high = percentile_interval(_mean_draws(boot, images))
+  acc_low, acc_high = stats.percentile_interval(boot, CONFIDENCE)
+  mean_low, mean_high = stats.percentile_interval(_mean_draws(boot, images), CONFIDENCE)
   one = lambda x: _floats(x)[0]  # noqa: E731
   return [{
       'mean_accuracy': one(curves['mean'][v]),
@@ -501,16 +352,51 @@ def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]
   } for v in range(len(accuracy))]
 
 
-def _effects_json(results, correct, valid, v, ref, off, alpha, top_flow) -> dict[str, Any]:
+def _comparisons(correct, valid, labels, num_classes, ref, off) -> dict[tuple, dict]:
+  """Every comparison of a report, {(value index, 'ref' or 'off'): compare's dict}."""
+  per_seed = class_accuracy(correct, labels, num_classes)  # [V, S, C]
+  out = {}
+  for v in range(len(correct)):
+    for key, r in (('ref', ref), ('off', off)):
+      if r is not None:
+        seeds = valid[v] & valid[r]
+        ref_acc = per_seed[r, seeds].mean(0) if seeds.any() else None
+        out[v, key] = compare(paired_difference(correct, valid, v, r), labels, num_classes,
+                              ref_acc)
+        out[v, key]['self'] = v == r
+  return out
+
+
+def _flag_all(comparisons: dict[tuple, dict], alpha: float) -> tuple[dict, dict]:
+  """flag_family over the comparisons of distinct values; a value against itself gets no q."""
+  keys = [k for k, c in comparisons.items() if not c['self']]
+  flagged = dict(zip(keys, map(with_power, flag_family([comparisons[k] for k in keys], alpha))))
+  out = {}
+  for k, comp in comparisons.items():
+    none, nan = np.zeros(comp['p'].shape, bool), np.full(comp['p'].shape, np.nan)
+    out[k] = flagged.get(k) or {**comp, 'q': nan, 'hurt': none, 'helped': none,
+                                'min_detectable': nan, 'seeds_needed': nan}
+  level = next(iter(flagged.values()))['level'] if flagged else alpha
+  return out, {'num_tests': int(sum(np.sum(~np.isnan(comparisons[k]['p'])) for k in keys)),
+               'level': level}
+
+
+def _effects_json(results, valid, v, ref, comps, top_flow) -> dict[str, Any]:
   """Sweep value v against the reference (and the off value): tests, hurt/helped, flows."""
-  labels, names = results['test_labels'], [str(n) for n in results['class_names']]
-  comp = compare(paired_difference(correct, valid, v, ref), labels, len(names), alpha)
+  names = [str(n) for n in results['class_names']]
+  comp = comps[v, 'ref']
   entry = {**_comparison_json(comp, names),
            'confusion_flow': _flows_json(results, valid, v, ref, comp, names, top_flow)}
-  if off is not None:
-    entry['against_off'] = _comparison_json(
-        compare(paired_difference(correct, valid, v, off), labels, len(names), alpha), names)
+  if (v, 'off') in comps:
+    entry['against_off'] = _comparison_json(comps[v, 'off'], names)
   return entry
+
+
+def inference(num_seeds: int) -> str:
+  """What a comparison on num_seeds seed pairs can conclude: conditional, limited or tested."""
+  if num_seeds < 2:
+    return 'conditional'
+  return 'limited' if num_seeds < SEEDS_FOR_FULL_TEST else 'tested'
 
 
 def _replication_json(per_value, pooled, values, num_splits) -> dict[str, Any]:
@@ -549,13 +435,15 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   off = None if off == ref or off is None or not valid[off].any() else off
   notes += [f'no usable model at {results["sweep_name"]}={values[v]:g}'
             for v in range(len(values)) if not valid[v].any()]
-  boot = bootstrap_accuracy(correct, labels, valid, len(names), num_bootstrap, rng)
+  boot = stats.bootstrap_accuracy(correct, labels, valid, len(names), num_bootstrap, rng)
+  comps, family = _flag_all(_comparisons(correct, valid, labels, len(names), ref, off), alpha)
   values_json = [
       {'value': float(values[v]), 'index': v, 'num_models': int(valid[v].sum()), **acc,
-       **_effects_json(results, correct, valid, v, ref, off, alpha, top_flow)}
+       **_effects_json(results, valid, v, ref, comps, top_flow)}
       for v, acc in enumerate(_accuracy_json(accuracy, curves, boot, images, names))]
   replication = split_half_replication(correct, labels, valid, ref, len(names), alpha,
                                        num_splits, rng)
+  seeds = min([c['seeds'] for c in comps.values() if not c['self']] or [0])
   return {
       'sweep_name': str(results['sweep_name']), 'sweep_values': _floats(values),
       'seeds': [int(s) for s in results['seeds']], 'class_names': names,
@@ -563,6 +451,10 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
       'images_per_class': [int(n) for n in images],
       'alpha': alpha, 'confidence': CONFIDENCE, 'num_bootstrap': num_bootstrap,
       'test': TEST_NAME, 'warnings': notes,
+      'inference': {'num_seeds': int(seeds), 'status': inference(seeds),
+                    'seeds_for_full_test': SEEDS_FOR_FULL_TEST},
+      'fdr': {'method': 'Benjamini-Hochberg', 'family': FAMILY, **family},
+      'power': {'power': stats.POWER, 'target_drop': TARGET_DROP, 'level': family['level']},
       'excluded_models': [{'value': float(values[v]), 'seed': int(results['seeds'][s])}
                           for v, s in zip(*np.nonzero(~valid))],
       'reference': {'value': float(values[ref]), 'index': ref,

@@ -15,6 +15,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from classbias_jax import analysis as analysis_lib  # noqa: E402
+
 LOG_SCALE_KNOBS = ('weight_decay', 'learning_rate')
 HURT, HELPED, NEUTRAL = 'tab:red', 'tab:blue', '0.6'
 MAX_NAMED_TICKS = 30  # above this many classes, name only the highlighted ones
@@ -22,7 +24,6 @@ MAX_LABELLED_LINES = 20
 # (array [V, S, E], its epochs [E], axis label, shown in percent)
 CURVES = (('train_loss', 'curve_epochs', 'training loss', False),
           ('train_accuracy', 'curve_epochs', 'training accuracy (%)', True),
-          ('test_accuracy_curve', 'curve_epochs', 'test accuracy (%)', True),
           ('test_accuracy_at_eval', 'eval_epochs', 'test accuracy (%)', True))
 
 
@@ -69,9 +70,7 @@ def _seed_mean(per_seed: np.ndarray, results: Mapping[str, Any]) -> np.ndarray:
   """Mean over the seeds that did not diverge: [V, S, ...] -> [V, ...]."""
   per_seed = np.asarray(per_seed, np.float64)
   keep = ~np.asarray(results.get('diverged', np.zeros(per_seed.shape[:2], bool)), bool)
-  keep = keep.reshape(keep.shape + (1,) * (per_seed.ndim - 2))
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(keep, per_seed, 0).sum(1) / keep.sum(1)
+  return analysis_lib.masked_seed_mean(per_seed, keep)
 
 
 def _pct(x) -> np.ndarray:
@@ -187,12 +186,26 @@ def _effect_panel(ax, entry: Mapping[str, Any], names: list[str], top_k: int) ->
   ax.set_xlabel('classes, sorted by effect')
 
 
+def _effect_limits(entries: list[Mapping[str, Any]]) -> tuple[float, float]:
+  """y-limits (points) showing every effect and most intervals; a far wider one is cut."""
+  get = lambda k: np.concatenate([_pct(e['per_class'][k]) for e in entries])  # noqa: E731
+  effect, low, high = get('effect'), get('low'), get('high')
+  if np.all(np.isnan(effect)):
+    return -1.0, 1.0
+  with np.errstate(invalid='ignore'):
+    lo = np.nanmin(np.r_[effect, np.nanpercentile(low, 10)])
+    hi = np.nanmax(np.r_[effect, np.nanpercentile(high, 90)])
+  pad = 0.08 * max(hi - lo, 1.0)
+  return max(lo - pad, -100.0), min(hi + pad, 100.0)
+
+
 def class_effects(analysis: Mapping[str, Any], path: str, top_k: int = 5) -> str | None:
   """Per-class effect of each sweep value against the reference, sorted, with 95% intervals.
 
   One panel per non-reference value; red / blue: hurt / helped at q < alpha. With more
   than MAX_NAMED_TICKS classes the intervals are a band and only the top_k at each end are
-  named. Returns None when the sweep has a single value.
+  named. The axis shows every effect and most intervals; one far wider than the rest runs
+  off it. Returns None when the sweep has a single value.
   """
   ref = analysis['reference']['index']
   entries = [e for e in analysis['values'] if e['index'] != ref]
@@ -211,10 +224,14 @@ def class_effects(analysis: Mapping[str, Any], path: str, top_k: int = 5) -> str
     ax.grid(alpha=0.3, axis='y')
   for ax in axes.ravel()[len(entries):]:
     ax.axis('off')
+  axes[0, 0].set_ylim(*_effect_limits(entries))  # shared by every panel
   for ax in axes[:, 0]:
     ax.set_ylabel('effect on class accuracy (points)')
+  tested = analysis.get('inference', {}).get('status') != 'conditional'
+  how = (f'red hurt, blue helped at q < {analysis["alpha"]:g}' if tested else
+         'one seed: conditional on these runs, nothing tested')
   fig.suptitle(f'Class effects vs {knob}={analysis["reference"]["value"]:g} (95% intervals; '
-               f'red hurt, blue helped at q < {analysis["alpha"]:g})', fontsize=10)
+               f'{how})', fontsize=10)
   fig.tight_layout()
   return _save(fig, path)
 
@@ -290,9 +307,9 @@ def confusion_flow(analysis: Mapping[str, Any], path: str, top_k: int = 5) -> st
 def training_curves(results: Mapping[str, np.ndarray], path: str) -> str | None:
   """Training loss / accuracy and test accuracy per epoch, mean over seeds, one line per value.
 
-  Reads whichever of train_loss, train_accuracy, test_accuracy_curve (against
-  `curve_epochs`) and test_accuracy_at_eval (against `eval_epochs`), all [V, S, E], the
-  results hold; returns None when they hold none.
+  Reads whichever of train_loss, train_accuracy (against `curve_epochs`) and
+  test_accuracy_at_eval (against `eval_epochs`), all [V, S, E], the results hold; returns
+  None when they hold none.
   """
   present = [c for c in CURVES if c[0] in results and c[1] in results]
   if not present:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from typing import Any, Mapping
 
+import numpy as np
 from absl import app
 from absl import flags
 
@@ -68,6 +69,24 @@ def _knob(stats: Mapping[str, Any]) -> str:
   return stats['sweep_name'].split('.')[-1]
 
 
+def _family(stats: Mapping[str, Any]) -> str:
+  fdr = stats['fdr']
+  return f'{fdr["family"]}: {fdr["num_tests"]} tests'
+
+
+def _status(stats: Mapping[str, Any]) -> str:
+  return stats['inference']['status']
+
+
+def _median(xs: list[float | None]) -> float | None:
+  xs = [x for x in xs if x is not None]
+  return float(np.median(xs)) if xs else None
+
+
+def _seeds_text(k: float | None) -> str:
+  return 'more than 1024 seeds (or more test images)' if k is None else f'about {k:.0f} seeds'
+
+
 # --------------------------------------------------------------------------- sections
 
 def _intro(stats: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
@@ -90,9 +109,9 @@ def _intro(stats: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
   lines += [' '.join(run), '']
   lines.append(f'Effects are measured against `{_knob(stats)}={ref["value"]:g}` '
                f'({ref["chosen_by"]}), paired by seed and by test image. A class is **hurt** '
-               f'or **helped** when its q-value (Benjamini-Hochberg across classes, per sweep '
-               f'value) is below {stats["alpha"]:g}. Accuracies and effects are in percent '
-               'and percentage points.')
+               f'or **helped** when its q-value is below {stats["alpha"]:g}; the q-values are '
+               f'Benjamini-Hochberg over one family for the whole report ({_family(stats)}). '
+               'Accuracies and effects are in percent and percentage points.')
   if off is None and analysis_lib.off_index(stats['sweep_name'], stats['sweep_values']) == ref[
       'index']:
     lines.append('The reference is also the value that turns the knob off.')
@@ -113,15 +132,18 @@ def _summary(stats: Mapping[str, Any]) -> list[str]:
   rows = []
   for v in stats['values']:
     is_ref = v['index'] == stats['reference']['index']
+    untested = '-' if is_ref else 'not tested'
+    tested = _status(stats) != 'conditional'
     row = [f'{v["value"]:g}' + (' (ref)' if is_ref else ''), v['num_models'],
            f'{_pct(v["mean_accuracy"])} ({_pct(v["mean_accuracy_low"])}-'
            f'{_pct(v["mean_accuracy_high"])})', _pct(v['p10_class_accuracy']),
            f'{_pct(v["worst_class_accuracy"])} {v["worst_class"]}',
-           '-' if is_ref else v['num_hurt'], '-' if is_ref else v['num_helped']]
+           v['num_hurt'] if tested and not is_ref else untested,
+           v['num_helped'] if tested and not is_ref else untested]
     if off:
       against = v['against_off']
-      row.append('-' if v['index'] == stats['off_reference']['index']
-                 else f'{against["num_hurt"]} / {against["num_helped"]}')
+      row.append('-' if v['index'] == stats['off_reference']['index'] else
+                 f'{against["num_hurt"]} / {against["num_helped"]}' if tested else untested)
     rows.append(row)
   return ['## Summary', ''] + _table(header, rows) + ['']
 
@@ -141,26 +163,97 @@ def _class_rows(stats, entry, classes) -> list[list[str]]:
   return rows
 
 
+def _largest(entry, names, sign: int, k: int) -> list[str]:
+  """The k classes with the largest drops (sign -1) or rises (+1), untested."""
+  effect = [(sign * e, n) for e, n in zip(entry['per_class']['effect'], names) if e is not None]
+  return [n for e, n in sorted(effect, reverse=True)[:k] if e > 0]
+
+
 def _effects(stats: Mapping[str, Any], top_k: int) -> list[str]:
   """Per non-reference value: the most hurt and most helped classes with their numbers."""
   ref = stats['reference']
   header = ['class', f'acc at {ref["value"]:g}', 'acc here', 'effect (95% CI)', 'p', 'q']
+  conditional = _status(stats) == 'conditional'
   lines = []
   for entry in stats['values']:
     if entry['index'] == ref['index']:
       continue
-    lines += [f'### `{_knob(stats)}={entry["value"]:g}` vs `{ref["value"]:g}`: '
-              f'{entry["num_hurt"]} hurt, {entry["num_helped"]} helped', '']
-    for key, word in (('hurt', 'Most hurt'), ('helped', 'Most helped')):
+    counts = ('not tested (one seed)' if conditional else
+              f'{entry["num_hurt"]} hurt, {entry["num_helped"]} helped')
+    lines += [f'### `{_knob(stats)}={entry["value"]:g}` vs `{ref["value"]:g}`: {counts}', '']
+    for key, word, sign in (('hurt', 'Most hurt', -1), ('helped', 'Most helped', 1)):
+      if conditional:
+        entry = {**entry, key: _largest(entry, stats['class_names'], sign, top_k)}
+        word = ('Largest drops' if sign < 0 else 'Largest rises') + (
+            ' between these two runs, not tested')
       if entry[key]:
         shown = entry[key][:top_k]
         more = len(entry[key]) - len(shown)
         lines += [f'{word}' + (f' ({more} more in analysis.json)' if more else '') + ':', '']
         lines += _table(header, _class_rows(stats, entry, shown)) + ['']
-    if not entry['hurt'] and not entry['helped']:
+    if not conditional and not entry['hurt'] and not entry['helped']:
       q = [x for x in entry['per_class']['q'] if x is not None]
       best = f' (smallest q: {_prob(min(q))})' if q else ''
-      lines += [f'No class significantly hurt or helped{best}.', '']
+      mde = _median(entry['per_class']['min_detectable_drop'])
+      power = (f' This comparison could have detected a drop of about {_pct(mde)} points in '
+               'the median class (80% power; see Power).' if mde is not None else '')
+      lines += [f'No class significantly hurt or helped{best}.{power}', '']
+  return lines
+
+
+def _conclusions(stats: Mapping[str, Any]) -> list[str]:
+  """What a run with this many seeds can and cannot conclude, in plain words."""
+  seeds, status = stats['inference']['num_seeds'], _status(stats)
+  full = stats['inference']['seeds_for_full_test']
+  if status == 'conditional':
+    return ['**What this run can conclude.** With one seed, each effect compares one '
+            'trained model with one other. A new pair of runs moves a class by an amount '
+            'this run cannot measure, so effects and intervals below are conditional on these '
+            'runs (they cover only the sampling of test images), and no class is listed as '
+            f'hurt or helped. To test, run at least {full} seeds.', '']
+  if status == 'limited':
+    mdes = [m for v in stats['values'] for m in v['per_class']['min_detectable_drop']]
+    mde = _median(mdes)
+    return [f'**What this run can conclude.** With {seeds} seeds, each class\'s run-to-run '
+            f'variation is estimated from its own {seeds} runs ({seeds - 1} degree(s) of '
+            'freedom), so only drops far larger than that variation and consistent across '
+            'the seeds can be flagged (here about '
+            f'{_pct(mde)} points in the median class, 80% power). A class that is not '
+            f'flagged may still be hurt. The flags that are listed hold at the stated false '
+            f'discovery rate. For a test with useful power, run at least {full} seeds (see '
+            'Power).', '']
+  return []
+
+
+def _power(stats: Mapping[str, Any]) -> list[str]:
+  """Minimum detectable drop per comparison and the seeds a 5-point drop needs."""
+  if _status(stats) == 'conditional':
+    return []
+  target = stats['power']['target_drop']
+  lines = ['## Power', '',
+           f'The smallest drop each comparison would flag with {_pct(stats["power"]["power"], 0)}'
+           f'% power, from each class\'s estimated variance components, its seeds and its test '
+           f'images, at the p-value a lone real effect needs in this report\'s family '
+           f'({stats["power"]["level"]:.1e}); and the seeds per value that a '
+           f'{_pct(target, 0)}-point drop would need.', '']
+  rows, names = [], stats['class_names']
+  for v in stats['values']:
+    if v['index'] == stats['reference']['index']:
+      continue
+    pc = v['per_class']
+    mde = [np.inf if m is None else m for m in pc['min_detectable_drop']]
+    worst = int(np.argmax(mde))
+    med = int(np.argsort(mde)[len(mde) // 2])
+    rows.append([f'{v["value"]:g}', _pct(_median(pc['min_detectable_drop'])),
+                 f'{names[worst]} ({_pct(pc["min_detectable_drop"][worst])})',
+                 _seeds_text(pc['seeds_needed'][med]), _seeds_text(pc['seeds_needed'][worst])])
+  lines += _table(['value', 'median class', 'least testable class',
+                   f'seeds for {_pct(target, 0)} points: median class',
+                   'least testable class'], rows) + ['']
+  if rows:
+    lines += [f'To detect a {_pct(target, 0)}-point drop in {rows[0][2].split(" (")[0]} at '
+              f'`{_knob(stats)}={rows[0][0]}` you need {rows[0][4]} per value. Per-class '
+              'values: `min_detectable_drop` and `seeds_needed` in analysis.json.', '']
   return lines
 
 
@@ -205,19 +298,33 @@ def _flows(stats: Mapping[str, Any], top_k: int) -> list[str]:
   return lines + ['']
 
 
+def _seed_caveat(stats: Mapping[str, Any]) -> str:
+  seeds = stats['inference']['num_seeds']
+  if seeds < 2:
+    return ('- One seed: the run-to-run variation of a class cannot be estimated, so nothing '
+            'is tested; intervals cover the sampling of test images only.')
+  return (f'- Each class\'s run-to-run variance is its own, estimated from its {seeds} seeds '
+          f'({seeds - 1} degree(s) of freedom, which bound the test\'s), not borrowed from '
+          'other classes: classes differ several-fold in how much a new run moves them.'
+          + (' With so few seeds the test is valid but has little power.'
+             if _status(stats) == 'limited' else ''))
+
+
 def _caveats(stats: Mapping[str, Any]) -> list[str]:
-  seeds = len(stats['seeds'])
   fewest = min(stats['images_per_class'])
   lines = [
       '## Method and caveats', '',
       f'- Test: {stats["test"]}. Seeds and test images are both treated as random, so a '
-      'flagged class should move again in new runs on new images of the class; see the '
-      'docstring of `classbias_jax/analysis.py` for why this test and not a seed-only or '
-      'image-only one.',
+      'flagged class should move again in new runs on new images of the class; see '
+      '`classbias_jax/stats.py` and docs/statistics.md for why this test and not a seed-only '
+      'or image-only one, and for its false-flag rate and power in simulations.',
+      _seed_caveat(stats),
       f'- Accuracy intervals: two-way bootstrap ({stats["num_bootstrap"]} draws) over seeds and '
-      'over test images within each class; effect intervals are the test\'s t intervals.',
-      '- q-values control the false discovery rate among the classes of one sweep value; '
-      'they are not corrected across sweep values.',
+      'over test images within each class; effect intervals are the test\'s t intervals, '
+      'clipped to the effects accuracy allows (from minus the reference\'s accuracy to 100 '
+      'minus it).',
+      f'- q-values control the false discovery rate over one family per report '
+      f'({_family(stats)}).',
       '- The most hurt class is the extreme of many noisy estimates, so its drop is inflated '
       '(winner\'s curse); the split-half shrinkage above says by how much. The worst-class '
       'curve is biased low for the same reason.',
@@ -226,10 +333,6 @@ def _caveats(stats: Mapping[str, Any]) -> list[str]:
   if stats['reference']['chosen_by'] != 'given':
     lines.append('- The reference was picked as the value with the best mean accuracy, from '
                  'the same test images.')
-  if seeds < 4:
-    lines.append(f'- Only {seeds} seed(s): the seed-to-seed variance of a class is estimated '
-                 'from few runs, so the test borrows its floor from all classes; effects of '
-                 'classes that vary much more between runs than others may be overstated.')
   if fewest < 100:
     lines.append(f'- As few as {fewest} test images in a class: a binomial standard error of up '
                  f'to {50 / fewest ** 0.5:.1f} points per model on such a class.')
@@ -243,11 +346,11 @@ def _figure(figures: Mapping[str, str], key: str, caption: str) -> list[str]:
 def render(stats: Mapping[str, Any], figures: Mapping[str, str],
            config: Mapping[str, Any] | None = None, top_k: int = 5) -> str:
   """report.md's text from an analysis dict and {figure key: file name in figures/}."""
-  lines = _intro(stats, config or {}) + _summary(stats)
+  lines = _intro(stats, config or {}) + _conclusions(stats) + _summary(stats)
   lines += ['## Per-class accuracy against the knob', '']
   lines += _figure(figures, 'per_class_accuracy', 'per-class accuracy')
   lines += ['## Class effects', ''] + _figure(figures, 'class_effects', 'class effects')
-  lines += _effects(stats, top_k)
+  lines += _effects(stats, top_k) + _power(stats)
   lines += ['## Mean vs worst classes', ''] + _figure(figures, 'summary_curves', 'summary')
   lines += _replication(stats)
   lines += ['## Confusion flow', ''] + _figure(figures, 'confusion_flow', 'confusion flow')
@@ -259,7 +362,8 @@ def render(stats: Mapping[str, Any], figures: Mapping[str, str],
 
 def tables(stats: Mapping[str, Any], top_k: int = 5) -> str:
   """The summary table and the most hurt/helped classes as markdown (for notebooks)."""
-  lines = _summary(stats) + ['## Class effects', ''] + _effects(stats, top_k)
+  lines = _conclusions(stats) + _summary(stats) + ['## Class effects', ''] + _effects(stats,
+                                                                                    top_k)
   return '\n'.join(lines)
 
 

@@ -77,13 +77,15 @@ def test_crossed_test_matches_hand_anova():
   # 1, 1/2, 1/2, 0. MS_seed = 4 * (1/16 + 1/16) / 1 = 1/2, MS_image = 2 * (1/4 + 1/4) / 3
   # = 1/3, SS_total = 8/4 = 2, MS_res = (2 - 1/2 - 1) / 3 = 1/6. Both components positive:
   # S n Var = 1/2 + 1/3 - 1/6 = 2/3, Var = 1/12; Satterthwaite df = (2/3)^2 /
-  # ((1/2)^2/1 + (1/3)^2/3 + (1/6)^2/3) = 1.5.
+  # ((1/2)^2/1 + (1/3)^2/3 + (1/6)^2/3) = 1.5, capped at the seed term's S - 1 = 1.
   diff = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
   out = analysis.crossed_effect_test(diff, np.zeros(4, int), 1)
   assert out['effect'][0] == pytest.approx(0.5)
   assert out['se'][0] == pytest.approx(np.sqrt(1 / 12))
-  assert out['df'][0] == pytest.approx(1.5)
-  assert out['p'][0] == pytest.approx(2 * stats.t.sf(0.5 / np.sqrt(1 / 12), 1.5))
+  assert out['df'][0] == pytest.approx(1.0)
+  assert out['p'][0] == pytest.approx(2 * stats.t.sf(0.5 / np.sqrt(1 / 12), 1.0))
+  assert out['seed'][0] == pytest.approx((1 / 2 - 1 / 6) / 4)  # (MS_seed - MS_res) / n
+  assert out['image'][0] == pytest.approx((1 / 3 - 1 / 6) / 2)  # (MS_image - MS_res) / S
 
 
 def test_crossed_test_edge_cases():
@@ -118,7 +120,7 @@ def test_confusion_flow_sends_lost_images_to_planted_receiver():
 
 def test_replication_of_a_real_effect_and_of_noise():
   rng = np.random.default_rng(3)
-  acc = np.full((2, 4, 40), 0.7) + rng.choice([-0.05, 0.05], size=(2, 4, 40))
+  acc = np.full((2, 8, 40), 0.7) + rng.choice([-0.05, 0.05], size=(2, 8, 40))
   acc[1, :, :8] -= 0.35  # eight classes really hurt
   results = make_results(acc, images_per_class=100, sweep_values=[0.0, 1e-3])
   out = analysis.analyze(results, reference=0.0, num_bootstrap=20, num_splits=3)
@@ -129,26 +131,27 @@ def test_replication_of_a_real_effect_and_of_noise():
   assert sorted(out['values'][1]['hurt']) == sorted(f'c{c}' for c in range(8))
 
 
-def test_no_effect_is_flagged_about_five_percent_of_the_time():
-  # Every model's class accuracy has a run-wide wobble and per-image Bernoulli noise.
+def test_no_effect_is_flagged_at_most_five_percent_of_the_time():
+  # Every model's class accuracy has a run-wide wobble and per-image Bernoulli noise. With
+  # 3 seeds the test is conservative here: each class's seed term keeps its own 2 df.
   rng = np.random.default_rng(4)
   acc = 0.7 + rng.choice([-0.04, 0.0, 0.04], size=(2, 3, 300))
   results = make_results(acc, images_per_class=40, seed=4, binomial=True)
   out = analysis.analyze(results, reference=0.0, num_bootstrap=10, num_splits=1)
   p = np.array(out['values'][1]['per_class']['p'])
-  assert 0.005 <= np.mean(p < 0.05) <= 0.09
+  assert np.mean(p < 0.05) <= 0.06
   assert out['values'][1]['hurt'] == [] and out['values'][1]['helped'] == []
 
 
 def test_diverged_models_are_left_out_with_a_warning():
-  results = planted()
-  results['diverged'] = np.zeros((2, 4), bool)
+  results = planted(seeds=6)
+  results['diverged'] = np.zeros((2, 6), bool)
   results['diverged'][1, 0] = True
   results['test_predictions'][1, 0] = 0  # garbage from the diverged model
   out = analysis.analyze(results, reference=0.0, num_bootstrap=50, num_splits=1)
-  expected = np.mean([results['per_class_accuracy'][1, s, 2] for s in (1, 2, 3)])
+  expected = np.mean([results['per_class_accuracy'][1, s, 2] for s in range(1, 6)])
   assert out['values'][1]['accuracy'][2] == pytest.approx(expected, abs=1e-6)
-  assert out['values'][1]['num_models'] == 3
+  assert out['values'][1]['num_models'] == 5
   assert out['excluded_models'] == [{'value': 1e-3, 'seed': 0}]
   assert len(out['warnings']) == 1 and 'diverged' in out['warnings'][0]
   assert out['values'][1]['hurt'] == ['c0']

@@ -1,0 +1,113 @@
+"""The per-class test under a realistic null and under planted drops, at 1, 2, 4 and 8 seeds.
+
+The generator (docs/statistics.md): every model sees the same test images, each with a
+fixed difficulty on the logit scale; a seed moves each class by a logit shift shared by
+all sweep values, and each run adds a fresh shift of the same law at every value (per-class
+accuracy sd over seeds 1-1.5 points, 5 points for the two hard classes: 4x more);
+each image is then right or wrong at random given its probability. The knob does nothing,
+except for a planted drop in one class when asked.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import optimize, special, stats as sps
+
+from classbias_jax import analysis
+
+CLASSES = 10
+IMAGES = 1000  # per class, as in CIFAR-10
+ACCURACY = np.r_[np.linspace(0.90, 0.97, CLASSES - 2), 0.80, 0.85]  # two hard classes last
+RUN_SD = np.r_[np.linspace(0.01, 0.015, CLASSES - 2), 0.05, 0.05]  # accuracy sd over seeds
+PLANTED = 3  # a typical class (92% accurate, 1.6-point run sd)
+DIFFICULTY = 1.5 * sps.norm.ppf((np.arange(IMAGES) + 0.5) / IMAGES)  # logit sd of images
+
+
+def _class_logits(accuracy: float) -> float:
+  """The class's logit offset that gives it `accuracy` over DIFFICULTY."""
+  return float(optimize.brentq(lambda m: special.expit(m + DIFFICULTY).mean() - accuracy, -20, 20))
+
+
+OFFSET = np.array([_class_logits(a) for a in ACCURACY])
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(40)  # for E over a standard normal
+
+
+def _run_sd(offset: float, tau: float) -> float:
+  """Accuracy sd over runs of a class whose logit moves by N(0, tau^2)."""
+  acc = special.expit(offset + tau * _NODES[:, None] + DIFFICULTY).mean(1)
+  mean = _WEIGHTS @ acc / _WEIGHTS.sum()
+  return float(np.sqrt(_WEIGHTS @ (acc - mean) ** 2 / _WEIGHTS.sum()))
+
+
+# Logit-scale sd of each of the seed and the run shift: each moves accuracy by RUN_SD.
+TAU = np.array([optimize.brentq(lambda t: _run_sd(m, t) - sd, 1e-4, 10)
+                for m, sd in zip(OFFSET, RUN_SD)])
+LABELS = np.repeat(np.arange(CLASSES), IMAGES)
+_DIFFICULTY32 = np.tile(DIFFICULTY, CLASSES).astype(np.float32)
+
+
+def drop_logit(drop: float) -> float:
+  """The logit shift that lowers PLANTED's accuracy by `drop`."""
+  target = ACCURACY[PLANTED] - drop
+  return _class_logits(target) - OFFSET[PLANTED]
+
+
+def simulate_correct(rng, seeds: int, shift: float = 0.0) -> np.ndarray:
+  """Correctness bool [2, S, N] of a 2-value sweep; `shift` is added to PLANTED at value 1."""
+  seed_shift = rng.normal(0, TAU, (1, seeds, CLASSES))  # shared by both values
+  run_shift = rng.normal(0, TAU, (2, seeds, CLASSES))
+  logits = (seed_shift + run_shift + OFFSET).astype(np.float32)
+  logits[1, :, PLANTED] += shift
+  logits = logits[:, :, LABELS] + _DIFFICULTY32
+  return rng.random(logits.shape, np.float32) < special.expit(logits)
+
+
+def flags(correct: np.ndarray, compare=None) -> tuple[np.ndarray, np.ndarray]:
+  """(hurt, helped) bool [C] of value 1 against value 0, by the report's rule."""
+  diff = analysis.paired_difference(correct, np.ones(correct.shape[:2], bool), 1, 0)
+  if compare is not None:
+    out = compare(diff, LABELS, CLASSES)
+    return out['hurt'], out['helped']
+  reference = correct[0].reshape(len(diff), CLASSES, IMAGES).mean((0, 2))  # LABELS sorted
+  comps = analysis.flag_family([analysis.compare(diff, LABELS, CLASSES, reference)])
+  return comps[0]['hurt'], comps[0]['helped']
+
+
+def rates(seeds: int, sweeps: int, drop: float = 0.0, seed: int = 0, compare=None):
+  """(share of sweeps with any false flag, share where PLANTED is flagged hurt)."""
+  rng = np.random.default_rng(seed)
+  shift = drop_logit(drop) if drop else 0.0
+  false_any = recall = 0
+  for _ in range(sweeps):
+    hurt, helped = flags(simulate_correct(rng, seeds, shift), compare)
+    wrong = hurt | helped
+    if drop:
+      recall += bool(hurt[PLANTED])
+      wrong[PLANTED] = False
+    false_any += bool(wrong.any())
+  return false_any / sweeps, recall / sweeps
+
+
+def test_generator_matches_its_description():
+  rng = np.random.default_rng(1)
+  acc = analysis.class_accuracy(simulate_correct(rng, 400), LABELS, CLASSES)  # [2, S, C]
+  np.testing.assert_allclose(acc.mean((0, 1)), ACCURACY, atol=0.03)  # less: Jensen
+  # sd over seeds at one value: seed and run shifts together, plus image draws.
+  sd = acc[0].std(0)
+  assert np.all(sd > 1.2 * RUN_SD) and np.all(sd < 1.8 * RUN_SD)
+  assert sd[-2:].min() > 2 * np.median(sd[:-2])
+
+
+@pytest.mark.parametrize('seeds, sweeps', [(1, 100), (2, 400), (4, 400), (8, 300)])
+def test_null_any_false_flag_rate_holds_its_level(seeds, sweeps):
+  false_any, _ = rates(seeds, sweeps, seed=seeds)
+  # 0.05 plus three binomial standard errors of Monte Carlo slack.
+  assert false_any <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / sweeps)
+  if seeds == 1:
+    assert false_any == 0  # nothing is ever listed from one pair of runs
+
+
+def test_planted_ten_point_drop_is_found_at_eight_seeds():
+  false_any, recall = rates(8, 100, drop=0.10, seed=11)
+  assert recall >= 0.8
+  assert false_any <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 100)
