@@ -1,1 +1,0 @@
-"""Measuring the training step: strategies, FLOPs, the benchmarked step, host memory."""
