@@ -20,22 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# torchvision's defaults (RandomResizedCrop, RandomHorizontalFlip, RandomErasing), except
-# that colour jitter and erasing are off unless a study turns them on.
-KNOB_DEFAULTS = {
-    'crop_scale_min': 0.08,
-    'crop_scale_max': 1.0,
-    'crop_ratio_min': 3.0 / 4.0,
-    'crop_ratio_max': 4.0 / 3.0,
-    'flip_prob': 0.5,
-    'color_strength': 0.0,
-    'erase_prob': 0.0,
-    'erase_scale_min': 0.02,
-    'erase_scale_max': 0.33,
-    'erase_ratio_min': 0.3,
-    'erase_ratio_max': 3.3,
-    'erase_value': 0.0,
-}
+from classbias_jax import configs
 
 # The ops of `augment_batch`, in the order they are applied.
 OPS = ('pad_crop', 'crop', 'flip', 'color')
@@ -355,22 +340,14 @@ def sample_erase_box(key, height: int, width: int, scale, ratio):
 def _per_image(knobs: Mapping[str, jnp.ndarray], names: Sequence[str], labels):
   """{name: [B, ...]}: each knob broadcast (scalar) or looked up by label (table[labels]).
 
-  A missing knob takes its KNOB_DEFAULTS value.
+  A knob not given takes its configs.KNOBS default.
   """
-  out = {}
+  out, defaults = {}, configs.defaults()
   for name in names:
-    value = jnp.asarray(knobs.get(name, KNOB_DEFAULTS[name]), jnp.float32)
+    value = jnp.asarray(knobs[name] if name in knobs else defaults[name], jnp.float32)
     out[name] = (jnp.broadcast_to(value, labels.shape) if value.ndim == 0
                  else jnp.take(value, labels, axis=0))
   return out
-
-
-_KNOBS_OF_OP = {
-    'pad_crop': (),
-    'crop': ('crop_scale_min', 'crop_scale_max', 'crop_ratio_min', 'crop_ratio_max'),
-    'flip': ('flip_prob',),
-    'color': ('color_strength',),
-}
 
 
 def augment_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray],
@@ -382,7 +359,8 @@ def augment_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray],
       fold_in of that key, so turning one op on or off leaves the others' draws alone.
     images: float32 [B, H, W, C] in [0, 1].
     labels: int [B], to look up per-class knob tables.
-    knobs: name -> scalar or [num_classes] table; see KNOB_DEFAULTS (missing -> default).
+    knobs: short name -> scalar or [num_classes] table, for every knob of the ops
+      (configs.KNOBS; a missing one takes its default, other entries are ignored).
       'color_strength' s means ColorJitter(0.8s, 0.8s, 0.8s, 0.2s).
     ops: static subset of OPS, always applied in OPS's order: pad_crop (RandomCrop with
       zero padding), crop (RandomResizedCrop back to H x W), flip, color.
@@ -392,7 +370,7 @@ def augment_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray],
   if unknown:
     raise ValueError(f'unknown augmentation ops {sorted(unknown)}; known: {OPS}')
   _, height, width, _ = images.shape
-  names = [n for op in OPS if op in ops for n in _KNOBS_OF_OP[op]]
+  names = [n for op in OPS if op in ops for n in configs.knobs_of(op)]
   values = _per_image(knobs, names, labels)
   keys = jax.random.split(key, images.shape[0])
 
@@ -415,10 +393,6 @@ def augment_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray],
   return jax.vmap(one)(keys, images, values)
 
 
-_ERASE_KNOBS = ('erase_prob', 'erase_scale_min', 'erase_scale_max', 'erase_ratio_min',
-                'erase_ratio_max', 'erase_value')
-
-
 def erase_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray]):
   """[B, H, W, C] -> [B, H, W, C]: RandomErasing on normalised images, per image.
 
@@ -428,7 +402,7 @@ def erase_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray]):
   normalised).
   """
   _, height, width, _ = images.shape
-  v = _per_image(knobs, _ERASE_KNOBS, labels)
+  v = _per_image(knobs, configs.knobs_of('erase'), labels)
   keys = jax.random.split(key, images.shape[0])
 
   def one(k, img, v):

@@ -3,12 +3,12 @@
   python -m classbias_jax.benchmark --model=resnet20 --batch=128 --models=8 --strategy=auto \\
       --compare-sequential --torch
 
-Times the step that train.run compiles (train.make_train_step: pad-4 crop + flip
+Times the step that trainer.run compiles (step.make_train_step: pad-4 crop + flip
 augmentation on device as in a study, forward, backward, SGD update of all M models,
-called as train.loop runs it) on random images after warm-up, and prints, as its last
-line, one JSON object: model, batch, models, strategy (resolved), backend, device_kind,
-compile_s, step_s (median), images_per_s (all models), images_per_s_per_model,
-model_epochs_per_hour, flops_per_step (train.model_flops: 3x the forward pass's
+called as train.loop runs it; tuning/prepared.py) on random images after warm-up, and
+prints, as its last line, one JSON object: model, batch, models, strategy (resolved),
+backend, device_kind, compile_s, step_s (median), images_per_s (all models), images_per_s_per_model,
+model_epochs_per_hour, flops_per_step (tuning/flops.py model_flops: 3x the forward pass's
 convolution and matmul FLOPs, the same on every backend), xla_flops_per_step (XLA's cost
 analysis of the step: on GPU it leaves out the cuDNN convolutions), achieved_tflops,
 matmul_peak_tflops (a large f32 matmul, bf16 on GPU/TPU, measured in the same process),
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 
@@ -44,8 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--model', default='resnet20')
   p.add_argument('--batch', type=int, default=128, help='images per model per step')
   p.add_argument('--models', type=int, default=8, help='M, models trained together')
-  p.add_argument('--strategy', default='auto',
-                 help='auto, unroll, vmap, chunked, sequential, shard[:inner]')
+  p.add_argument('--strategy', default='rule',
+                 help="rule (the studies' default), auto (measured), unroll, vmap, chunked, "
+                 'sequential, shard[:inner]')
   p.add_argument('--chunk-size', type=int, default=4, help="models per chunk for 'chunked'")
   p.add_argument('--augment', choices=tuple(AUGMENTATIONS), default='on',
                  help='; '.join(f'{k}: {v}' for k, v in AUGMENTATIONS.items()))
@@ -66,16 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='CPU only: split the host into this many XLA devices (for shard)')
   p.add_argument('--materialize', choices=('auto', 'on', 'off'), default='auto',
                  help="the convolutions' weight-gradient operands computed once "
-                 "(models/conv.py materialized); auto: on CPU")
+                 "(the CPU model's materialized operands); auto: on CPU")
   p.add_argument('--malloc', choices=('hugepages', 'retain', 'system'), default=None,
-                 help='host allocator on CPU (hostmem.py): hugepages (default, or '
+                 help='host allocator on CPU (tuning/hostmem.py): hugepages (default, or '
                  '$CLASSBIAS_MALLOC): transparent huge pages for large blocks; retain: '
                  'freed memory stays in the process; system: the C library defaults')
   p.add_argument('--compare-materialize', action='store_true',
                  help='also time the step with the opposite --materialize setting')
   p.add_argument('--compare-conv-chunk', action='store_true',
                  help='also time the step with whole-batch convolutions (conv_batch_chunk=0; '
-                 'on CPU the ResNets run in chunks of 32 images by default, models/resnet.py)')
+                 'on CPU the ResNets run in chunks of 32 images by default, models/)')
   p.add_argument('--compare-augment', action='store_true',
                  help='also time the step with the opposite --augment setting (its cost)')
   p.add_argument('--profile', type=int, default=0, metavar='STEPS',
@@ -109,9 +109,9 @@ def study_config(args):
   c.train.loop = args.loop
   a = args.augment
   c.aug.pad_crop = 4 if a in ('on', 'color', 'erase') else 0
-  c.aug.flip = a != 'off'
+  c.aug.flip_prob = 0.0 if a == 'off' else 0.5
   if a in ('crop', 'study'):
-    c.aug.crop, c.aug.crop_scale_min = True, 0.08
+    c.aug.crop_scale_min = 0.08
   if a in ('color', 'study'):
     c.aug.color_strength = 1.0
   if a in ('erase', 'study'):
@@ -124,14 +124,14 @@ def matmul_peak_tflops(backend: str, calls: int = 10) -> float:
   """Best TFLOP/s of a square matmul: f32 2048^2 on CPU, bf16 8192^2 elsewhere."""
   import jax
   import jax.numpy as jnp
-  from classbias_jax import parallel
+  from classbias_jax.tuning import strategy as tuning
   n, dtype = (2048, jnp.float32) if backend == 'cpu' else (8192, jnp.bfloat16)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(jnp.matmul)
   run = lambda: matmul(a, b).block_until_ready()
   run()
-  return 2 * n ** 3 / min(parallel.time_calls(run, calls)) / 1e12
+  return 2 * n ** 3 / min(tuning.time_calls(run, calls)) / 1e12
 
 
 class TorchReference:
@@ -172,14 +172,14 @@ def interleaved(runners: dict, steps: int, rounds: int) -> tuple[dict, dict]:
   a shared machine hits them alike. CPU seconds (all threads) measure the work done
   whatever share of the cores the process got."""
   import time
-  from classbias_jax import parallel
+  from classbias_jax.tuning import strategy as tuning
   per_round = max(1, steps // rounds)
   times = {name: [] for name in runners}
   cpu = {name: 0.0 for name in runners}
   for _ in range(rounds):
     for name, run in runners.items():
       start = time.process_time() + getattr(run, 'cpu_s', 0.0)  # a child process's own
-      times[name] += parallel.time_calls(run, per_round)
+      times[name] += tuning.time_calls(run, per_round)
       cpu[name] += time.process_time() + getattr(run, 'cpu_s', 0.0) - start
   return times, {name: c / (per_round * rounds) for name, c in cpu.items()}
 
@@ -187,7 +187,7 @@ def interleaved(runners: dict, steps: int, rounds: int) -> tuple[dict, dict]:
 def benchmark(args) -> dict:
   """Runs the measurements of `args` and returns the JSON record."""
   import jax
-  from classbias_jax import hostmem, parallel
+  from classbias_jax.tuning import hostmem, strategy as tuning
   step, runners, resolved = prepare(args)
   for run in runners.values():  # warm-up: first calls allocate and fill caches
     run(), run()
@@ -199,7 +199,7 @@ def benchmark(args) -> dict:
               for k in runners}
   times = {k: [t / per_call[k] for t in v] for k, v in times.items()}
   cpu = {k: c / per_call[k] for k, c in cpu.items()}
-  step_s = parallel.median(times['sweep'])
+  step_s = tuning.median(times['sweep'])
   backend = jax.default_backend()
   peak = matmul_peak_tflops(backend)
   images = args.batch * args.models
@@ -208,7 +208,7 @@ def benchmark(args) -> dict:
       'requested_strategy': args.strategy, 'augment': args.augment, 'dtype': args.dtype,
       'image_size': args.image_size, 'backend': backend,
       'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(),
-      'cpu': parallel.cpu_model(), 'jax': jax.__version__,
+      'cpu': tuning.cpu_model(), 'jax': jax.__version__,
       'compile_s': step.compile_s, 'step_s': step_s, 'images_per_s': images / step_s,
       'images_per_s_per_model': args.batch / step_s, 'flops_per_step': step.flops,
       'xla_flops_per_step': step.xla_flops,
@@ -221,7 +221,8 @@ def benchmark(args) -> dict:
       **ratios(times, cpu, step_s, args),
   }
   if args.profile:
-    record['profile'] = op_profile(step, args.profile)
+    from classbias_jax.tuning import profile
+    record['profile'] = profile.op_profile(step, args.profile)
   return record
 
 
@@ -229,17 +230,21 @@ def prepare(args):
   """(the sweep's PreparedStep, runners by name, resolved settings for the record)."""
   import jax
   import jax.numpy as jnp
-  from classbias_jax import train
+  from classbias_jax import model_axis
   from classbias_jax.models import create_model
+  from classbias_jax.tuning import prepared as prepared_lib
+  from classbias_jax.tuning import strategy as tuning
   config = study_config(args)
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
   model = create_model(args.model, args.num_classes, 1.0, dtype)
   shape_args = dict(image_shape=(args.image_size, args.image_size, 3),
                     num_classes=args.num_classes)
-  strategy = train.choose_strategy(config, model, **shape_args)
-  materialize = {'auto': model.materializes(), 'on': True, 'off': False}[args.materialize]
-  loop = train.resolve_loop(args.loop, strategy=strategy)
-  prepared = lambda config, strategy, materialize, model=model: train.prepared_step(
+  strategy = (tuning.choose(config, model, **shape_args) if args.strategy == 'auto' else
+              model_axis.resolve_strategy(args.strategy, args.models, args.loop))
+  own = model.materializes() if hasattr(model, 'materializes') else False
+  materialize = {'auto': own, 'on': True, 'off': False}[args.materialize]
+  loop = model_axis.resolve_loop(args.loop, strategy=strategy)
+  prepared = lambda config, strategy, materialize, model=model: prepared_lib.prepared_step(
       model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)
   step = prepared(config, strategy, materialize)
   print(f'compiled the {strategy} step of {args.models} models in {step.compile_s:.1f} s',
@@ -275,175 +280,58 @@ def prepare(args):
 
 
 def augment_alone(config, args):
-  """A call that runs only the step's augmentation (train.make_preprocess) of all M models
+  """A call that runs only the step's augmentation (step.make_preprocess) of all M models
   on one batch, compiled on its own: its time over the step's is the augmentation's share,
   measured directly rather than as the difference of two noisy step times."""
   import jax
   import numpy as np
-  from classbias_jax import sweep as sweep_lib
-  from classbias_jax import train
-  sweep = sweep_lib.from_config(config)
-  knobs = sweep_lib.knob_arrays(config, sweep, args.num_classes)
-  ops, erase = train.augment_ops(config, knobs)
-  preprocess = train.make_preprocess(config, ops, erase, mean=np.full(3, 0.5, np.float32),
-                                     std=np.full(3, 0.25, np.float32))
+  from classbias_jax import step as step_lib
+  from classbias_jax.tuning import prepared
+  plan = prepared.stand_in_plan(config, image_shape=(args.image_size, args.image_size, 3),
+                                num_classes=args.num_classes, strategy='unroll',
+                                loop='python', num_batches=1)
+  preprocess = step_lib.make_preprocess(plan)
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (args.batch, args.image_size, args.image_size,
                                                 3), np.uint8))
   labels = jax.device_put(rng.integers(0, args.num_classes, args.batch).astype(np.int32))
-  keys = jax.random.split(jax.random.key(0), sweep.num_models)
-  knobs = jax.device_put(knobs)
+  keys = jax.random.split(jax.random.key(0), plan.num_models)
+  knobs = jax.device_put(plan.knobs)
   run_all = jax.jit(jax.vmap(preprocess, in_axes=(0, None, None, 0)))
   return lambda: run_all(keys, images, labels, knobs).block_until_ready()
 
 
 def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:
   """The comparisons that were run: > 1 means the sweep's step (as configured) is faster."""
-  from classbias_jax import parallel
+  from classbias_jax.tuning import strategy as tuning
   out = {}
   if 'sequential' in times:
-    out['sequential_step_s'] = parallel.median(times['sequential'])
+    out['sequential_step_s'] = tuning.median(times['sequential'])
     out['sequential_ratio'] = out['sequential_step_s'] / step_s
     out['sequential_cpu_ratio'] = cpu['sequential'] / cpu['sweep']
   if 'materialize_flipped' in times:
-    out['materialize_ratio'] = parallel.median(times['materialize_flipped']) / step_s
+    out['materialize_ratio'] = tuning.median(times['materialize_flipped']) / step_s
   if 'whole_batch_convs' in times:
-    out['conv_chunk_ratio'] = parallel.median(times['whole_batch_convs']) / step_s
+    out['conv_chunk_ratio'] = tuning.median(times['whole_batch_convs']) / step_s
     out['conv_chunk_cpu_ratio'] = cpu['whole_batch_convs'] / cpu['sweep']
   if 'augment_flipped' in times:
     # The augmentation's share of the step with it: (with - without) / with.
     on, off = ('sweep', 'augment_flipped') if args.augment != 'off' else ('augment_flipped',
                                                                            'sweep')
-    with_aug, without = parallel.median(times[on]), parallel.median(times[off])
+    with_aug, without = tuning.median(times[on]), tuning.median(times[off])
     out['augment_step_s'], out['no_augment_step_s'] = with_aug, without
     out['augment_overhead'] = (with_aug - without) / with_aug
     out['augment_cpu_overhead'] = (cpu[on] - cpu[off]) / cpu[on]
-    out['augment_alone_s'] = parallel.median(times['augment_alone'])
+    out['augment_alone_s'] = tuning.median(times['augment_alone'])
     out['augment_alone_share'] = out['augment_alone_s'] / with_aug
   if 'torch' in times:
-    out['torch_images_per_s'] = args.batch / parallel.median(times['torch'])
+    out['torch_images_per_s'] = args.batch / tuning.median(times['torch'])
     out['torch_ratio'] = args.batch * args.models / step_s / out['torch_images_per_s']
     # CPU seconds per image, PyTorch's over ours: the work ratio whatever the load.
     out['torch_cpu_ratio'] = (cpu['torch'] / args.batch) / (cpu['sweep'] / (
         args.batch * args.models))
   return out
 
-
-# ----------------------------------------------------------------------------------------
-# Op-level profile: a jax.profiler trace, each executed HLO instruction matched to the
-# compiled program's text to name what it does.
-# ----------------------------------------------------------------------------------------
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = .+? ([a-z][\w\-]*)\((.*)$')
-_COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) .*\{$')
-
-
-def hlo_instructions(hlo: str) -> dict[str, dict[str, str]]:
-  """name -> {'category', 'op'} for every instruction of the compiled HLO text; a fusion
-  is categorised by the root of the computation it calls."""
-  roots, parsed, current = {}, {}, None
-  for line in hlo.splitlines():
-    header = _COMPUTATION.match(line)
-    if header:
-      current = header.group(1)
-      continue
-    m = _INSTRUCTION.match(line)
-    if not m:
-      continue
-    name, opcode, rest = m.groups()
-    calls = re.search(r'calls=%([\w.\-]+)', rest)
-    op_name = re.search(r'op_name="([^"]*)"', rest)
-    target = re.search(r'custom_call_target="([^"]*)"', rest)
-    if target:  # GPU: cuDNN convolutions and cuBLAS matmuls are custom calls
-      opcode = 'custom-call:' + target.group(1)
-    parsed[name] = (opcode, calls.group(1) if calls else None,
-                    op_name.group(1) if op_name else '')
-    if line.lstrip().startswith('ROOT'):
-      roots[current] = opcode
-  return {name: {'category': _category(name, roots.get(called, opcode) if called else opcode),
-                 'op': op_name} for name, (opcode, called, op_name) in parsed.items()}
-
-
-def _category(name: str, root: str) -> str:
-  if root.startswith('custom-call:'):
-    target = root.lower()
-    if 'conv' in target:
-      return 'convolution (cuDNN)'
-    if 'gemm' in target or 'blas' in target or 'matmul' in target:
-      return 'matmul'
-    return 'custom call'
-  if root.startswith('convolution'):
-    return 'convolution (YNNPACK)' if name.startswith('ynn') else 'convolution (XLA)'
-  if root == 'dot':
-    return 'matmul'
-  if root in ('copy', 'transpose'):
-    return 'transpose/copy'
-  if root in ('reduce', 'reduce-window'):
-    return 'reduce'
-  if root in ('gather', 'scatter', 'dynamic-slice', 'dynamic-update-slice', 'while'):
-    return 'gather/scatter/loops'
-  return 'elementwise'
-
-
-def op_profile(step, calls: int, top: int = 12) -> dict:
-  """Milliseconds per step spent in each op category and in the `top` slowest ops (summed
-  over threads, so they can exceed the wall time when ops overlap)."""
-  import glob
-  import gzip
-  import tempfile
-  import time
-  import jax
-  info = hlo_instructions(step.compiled.as_text())
-  with tempfile.TemporaryDirectory() as tmp:
-    jax.profiler.start_trace(tmp, create_perfetto_trace=True)
-    t0 = time.perf_counter()
-    for _ in range(calls):
-      step.run()
-    wall = time.perf_counter() - t0
-    jax.profiler.stop_trace()
-    path, = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
-    with gzip.open(path) as f:
-      events = json.load(f)['traceEvents']
-  return summarize_trace(events, info, calls * step.steps_per_call, wall, top)
-
-
-def summarize_trace(events: list, info: dict, steps: int, wall: float, top: int = 12) -> dict:
-  """Milliseconds per step by op category and the `top` slowest ops, from a trace's events
-  (chrome trace format) and `hlo_instructions` of the program: on CPU the events are the
-  ops themselves; on an accelerator only its kernels count (host events would count the
-  same work twice), matched to ops by name or by their 'hlo_op' argument."""
-  # Accelerator events are kernels, named by the kernel; their args name the HLO op.
-  device_pids = {e.get('pid') for e in events if e.get('ph') == 'M' and
-                 e.get('name') == 'process_name' and
-                 re.search(r'/device:(GPU|TPU)', str(e.get('args', {}).get('name', '')))}
-  per_op: dict[str, float] = {}
-  unmatched: dict[str, float] = {}
-  device_busy_ms = 0.0
-  for e in events:
-    if e.get('ph') != 'X' or (device_pids and e.get('pid') not in device_pids):
-      continue  # on an accelerator, only its kernels: host events would count twice
-    ms = e.get('dur', 0) / 1e3 / steps
-    args = e.get('args') or {}
-    name = next((n for n in (e.get('name'), args.get('hlo_op'), args.get('long_name'))
-                 if n in info), None)
-    if device_pids:
-      device_busy_ms += ms
-    if name is not None:
-      per_op[name] = per_op.get(name, 0.0) + ms
-    elif device_pids:
-      unmatched[e.get('name', '?')] = unmatched.get(e.get('name', '?'), 0.0) + ms
-  by_category: dict[str, float] = {}
-  for name, ms in per_op.items():
-    by_category[info[name]['category']] = by_category.get(info[name]['category'], 0.0) + ms
-  slowest = sorted(per_op, key=per_op.get, reverse=True)[:top]
-  if unmatched:
-    by_category['kernels not matched to an op'] = sum(unmatched.values())
-  out = {'wall_ms_per_step': 1e3 * wall / steps, 'op_ms_per_step': sum(by_category.values()),
-         'category_ms': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
-         'top_ops': [{'name': n, 'ms': per_op[n], **info[n]} for n in slowest]}
-  if device_pids:  # an accelerator: how busy it was, and what could not be named
-    out['device_busy_ms_per_step'] = device_busy_ms
-    out['top_unmatched'] = sorted(unmatched.items(), key=lambda kv: -kv[1])[:top]
-  return out
 
 
 def summary(r: dict) -> str:

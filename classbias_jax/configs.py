@@ -2,22 +2,83 @@
 argument parser, and validation of a resolved config."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ml_collections
 
 from classbias_jax.errors import ConfigError
 
-# Knobs that are traced per model (arrays [M]) and so may be swept inside one program.
-TRACED_KNOBS = (
-    'optim.weight_decay', 'optim.learning_rate', 'optim.label_smoothing',
-    'aug.crop_scale_min', 'aug.crop_scale_max', 'aug.crop_ratio_min', 'aug.crop_ratio_max',
-    'aug.flip_prob', 'aug.color_strength',
-    'aug.erase_prob', 'aug.erase_scale_min', 'aug.erase_scale_max', 'aug.erase_ratio_min',
-    'aug.erase_ratio_max', 'aug.erase_value',
-)
-STRATEGIES = ('auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard', 'shard:unroll',
-              'shard:vmap', 'shard:chunked')
+@dataclasses.dataclass(frozen=True)
+class Knob:
+  """One row of KNOBS: a config field that changes what each model trains with.
+
+  default: the base config's value. traced: a per-model array [M] on device, so it can be
+  swept inside one program (else a static, compiled-in value). per_class: may be given as
+  a table of one value per class, looked up by each image's label (`class_knobs`).
+  off: the value at which the knob does nothing (None: no such value); an augmentation op
+  is compiled when any model has one of its knobs away from `off`, and the analysis uses
+  `off` as the "knob off" reference. op: what consumes it: an augmentation op of
+  augment.py ('pad_crop', 'crop', 'flip', 'color', 'erase') or 'optimizer' (step.py).
+  """
+  default: float
+  op: str
+  off: float | None = None
+  traced: bool = True
+  per_class: bool = False
+
+
+# The one table of knobs. A new traced knob is one row here (plus its kernel when it feeds
+# a new op); step.py and augment.py read each value by its short name (the last part).
+KNOBS = {
+    'optim.learning_rate': Knob(0.1, 'optimizer'),  # peak, for train.batch_size
+    'optim.weight_decay': Knob(5e-4, 'optimizer', off=0.0),  # L2 added to the gradient
+    'aug.pad_crop': Knob(0, 'pad_crop', off=0, traced=False),  # CIFAR crop, zero padding
+    # RandomResizedCrop back to the input size; scale (1, 1) is no crop.
+    'aug.crop_scale_min': Knob(1.0, 'crop', off=1.0, per_class=True),
+    'aug.crop_scale_max': Knob(1.0, 'crop', off=1.0, per_class=True),
+    'aug.crop_ratio_min': Knob(3 / 4, 'crop', per_class=True),
+    'aug.crop_ratio_max': Knob(4 / 3, 'crop', per_class=True),
+    'aug.flip_prob': Knob(0.0, 'flip', off=0.0, per_class=True),  # horizontal flip
+    # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) at strength s
+    'aug.color_strength': Knob(0.0, 'color', off=0.0, per_class=True),
+    'aug.erase_prob': Knob(0.0, 'erase', off=0.0, per_class=True),  # RandomErasing
+    'aug.erase_scale_min': Knob(0.02, 'erase', per_class=True),
+    'aug.erase_scale_max': Knob(0.33, 'erase', per_class=True),
+    'aug.erase_ratio_min': Knob(0.3, 'erase', per_class=True),
+    'aug.erase_ratio_max': Knob(3.3, 'erase', per_class=True),
+    # in normalised units: 0 erases to the dataset mean
+    'aug.erase_value': Knob(0.0, 'erase', per_class=True),
+}
+# The model axis (model_axis.py): 'rule' is the documented per-backend rule; 'auto'
+# measures the candidates on this machine (opt-in; tuning/strategy.py).
+STRATEGIES = ('rule', 'auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard',
+              'shard:unroll', 'shard:vmap', 'shard:chunked')
+
+
+def short_name(dotted: str) -> str:
+  """'aug.color_strength' -> 'color_strength', the name step.py and augment.py read."""
+  return dotted.rsplit('.', 1)[-1]
+
+
+def traced_knobs() -> list[str]:
+  """Dotted names of the knobs that may be swept inside one program."""
+  return [name for name, knob in KNOBS.items() if knob.traced]
+
+
+def knobs_of(op: str) -> tuple[str, ...]:
+  """Short names of the traced knobs that feed `op`, in table order."""
+  return tuple(short_name(n) for n, k in KNOBS.items() if k.op == op and k.traced)
+
+
+def defaults() -> dict[str, float]:
+  """Short name -> the base config's value of every knob."""
+  return {short_name(n): k.default for n, k in KNOBS.items()}
+
+
+def off_values() -> dict[str, float]:
+  """Short name -> the value at which the knob does nothing, for knobs that have one."""
+  return {short_name(n): k.off for n, k in KNOBS.items() if k.off is not None}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -77,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # compute dtype ('bfloat16' for GPU/TPU); params stay float32
 
   c.sweep = ml_collections.ConfigDict()
-  c.sweep.name = 'optim.weight_decay'  # dotted path of the swept field (one of TRACED_KNOBS)
+  c.sweep.name = 'optim.weight_decay'  # dotted path of the swept field (a traced row of KNOBS)
   c.sweep['values'] = (0.0, 5e-4)  # V values
 
   c.train = ml_collections.ConfigDict()
@@ -85,38 +146,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128
   c.train.eval_batch_size = 500
   c.train.eval_every = 0  # evaluate on test every k epochs for curves (0: only at the end)
-  c.train.strategy = 'auto'  # the model axis: auto, unroll, vmap, chunked, sequential, shard
+  # The model axis (model_axis.py): 'rule' (the per-backend rule), 'auto' (measured on
+  # this machine), or a strategy by name: unroll, vmap, chunked, sequential, shard[:inner]
+  c.train.strategy = 'rule'
   c.train.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
   c.train.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
   c.train.checkpoint_every = 0  # save WORKDIR/checkpoint every k epochs to resume (0: off)
+  # JAX's persistent compilation cache ('' = off; $CLASSBIAS_COMPILE_CACHE overrides):
+  # a rerun of a study skips compilation. It never changes what runs.
+  c.train.compile_cache = os.path.join('~', '.cache', 'classbias_jax', 'jax')
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 0.1  # peak, for batch_size
   c.optim.momentum = 0.9
-  c.optim.nesterov = False
-  c.optim.weight_decay = 5e-4
-  c.optim.decoupled_weight_decay = False  # False: L2 added to the gradient (PyTorch SGD)
-  c.optim.decay_norm_and_bias = True  # False: no decay on BatchNorm scales and biases
-  c.optim.warmup_epochs = 1.0
-  c.optim.schedule = 'cosine'  # 'cosine' (after linear warmup) or 'constant'
-  c.optim.label_smoothing = 0.0
+  c.optim.warmup_epochs = 1.0  # linear warmup, then cosine decay to 0
 
   c.aug = ml_collections.ConfigDict()
-  c.aug.pad_crop = 0  # CIFAR-style random crop with this zero padding (0 = off)
-  c.aug.crop = False  # RandomResizedCrop back to the input size
-  c.aug.crop_scale_min = 0.08
-  c.aug.crop_scale_max = 1.0
-  c.aug.crop_ratio_min = 3 / 4
-  c.aug.crop_ratio_max = 4 / 3
-  c.aug.flip = False  # random horizontal flip
-  c.aug.flip_prob = 0.5
-  c.aug.color_strength = 0.0  # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s); 0 = off
-  c.aug.erase_prob = 0.0  # RandomErasing probability; 0 = off
-  c.aug.erase_scale_min = 0.02
-  c.aug.erase_scale_max = 0.33
-  c.aug.erase_ratio_min = 0.3
-  c.aug.erase_ratio_max = 3.3
-  c.aug.erase_value = 0.0  # in normalised units: 0 erases to the dataset mean
+  for dotted, knob in KNOBS.items():
+    section, name = dotted.split('.')
+    c[section][name] = knob.default
 
   # Class-conditional knobs: short knob name -> one value per class (NaN = the model's own
   # value), e.g. class_knobs.color_strength = (0, nan, ...) turns jitter off for class 0.
@@ -161,9 +208,9 @@ def get_field(config, dotted: str):
 
 def validate(config) -> None:
   """Raises ConfigError when the resolved config cannot run."""
-  if config.sweep.name not in TRACED_KNOBS:
+  if config.sweep.name not in traced_knobs():
     raise ConfigError(f'sweep.name {config.sweep.name!r} cannot be swept inside one program; '
-                      f'choose one of {", ".join(TRACED_KNOBS)}')
+                      f'choose one of {", ".join(traced_knobs())}')
   values = tuple(config.sweep['values'])  # `.values` is ConfigDict's method
   if len(values) < 1:
     raise ConfigError('sweep.values is empty')
@@ -187,7 +234,10 @@ def validate(config) -> None:
   if config.train.checkpoint_every < 0:
     raise ConfigError(f'train.checkpoint_every must be >= 0 (0 = off), got '
                       f'{config.train.checkpoint_every}')
-  if config.optim.schedule not in ('cosine', 'constant'):
-    raise ConfigError(f'optim.schedule {config.optim.schedule!r}; choose cosine or constant')
   if config.model.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'model.dtype {config.model.dtype!r}; choose float32 or bfloat16')
+  per_class = [short_name(n) for n, k in KNOBS.items() if k.per_class]
+  for short in config.get('class_knobs', {}):
+    if short not in per_class:
+      raise ConfigError(f'class_knobs.{short}: not a per-class knob; choose from '
+                        f'{", ".join(per_class)}')

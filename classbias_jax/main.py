@@ -1,14 +1,14 @@
 """Runs one study: `python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=DIR`.
 
-Parses flags and calls `train.run`; errors a user can fix are printed as one line.
+Parses flags and calls `trainer.run`; errors a user can fix are printed as one line.
 """
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from classbias_jax import hostmem
 from classbias_jax.errors import UserError
+from classbias_jax.tuning import hostmem
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config file.',
                                           lock_config=True)
@@ -21,9 +21,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
-  from classbias_jax import train  # after hostmem.setup: JAX starts its threads later
+  from classbias_jax import trainer  # after hostmem.setup: JAX starts its threads later
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
+    trainer.setup_compile_cache(_CONFIG.value)
+    trainer.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     sys.exit(f'error: {e}')
 

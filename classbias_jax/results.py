@@ -1,4 +1,5 @@
-"""The on-disk results contract (DESIGN.md): the only module that writes results.
+"""The on-disk results contract (docs/architecture.md): the only module that writes results,
+and the assembly of a finished run's arrays into it.
 
 `WORKDIR/results.npz` holds, for V sweep values, S seeds, C classes, N test images:
   per_class_accuracy float32 [V, S, C]   mean_accuracy float32 [V, S]
@@ -15,6 +16,7 @@ reader sees a whole file or none.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -149,4 +151,56 @@ def load(workdir: str) -> dict[str, np.ndarray]:
   validate(arrays, path)
   c = arrays['class_names'].shape[0]
   arrays['num_classes'] = c
+  return arrays
+
+
+@dataclasses.dataclass
+class History:
+  """What the train loop collects per epoch, per model [M] (and a checkpoint keeps)."""
+  diverged: np.ndarray  # bool [M]: the loss became non-finite at some step
+  curve_epochs: list = dataclasses.field(default_factory=list)
+  eval_epochs: list = dataclasses.field(default_factory=list)
+  curves: dict = dataclasses.field(default_factory=lambda: {
+      'train_loss': [], 'train_accuracy': [], 'test_accuracy_curve': []})
+
+  def to_json(self) -> dict[str, Any]:
+    # float32 and float64 values survive JSON exactly.
+    return {'diverged': np.asarray(self.diverged).tolist(),
+            'curve_epochs': list(self.curve_epochs), 'eval_epochs': list(self.eval_epochs),
+            'curves': {k: [np.asarray(a).tolist() for a in v] for k, v in self.curves.items()}}
+
+  @classmethod
+  def from_json(cls, meta: dict[str, Any]) -> 'History':
+    return cls(np.asarray(meta['diverged'], bool), meta['curve_epochs'], meta['eval_epochs'],
+               {k: [np.asarray(a) for a in v] for k, v in meta['curves'].items()})
+
+
+def assemble(sweep, dataset, predictions: np.ndarray, history: History,
+             val_predictions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """The arrays of results.npz from a finished run: sweep (plan.Sweep), dataset (test and
+  validation labels, class names), predictions int32 [M, N] on the test split, the loop's
+  history, and validation predictions [M, Nv] when the dataset has a validation split."""
+  labels, unflatten = dataset.test_labels, sweep.unflatten
+  stack = lambda key: unflatten(np.stack(history.curves[key], 1)).astype(np.float32)
+  arrays = {
+      'test_labels': labels.astype(np.int32),
+      'test_predictions': unflatten(predictions),
+      'per_class_accuracy': unflatten(per_class_accuracy(labels, predictions,
+                                                         dataset.num_classes)),
+      'mean_accuracy': unflatten((predictions == labels).mean(1)).astype(np.float32),
+      'sweep_name': np.asarray(sweep.name),
+      'sweep_values': sweep.values,
+      'seeds': sweep.seeds,
+      'class_names': np.asarray(dataset.class_names),
+      'diverged': unflatten(history.diverged),
+      'curve_epochs': np.asarray(history.curve_epochs, np.int32),
+      'train_loss': stack('train_loss'),
+      'train_accuracy': stack('train_accuracy'),
+  }
+  if history.eval_epochs:
+    arrays['eval_epochs'] = np.asarray(history.eval_epochs, np.int32)
+    arrays['test_accuracy_at_eval'] = stack('test_accuracy_curve')
+  if val_predictions is not None:
+    arrays['val_labels'] = dataset.val_labels.astype(np.int32)
+    arrays['val_predictions'] = unflatten(val_predictions)
   return arrays

@@ -4,7 +4,7 @@ RandomResizedCrop(scale=(s, 1), ratio=(3/4, 4/3)) back to the input size, with s
 from torchvision's default 0.08 (crops of 8% of the image) to 1.0 (no crop). A random
 horizontal flip is on, as in Balestriero et al. 2022; it is a confound of the original
 study (it changes classes that differ by handedness), so `noflip` switches it off
-(the same as --config.aug.flip=False).
+(the same as --config.aug.flip_prob=0).
 
 Real study (CIFAR-100, CIFAR ResNet-18, 6 scales x 8 seeds = 48 models, 30 epochs,
 SGD 0.1 momentum 0.9 cosine, wd 5e-4, bfloat16 compute):
@@ -56,11 +56,10 @@ def get_config(arg=None):
   c.train.batch_size = 128
   c.optim.learning_rate = 0.1
   c.optim.weight_decay = 5e-4
-  c.aug.crop = True
   c.aug.crop_scale_max = 1.0
   c.aug.crop_ratio_min = 3 / 4
   c.aug.crop_ratio_max = 4 / 3
-  c.aug.flip = not args.noflip
+  c.aug.flip_prob = 0.0 if args.noflip else 0.5
 
   if args.runlocal:
     c.seeds = args.seeds or 2
@@ -73,10 +72,6 @@ def get_config(arg=None):
     c.train.epochs = args.epochs or 15  # the corner markers at scale 1 need them all
     c.train.batch_size = 64
     c.train.eval_every = 0
-    # The models one after another, the CPU rule (color runlocal: 47 s against 76 s
-    # unrolled, identical results; chunked and vmap were 2-4x slower per step when
-    # measured); naming it skips auto's one-off measurement of the candidates.
-    c.train.strategy = 'sequential'
 
   if args.fashion:  # real images on two CPU cores; see the docstring
     c.seeds = args.seeds or 4

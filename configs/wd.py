@@ -50,7 +50,7 @@ def get_config(arg=None):
   c.train.batch_size = 128
   c.optim.learning_rate = 0.1
   c.aug.pad_crop = 4
-  c.aug.flip = True
+  c.aug.flip_prob = 0.5
 
   if args.runlocal:
     c.seeds = args.seeds if given('seeds') else 2
@@ -62,7 +62,7 @@ def get_config(arg=None):
     c.train.batch_size = 64
     c.train.eval_every = 1
     c.aug.pad_crop = 0
-    c.aug.flip = False  # a mirrored digit is another digit
+    c.aug.flip_prob = 0.0  # a mirrored digit is another digit
 
   if args.fashion:
     c.seeds = args.seeds if given('seeds') else 4
@@ -75,5 +75,5 @@ def get_config(arg=None):
     c.train.epochs = args.epochs if given('epochs') else 12
     c.train.eval_every = 3
     c.aug.pad_crop = 2
-    c.aug.flip = True
+    c.aug.flip_prob = 0.5
   return c

@@ -3,7 +3,6 @@ import os
 import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-os.environ.setdefault('CLASSBIAS_AUTO', 'rule')  # train.strategy 'auto' never measures in tests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
@@ -36,6 +35,23 @@ def tiny_config(**overrides):
   return c
 
 
+def tiny_plan(config, strategy='unroll', num_train=64, image_shape=(8, 8, 1), num_classes=10):
+  """The plan of `config` on stand-in data of this shape (channel mean 0.5, std 0.25)."""
+  import numpy as np
+  from classbias_jax import plan
+  channels = image_shape[-1]
+  return plan.build(config, num_train=num_train, num_classes=num_classes,
+                    image_shape=image_shape, mean=np.full(channels, 0.5, np.float32),
+                    std=np.full(channels, 0.25, np.float32), strategy=strategy)
+
+
+def init_states(plan, model):
+  """The freshly initialised state of the plan's M models, leaves [M, ...]."""
+  from classbias_jax import step
+  init = lambda key: step.init_state(model, plan.image_shape, key)
+  return jax.jit(jax.vmap(init))(plan.keys()['init'])
+
+
 @pytest.fixture
 def tiny():
   return tiny_config
@@ -46,8 +62,8 @@ class Interrupted(Exception):
 
 
 def run_until_first_checkpoint(config, workdir: str, monkeypatch) -> None:
-  """Runs train.run(config, workdir) and interrupts it just after its first checkpoint."""
-  from classbias_jax import checkpoint, train
+  """Runs trainer.run(config, workdir) and interrupts it just after its first checkpoint."""
+  from classbias_jax import checkpoint, trainer
   real_save = checkpoint.save
 
   def save_then_crash(*args, **kwargs):
@@ -56,5 +72,5 @@ def run_until_first_checkpoint(config, workdir: str, monkeypatch) -> None:
 
   monkeypatch.setattr(checkpoint, 'save', save_then_crash)
   with pytest.raises(Interrupted):
-    train.run(config, workdir)
+    trainer.run(config, workdir)
   monkeypatch.setattr(checkpoint, 'save', real_save)

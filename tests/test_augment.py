@@ -477,12 +477,20 @@ def _batch(b=8, hw=12, seed=9):
   return images, labels
 
 
-def test_knob_defaults_are_torchvision():
-  assert A.KNOB_DEFAULTS == {
-      'crop_scale_min': 0.08, 'crop_scale_max': 1.0, 'crop_ratio_min': 0.75,
-      'crop_ratio_max': 4 / 3, 'flip_prob': 0.5, 'color_strength': 0.0, 'erase_prob': 0.0,
+def test_knob_table_parameters_are_torchvision():
+  """The knobs that shape an op (not its strength) default to torchvision's values;
+  strengths and probabilities default to off."""
+  from classbias_jax import configs
+  default = {configs.short_name(n): k.default for n, k in configs.KNOBS.items()
+             if k.op in ('crop', 'flip', 'color', 'erase')}
+  assert default == {
+      'crop_scale_min': 1.0, 'crop_scale_max': 1.0, 'crop_ratio_min': 0.75,
+      'crop_ratio_max': 4 / 3, 'flip_prob': 0.0, 'color_strength': 0.0, 'erase_prob': 0.0,
       'erase_scale_min': 0.02, 'erase_scale_max': 0.33, 'erase_ratio_min': 0.3,
       'erase_ratio_max': 3.3, 'erase_value': 0.0}
+  assert configs.off_values() == {'weight_decay': 0.0, 'pad_crop': 0, 'crop_scale_min': 1.0,
+                                  'crop_scale_max': 1.0, 'flip_prob': 0.0,
+                                  'color_strength': 0.0, 'erase_prob': 0.0}
 
 
 def test_augment_batch_no_ops_and_unknown_op():

@@ -49,12 +49,11 @@ def test_benchmark_times_the_sequential_strategy(tmp_path):
   assert record['sequential_ratio'] > 0
 
 
-def test_benchmark_auto_reports_the_rule_choice(tmp_path):
-  """conftest sets CLASSBIAS_AUTO=rule, so 'auto' resolves without measuring; a scanned
-  call of 4 steps is timed and costed per step."""
-  record, _ = benchmark('--models=1', '--strategy=auto', '--augment=off', '--loop=scan',
-                        tmp_path=tmp_path)
-  assert record['requested_strategy'] == 'auto' and record['strategy'] == 'unroll'
+def test_benchmark_reports_the_rule_choice(tmp_path):
+  """The default strategy is the rule, resolved without measuring; a scanned call of 4
+  steps is timed and costed per step."""
+  record, _ = benchmark('--models=1', '--augment=off', '--loop=scan', tmp_path=tmp_path)
+  assert record['requested_strategy'] == 'rule' and record['strategy'] == 'unroll'
   assert record['augment'] == 'off' and record['loop'] == 'scan'
   assert record['step_s'] > 0 and record['flops_per_step'] > 0
   assert not os.listdir(tmp_path)  # nothing measured, nothing cached
@@ -75,7 +74,7 @@ def test_benchmark_compare_augment_reports_its_share_of_the_step(tmp_path):
 
 
 def test_valid_taps_leave_out_padding():
-  from classbias_jax.train import _valid_taps
+  from classbias_jax.tuning.flops import _valid_taps
   assert _valid_taps(4, 4, 3, 1, 1, 1, 1) == 10  # 'SAME': each edge output loses a tap
   assert _valid_taps(4, 2, 3, 2, 0, 1, 1) == 5  # stride 2, padded only at the end
   assert _valid_taps(5, 3, 3, 1, 0, 1, 1) == 9  # 'VALID': every tap reads the input
@@ -87,11 +86,11 @@ def test_model_flops_agree_with_xla_cost_analysis_on_cpu():
   convolutions too."""
   import jax
   from classbias_jax import benchmark as bench
-  from classbias_jax import train
   from classbias_jax.models import create_model
+  from classbias_jax.tuning import prepared
   args = bench.parse_args(['--model=resnet8', '--models=2', '--batch=8', '--augment=off'])
-  step = train.prepared_step(create_model('resnet8', 10), bench.study_config(args),
-                             image_shape=(16, 16, 3), num_classes=10, strategy='unroll')
+  step = prepared.prepared_step(create_model('resnet8', 10), bench.study_config(args),
+                                image_shape=(16, 16, 3), num_classes=10, strategy='unroll')
   assert jax.default_backend() == 'cpu' and step.xla_flops > 0
   assert 0.9 < step.flops / step.xla_flops < 1.1
 
@@ -112,7 +111,7 @@ ENTRY %main (x: f32[4]) -> f32[4] {
 def test_gpu_trace_is_summarised_from_its_kernels_alone():
   """A GPU trace: kernels matched to the program's ops by their hlo_op argument, cuDNN
   custom calls counted as convolutions, host events not counted again."""
-  from classbias_jax.benchmark import hlo_instructions, summarize_trace
+  from classbias_jax.tuning.profile import hlo_instructions, summarize_trace
   info = hlo_instructions(GPU_HLO)
   assert info['cudnn-conv.7']['category'] == 'convolution (cuDNN)'
   assert info['loop_add_fusion']['category'] == 'elementwise'

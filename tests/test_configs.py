@@ -51,3 +51,20 @@ def test_repeated_sweep_values_rejected():
   c.sweep['values'] = (0.1, 0.1)
   with pytest.raises(ConfigError, match='repeated'):
     configs.validate(c)
+
+
+def test_class_knobs_only_for_per_class_knobs():
+  c = configs.base_config()
+  c.class_knobs.color_strength = (0.0,) * 10
+  configs.validate(c)
+  c.class_knobs.weight_decay = (0.0,) * 10  # applied per batch, not per image
+  with pytest.raises(ConfigError, match='not a per-class knob'):
+    configs.validate(c)
+
+
+def test_every_traced_knob_is_a_sweepable_config_field():
+  c = configs.base_config()
+  for name in configs.traced_knobs():
+    c.sweep.name = name
+    configs.validate(c)
+    assert configs.get_field(c, name) == configs.KNOBS[name].default

@@ -2,13 +2,13 @@
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Interrupted, run_until_first_checkpoint, tiny_config
+from conftest import run_until_first_checkpoint, tiny_config
 
-from classbias_jax import checkpoint, configs, data, results, train
-from classbias_jax import sweep as sweep_lib
+from classbias_jax import checkpoint, configs, data, plan as plan_lib, results, trainer
+from classbias_jax import step as step_lib
+from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
 
 
@@ -29,11 +29,11 @@ def test_resident_and_streamed_see_the_same_examples_each_epoch():
   dataset = data.load(config.data)
   n, steps = 640, 640 // config.train.batch_size
   want = examples(dataset.train_images, dataset.train_labels)
-  keys = train.model_keys(sweep_lib.from_config(config))
-  batches = train.train_stream(config, dataset, epochs=2)
+  keys = plan_lib.model_keys(plan_lib.sweep_from_config(config))
+  batches = modes.train_stream(config, dataset, epochs=2)
   orders = []
   for epoch in range(2):
-    perms = np.asarray(train.epoch_permutations(keys['data'], epoch, n))
+    perms = np.asarray(step_lib.epoch_permutations(keys['data'], epoch, n))
     for perm in perms:  # each model's resident epoch
       used = perm[:steps * config.train.batch_size]
       assert examples(dataset.train_images[used], dataset.train_labels[used]) == want
@@ -50,16 +50,16 @@ def test_resident_and_streamed_see_the_same_examples_each_epoch():
 
 
 def test_auto_input_mode_follows_the_memory_budget():
-  assert train.resolve_input_mode('auto', 100 << 20) == 'resident'  # CPU: 2 GiB budget
-  assert train.resolve_input_mode('auto', 3 << 30) == 'streamed'
-  assert train.resolve_input_mode('streamed', 1) == 'streamed'
+  assert modes.resolve_input_mode('auto', 100 << 20) == 'resident'  # CPU: 2 GiB budget
+  assert modes.resolve_input_mode('auto', 3 << 30) == 'streamed'
+  assert modes.resolve_input_mode('streamed', 1) == 'streamed'
 
   class Device:
     def memory_stats(self):
       return {'bytes_limit': 16 << 30}
 
-  assert train.resolve_input_mode('auto', 3 << 30, Device()) == 'resident'  # < 4 GiB
-  assert train.resolve_input_mode('auto', 5 << 30, Device()) == 'streamed'
+  assert modes.resolve_input_mode('auto', 3 << 30, Device()) == 'resident'  # < 4 GiB
+  assert modes.resolve_input_mode('auto', 5 << 30, Device()) == 'streamed'
   with pytest.raises(ConfigError, match='input_mode'):
     configs.validate(small_config(**{'data__input_mode': 'disk'}))
 
@@ -67,14 +67,14 @@ def test_auto_input_mode_follows_the_memory_budget():
 @pytest.mark.parametrize('mode', ['resident', 'streamed'])
 def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, mode):
   config = small_config(**{'data__input_mode': mode, 'data__val_fraction': 0.2})
-  whole = train.run(config, str(tmp_path / 'whole'))
+  whole = trainer.run(config, str(tmp_path / 'whole'))
 
   workdir = str(tmp_path / 'resumed')
   run_until_first_checkpoint(config, workdir, monkeypatch)
   monkeypatch.undo()
   assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
   assert not os.path.exists(os.path.join(workdir, results.RESULTS_FILE))
-  resumed = train.run(config, workdir)
+  resumed = trainer.run(config, workdir)
 
   for key in ('test_predictions', 'val_predictions', 'train_loss', 'train_accuracy',
               'test_accuracy_at_eval', 'diverged', 'curve_epochs', 'eval_epochs'):
@@ -104,35 +104,3 @@ def check_validation_split(config, saved):
                     full.train_images, full.train_labels)
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path):
-  workdir = str(tmp_path)
-  saved = small_config()
-  checkpoint.save(workdir, 1, {'w': jnp.zeros(2)}, {'config': checkpoint.config_json(saved)})
-  assert checkpoint.read_meta(workdir, saved)['epoch'] == 1
-  with pytest.raises(ConfigError, match='fresh workdir') as error:
-    train.run(small_config(**{'optim__learning_rate': 0.05}), workdir)
-  assert '\n' not in str(error.value) and 'optim.learning_rate' in str(error.value)
-  assert os.listdir(workdir) == [checkpoint.CHECKPOINT_DIR]  # nothing written
-
-
-def test_a_crash_mid_save_leaves_no_loadable_checkpoint(tmp_path, monkeypatch):
-  workdir = str(tmp_path)
-  config = small_config()
-  meta = {'config': checkpoint.config_json(config)}
-  state = {'w': jnp.arange(3.0)}
-  checkpoint.save(workdir, 1, state, meta)
-
-  def crash(*args, **kwargs):
-    raise Interrupted
-
-  # Fails after the state was written: the temporary is removed, epoch 1 stays the latest.
-  monkeypatch.setattr(checkpoint, '_write_json', crash)
-  with pytest.raises(Interrupted):
-    checkpoint.save(workdir, 2, {'w': jnp.arange(3.0) + 1}, meta)
-  monkeypatch.undo()
-  # Killed mid-save (no clean-up ran): a temporary directory is not a checkpoint.
-  os.makedirs(os.path.join(checkpoint.directory(workdir), '.tmp-killed', 'state'))
-  assert checkpoint.read_meta(workdir, config)['epoch'] == 1
-  np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [0.0, 1.0, 2.0])
-  checkpoint.save(workdir, 2, {'w': jnp.arange(3.0) + 1}, meta)
-  assert os.listdir(checkpoint.directory(workdir)) == ['epoch_000002']

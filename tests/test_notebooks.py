@@ -39,7 +39,6 @@ def test_runs_in_smoke_mode(path, tmp_path, monkeypatch):
   nb.cells.insert(params[0] + 1, nbformat.v4.new_code_cell(f'WORKDIR = {str(tmp_path)!r}'))
   monkeypatch.setenv('CLASSBIAS_SMOKE', '1')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  monkeypatch.setenv('CLASSBIAS_AUTO', 'rule')  # train.strategy 'auto': no measuring
   # The kernel shares the tests' persistent compilation cache.
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
   monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')

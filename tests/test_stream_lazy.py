@@ -8,7 +8,8 @@ import pytest
 from conftest import run_until_first_checkpoint, tiny_config
 from test_data_sources import build_tfds, image_keys, png_bytes, write_folder
 
-from classbias_jax import data, train
+from classbias_jax import data, trainer
+from classbias_jax.data import modes
 from classbias_jax.data import folder, splits, stream
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -36,7 +37,7 @@ def tfds_config(tmp_path, **fields):
 
 def streamed_epochs(config, dataset, epochs):
   """The training batches of `epochs` epochs of train_stream, as a list."""
-  return list(train.train_stream(config, dataset, epochs))
+  return list(modes.train_stream(config, dataset, epochs))
 
 
 def assert_same_batches(got, want):
@@ -54,7 +55,7 @@ def test_lazy_dataset_streams_what_the_resident_loader_reads(tmp_path, kind):
   else:
     config = tfds_config(tmp_path, val_fraction=0.2, train_subset=20)
   resident = data.load(config.data)
-  lazy, mode = train.load_dataset(config.data, 'streamed')
+  lazy, mode = modes.load_dataset(config.data, 'streamed')
   assert mode == 'streamed' and isinstance(lazy, stream.StreamedDataset)
   assert lazy.class_names == resident.class_names and lazy.num_train == resident.num_train == 20
   assert lazy.image_shape == resident.image_shape
@@ -66,7 +67,7 @@ def test_lazy_dataset_streams_what_the_resident_loader_reads(tmp_path, kind):
                                   getattr(resident, f'{split}_labels'))
   for got, want in zip(lazy.channel_stats(), resident.channel_stats()):
     np.testing.assert_allclose(got, want, rtol=1e-6)  # 20 < STATS_SAMPLE: every image
-  assert lazy.resident_bytes() == train.resident_bytes(resident)
+  assert lazy.resident_bytes() == modes.resident_bytes(resident)
   # 20 = 5 batches of 4: each epoch is the whole training split, reshuffled.
   batches = streamed_epochs(config, lazy, epochs=2)
   want = image_keys(resident.train_images, resident.train_labels)
@@ -85,8 +86,8 @@ def test_lazy_folder_decodes_only_the_stats_sample_before_streaming(tmp_path, mo
   monkeypatch.setattr(folder, 'to_array', lambda item, *a: decoded.append(item) or real(item, *a))
   monkeypatch.setattr(data, 'load', lambda cfg: pytest.fail('data.load decodes the train split'))
   monkeypatch.setattr(stream, 'STATS_SAMPLE', 6)
-  monkeypatch.setattr(train, 'RESIDENT_BYTES_CPU', 1000)  # 'auto' resolves to streamed
-  lazy, mode = train.load_dataset(config.data, config.data.input_mode)
+  monkeypatch.setattr(modes, 'RESIDENT_BYTES_CPU', 1000)  # 'auto' resolves to streamed
+  lazy, mode = modes.load_dataset(config.data, config.data.input_mode)
   assert mode == 'streamed'
   assert (lazy.num_train, lazy.image_shape, lazy.num_classes) == (22, (5, 6, 3), 3)
   assert len(lazy.train_labels) == 22 and lazy.resident_bytes() == (22 + 5 + 7) * 90
@@ -97,7 +98,7 @@ def test_lazy_folder_decodes_only_the_stats_sample_before_streaming(tmp_path, mo
   lazy.test_images, lazy.val_images  # noqa: B018 (decoded when first used)
   assert len(decoded) == 6 + 7 + 5 and not set(decoded[6:]) & train_paths
   del decoded[:]
-  next(train.train_stream(config, lazy, 1))
+  next(modes.train_stream(config, lazy, 1))
   assert 4 <= len(decoded) and set(decoded) <= train_paths  # streaming decodes as it reads
 
 
@@ -149,16 +150,16 @@ def test_worker_processes_give_the_same_batches_and_resume_mid_epoch(tmp_path, k
     config = folder_config(tmp_path / 'flat')  # 19 training images
   else:
     config = tfds_config(tmp_path, train_subset=19)
-  lazy, _ = train.load_dataset(config.data, 'streamed')
+  lazy, _ = modes.load_dataset(config.data, 'streamed')
   want = streamed_epochs(config, lazy, epochs=2)
   assert len(want) == 8  # 4 batches of 4 an epoch
   config.data.workers = 2
-  batches = train.train_stream(config, lazy, 2)
+  batches = modes.train_stream(config, lazy, 2)
   got = [next(batches) for _ in range(2)]  # stop mid-epoch
   assert len(multiprocessing.active_children()) >= 2  # grain's spawned worker processes
   state = batches.get_state()
   assert_same_batches(got + list(batches), want)
-  resumed = train.train_stream(config, lazy, 2)
+  resumed = modes.train_stream(config, lazy, 2)
   resumed.set_state(state)
   assert_same_batches(list(resumed), want[2:])
 
@@ -168,10 +169,10 @@ def test_streamed_run_with_workers_resumes_to_the_results_without(tmp_path, monk
   config = folder_config(tmp_path / 'flat', val_fraction=0.2)
   config.train.epochs, config.train.checkpoint_every = 2, 1
   monkeypatch.setattr(data, 'load', lambda cfg: pytest.fail('data.load decodes the train split'))
-  whole = train.run(config, str(tmp_path / 'whole'))
+  whole = trainer.run(config, str(tmp_path / 'whole'))
   config.data.workers = 2
   workdir = str(tmp_path / 'resumed')
   run_until_first_checkpoint(config, workdir, monkeypatch)
-  resumed = train.run(config, workdir)
+  resumed = trainer.run(config, workdir)
   for key in ('test_predictions', 'val_predictions', 'train_loss', 'train_accuracy'):
     np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)

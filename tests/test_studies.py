@@ -1,5 +1,6 @@
 """The augmentation studies (configs/crop.py, color.py, erase.py): what each sweeps, that
 each trains end to end, and that a per-class knob table reaches the augmentation."""
+import dataclasses
 import json
 
 import jax
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from classbias_jax import configs, results, train
-from classbias_jax import sweep as sweep_lib
+from classbias_jax import configs, plan as plan_lib, results, step as step_lib, trainer
 from classbias_jax.data import planted
 from classbias_jax.errors import ConfigError
 
@@ -25,9 +25,10 @@ def load(name, arg=''):
 
 
 def compiled_ops(config):
-  """The augmentations train.run would compile for this config."""
-  knobs = sweep_lib.knob_arrays(config, sweep_lib.from_config(config), len(planted.CLASS_NAMES))
-  ops, erase = train.augment_ops(config, knobs)
+  """The augmentations trainer.run would compile for this config."""
+  knobs = plan_lib.knob_arrays(config, plan_lib.sweep_from_config(config),
+                               len(planted.CLASS_NAMES))
+  ops, erase = plan_lib.augment_ops(config, knobs)
   return set(ops) | ({'erase'} if erase else set()), knobs
 
 
@@ -53,9 +54,9 @@ def test_sweeps_its_knob(name, arg):
 
 def test_crop_flips_unless_noflip():
   assert 'flip' in compiled_ops(load('crop', 'runlocal'))[0]
-  assert load('crop').aug.flip
+  assert load('crop').aug.flip_prob == 0.5
   config = load('crop', 'runlocal,noflip')
-  assert not config.aug.flip and 'flip' not in compiled_ops(config)[0]
+  assert config.aug.flip_prob == 0 and 'flip' not in compiled_ops(config)[0]
 
 
 def test_erase_prob_sweeps_the_probability():
@@ -86,7 +87,7 @@ def test_unknown_or_malformed_args_are_errors(name, arg):
 def test_study_trains_end_to_end(name, tmp_path):
   config = configs.smoke(load(name, 'runlocal'))  # tiny model, sweep ends, 1 seed, 1 epoch
   config.data.planted_train_per_class = 13  # two steps of 64
-  arrays = train.run(config, str(tmp_path))
+  arrays = trainer.run(config, str(tmp_path))
   knob, values, op = STUDIES[name]
   n = len(arrays['test_labels'])
   assert arrays['per_class_accuracy'].shape == (2, 1, 10)
@@ -119,9 +120,13 @@ def test_class_knob_table_reaches_the_augmentation(base, table):
   mean, std = np.full(3, 0.4, np.float32), np.full(3, 0.25, np.float32)
   model_knobs = {k: v[0] for k, v in knobs.items()}  # model 0, as the model axis gives it
   key = jax.random.key(0)
-  augmented = train.make_preprocess(config, ('color',), False, mean, std)(
-      key, images, labels, model_knobs)
-  plain = train.make_preprocess(config, (), False, mean, std)(key, images, labels, model_knobs)
+  plan = plan_lib.build(config, num_train=config.train.batch_size,
+                        num_classes=len(planted.CLASS_NAMES),
+                        image_shape=images.shape[1:], mean=mean, std=std, strategy='unroll')
+  assert plan.ops == ('color',) and not plan.erase
+  augmented = step_lib.make_preprocess(plan)(key, images, labels, model_knobs)
+  plain_plan = dataclasses.replace(plan, ops=())
+  plain = step_lib.make_preprocess(plain_plan)(key, images, labels, model_knobs)
   change = np.abs(np.asarray(augmented) - np.asarray(plain)).max(axis=(1, 2, 3))
   off = strength[labels] == 0
   assert change[off].max() < 1e-4  # hue 0 is an HSV round trip: float rounding only

@@ -7,19 +7,20 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import ROOT, init_states, tiny_config, tiny_plan
 
-from classbias_jax import hostmem, parallel, results, train
-from classbias_jax import sweep as sweep_lib
+from classbias_jax import configs, model_axis, plan as plan_lib, results, step as step_lib
+from classbias_jax import trainer
 from classbias_jax.data import planted
 from classbias_jax.models import create_model
+from classbias_jax.tuning import hostmem
 
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('tiny'))
   config = tiny_config(**{'sweep__values': (0.0, 1e-3, 5e-3)})
-  train.run(config, workdir)
+  trainer.run(config, workdir)
   return workdir, config
 
 
@@ -49,43 +50,58 @@ def test_results_contract(tiny_run):
   assert len(json.loads(lines[-1])['test_accuracy']) == v * s
 
 
-def test_weight_decay_differs_per_model(tmp_path):
+def test_weight_decay_differs_per_model():
   """Larger decay, smaller weights: the per-model decay really reaches each model."""
   config = tiny_config(**{'sweep__values': (0.0, 0.1), 'seeds': 1, 'train__epochs': 2})
-  sweep = sweep_lib.from_config(config)
   from classbias_jax import data
   ds = data.load(config.data)
   model = create_model('tiny', 10)
-  keys = train.model_keys(sweep)
-  state = train.init_state(model, config.optim, keys['init'], ds.image_shape)
-  knobs = {k: jax.numpy.asarray(v) for k, v in sweep_lib.knob_arrays(config, sweep).items()}
   mean, std = ds.channel_stats()
-  epoch_fn = train.make_train_epoch(model, config, steps_per_epoch=len(ds.train_labels) // 64,
-                                    ops=(), erase=False, mean=mean, std=std,
-                                    strategy='unroll', loop='python')
+  plan = plan_lib.build(config, num_train=ds.num_train, num_classes=10,
+                        image_shape=ds.image_shape, mean=mean, std=std, strategy='unroll')
+  epoch_fn = trainer.make_train_epoch(plan, model, trainer.ResidentInput(plan, ds))
+  state, keys = init_states(plan, model), plan.keys()
+  knobs = {k: jax.numpy.asarray(v) for k, v in plan.knobs.items()}
   for epoch in range(2):
-    state, _ = epoch_fn(state, knobs, keys, ds.train_images, ds.train_labels, epoch)
+    state, _ = epoch_fn(state, knobs, keys, epoch)
   kernel = state['params']['Dense_0']['kernel']  # [M, features, classes]
   norms = np.sqrt((np.asarray(kernel) ** 2).sum(axis=(1, 2)))
   assert norms[1] < 0.8 * norms[0], norms
 
 
+def test_a_new_knob_is_one_row(tmp_path, monkeypatch):
+  """Adding optim.momentum to configs.KNOBS alone makes it a per-model, sweepable knob:
+  the momentum-0.9 model of the sweep is the model trained with momentum 0.9 fixed."""
+  knobs = dict(configs.KNOBS, **{'optim.momentum': configs.Knob(0.9, 'optimizer', off=0.0)})
+  monkeypatch.setattr(configs, 'KNOBS', knobs)
+  overrides = {'seeds': 1, 'train__epochs': 2, 'train__eval_every': 0}
+  swept = tiny_config(**overrides, **{'sweep__name': 'optim.momentum',
+                                      'sweep__values': (0.0, 0.9)})
+  assert 'optim.momentum' in configs.traced_knobs()
+  fixed = tiny_config(**overrides, **{'sweep__values': (5e-4,)})
+  r = trainer.run(swept, str(tmp_path / 'swept'))
+  ref = trainer.run(fixed, str(tmp_path / 'fixed'))
+  assert r['sweep_name'] == 'optim.momentum' and r['per_class_accuracy'].shape[:2] == (2, 1)
+  np.testing.assert_allclose(r['train_loss'][1], ref['train_loss'][0], rtol=1e-4)
+  assert not np.allclose(r['train_loss'][0], r['train_loss'][1], rtol=1e-3)
+
+
 def test_common_random_numbers():
   """Same seed, different sweep value: same init, same data order, same aug keys."""
   config = tiny_config(**{'sweep__values': (0.0, 0.05), 'seeds': 2})
-  sweep = sweep_lib.from_config(config)
-  keys = train.model_keys(sweep)
+  sweep = plan_lib.sweep_from_config(config)
+  keys = plan_lib.model_keys(sweep)
   assert sweep.value_index.tolist() == [0, 0, 1, 1]
   assert sweep.seed_index.tolist() == [0, 1, 0, 1]
   model = create_model('tiny', 10)
-  state = train.init_state(model, config.optim, keys['init'], (8, 8, 1))
+  state = init_states(tiny_plan(config), model)
   kernel = np.asarray(state['params']['Conv_0']['kernel'])
   np.testing.assert_array_equal(kernel[0], kernel[2])  # seed 0 at both values
   assert not np.array_equal(kernel[0], kernel[1])  # seed 0 vs seed 1
-  perms = np.asarray(train.epoch_permutations(keys['data'], 0, 100))
+  perms = np.asarray(step_lib.epoch_permutations(keys['data'], 0, 100))
   np.testing.assert_array_equal(perms[0], perms[2])
   assert not np.array_equal(perms[0], perms[1])
-  assert not np.array_equal(perms[0], np.asarray(train.epoch_permutations(keys['data'], 1, 100))[0])
+  assert not np.array_equal(perms[0], np.asarray(step_lib.epoch_permutations(keys['data'], 1, 100))[0])
   aug = jax.random.key_data(keys['aug'])
   np.testing.assert_array_equal(aug[0], aug[2])
 
@@ -97,7 +113,7 @@ def test_strategies_agree(tmp_path, strategy):
   for name in ('unroll', strategy):
     config = tiny_config(**{'train__strategy': name, 'train__epochs': 1, 'train__chunk_size': 2,
                             'train__eval_every': 0, 'seeds': 2})
-    out[name] = train.run(config, str(tmp_path / name))
+    out[name] = trainer.run(config, str(tmp_path / name))
   agree = (out['unroll']['test_predictions'] == out[strategy]['test_predictions']).mean()
   assert agree > 0.97
   np.testing.assert_allclose(out['unroll']['train_loss'], out[strategy]['train_loss'], rtol=2e-3)
@@ -107,9 +123,9 @@ def test_strategies_agree(tmp_path, strategy):
 def test_no_recompilation_between_epochs(tmp_path, strategy):
   config = tiny_config(**{'train__epochs': 3, 'train__eval_every': 1, 'seeds': 1,
                           'train__strategy': strategy})
-  sweep = sweep_lib.from_config(config)
+  sweep = plan_lib.sweep_from_config(config)
   traces = []
-  original = parallel.over_models
+  original = model_axis.over_models
 
   def counting(fn, *args, **kw):
     def counted(*a, **k):
@@ -117,11 +133,11 @@ def test_no_recompilation_between_epochs(tmp_path, strategy):
       return fn(*a, **k)
     return original(counted, *args, **kw)
 
-  parallel.over_models = counting
+  model_axis.over_models = counting
   try:
-    train.run(config, str(tmp_path))
+    trainer.run(config, str(tmp_path))
   finally:
-    parallel.over_models = original
+    model_axis.over_models = original
   # unroll: one trace of the train step per model, one of predict per model; sequential:
   # one of each (a one-model program); none per epoch.
   per_program = sweep.num_models if strategy == 'unroll' else 1
@@ -184,7 +200,7 @@ def test_fashion_mnist_end_to_end(tmp_path):
   config = tiny_config(**{'data__name': 'fashion_mnist', 'data__train_subset': 640,
                           'train__epochs': 3, 'seeds': 1, 'train__eval_every': 0,
                           'optim__warmup_epochs': 0.0, 'sweep__values': (0.0, 1e-3)})
-  r = train.run(config, str(tmp_path))
+  r = trainer.run(config, str(tmp_path))
   assert r['per_class_accuracy'].shape == (2, 1, 10)
   assert len(r['test_labels']) == 10000
   assert list(r['class_names'][:2]) == ['T-shirt/top', 'Trouser']

@@ -1,6 +1,8 @@
-"""The model axis: how a per-model function runs over the M models of a sweep.
+"""The model axis: how a one-model function runs over the M models of a sweep, and where
+per-model state and shared data live.
 
-Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md):
+Strategies (config `train.strategy`; 'rule' picks one per backend by `default_strategy`,
+written from the measurements in docs/benchmarks.md; 'auto' measures, tuning/strategy.py):
   vmap          one vmapped program; convs become grouped convs (slow on XLA:CPU)
   unroll        M independent copies of the per-model computation in one program
   chunked       vmapped chunks of `train.chunk_size` models, unrolled over chunks
@@ -11,44 +13,24 @@ Strategies (config `train.strategy`), chosen by measurement (docs/benchmarks.md)
                 from the host (a step per call: not with train.loop 'scan'); the work of
                 M separate runs, compiled once, whatever the compiler does with M-model
                 programs
-  auto          the fastest of the candidates for this backend, device, model, batch and
-                M, measured once per machine and cached (see `resolve_strategy`);
-                'sequential' unless another is SEQUENTIAL_MARGIN faster
 
 Under 'shard' the per-model leaves live sharded over the mesh (`put_models`) and the
 shared data replicated on every device (`put_shared`), so no step moves them.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
-import time
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from classbias_jax import hostmem
 from classbias_jax.errors import ConfigError
 
 MODEL_AXIS = 'models'
 INNER = ('unroll', 'vmap', 'chunked')
 SEQUENTIAL = 'sequential'
-# How `auto` decides (docs/benchmarks.md): 'measure' (default) the cached choice, else a
-# measurement; 'cache' the cached choice, else the fallback rule; 'rule' the rule alone.
-ENV_AUTO = 'CLASSBIAS_AUTO'
-ENV_CACHE_DIR = 'CLASSBIAS_CACHE_DIR'  # default ~/.cache/classbias_jax
-# 'auto' keeps 'sequential' unless another candidate's measured step is this much faster:
-# it compiles one model (6-8 s against 55 s for 8 unrolled ResNet-20s), holds one model's
-# activations, and runs exactly the work of the models one after another, while auto's
-# few timed calls can differ from a long run by more than a few percent (CPU, ResNet-20
-# M=8: unroll 2-3% faster in auto's calls and no faster in the interleaved benchmark, or
-# 15% faster in auto's calls and 4-6% in the benchmark; docs/benchmarks.md).
-SEQUENTIAL_MARGIN = 0.10
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,34 +186,16 @@ def put_shared(tree, strategy: str, num_models: int):
 
 
 # ----------------------------------------------------------------------------------------
-# auto: measured once per machine, cached.
+# The rule: which strategy and loop run when the config does not name them.
 # ----------------------------------------------------------------------------------------
-def candidates(backend: str, num_models: int, num_devices: int,
-               loop: str = 'auto') -> list[str]:
-  """Strategies `auto` measures, the fallback rule's choice first (it sets the bar).
-  'sequential' (which runs a step per call, train.loop 'auto' resolving to 'python' for
-  it) on every backend unless train.loop is 'scan', for M > 1 (M = 1: it is 'unroll')."""
-  if backend == 'cpu':
-    out = ['unroll', 'chunked', 'vmap']
-  else:
-    # Unrolling many models makes programs (and compiles) M times larger on accelerators.
-    out = ['vmap', 'chunked'] + (['unroll'] if num_models <= 16 else [])
-  if mesh_size(num_models, num_devices) > 1:
-    out = ['shard:' + s if s != 'unroll' else 'shard' for s in out[:2]] + out
-  if loop != 'scan' and num_models > 1:
-    out.append(SEQUENTIAL)
-  first = fallback_strategy(backend, num_models, num_devices, loop)
-  return [first] + [s for s in out if s != first]
-
-
-def fallback_strategy(backend: str, num_models: int, num_devices: int,
-                      loop: str = 'auto') -> str:
-  """The choice without a measurement. CPU: sharded over the devices when there are
-  several that M divides into; else the models one after another ('sequential', unless
-  train.loop is 'scan'): on XLA:CPU one model's step already keeps the cores busy, an M-model
-  program ran no faster (0.88-1.04x, docs/benchmarks.md) and compiles M times longer, and
-  vmapped convolutions become grouped ones, several times slower. GPU/TPU: vmapped,
-  sharded when several devices divide M."""
+def default_strategy(backend: str, num_models: int, num_devices: int,
+                     loop: str = 'auto') -> str:
+  """The per-backend rule (train.strategy 'rule'). CPU: sharded over the devices when
+  several divide M; else the models one after another ('sequential', unless train.loop is
+  'scan'): on XLA:CPU one model's step already keeps the cores busy, an M-model program ran
+  no faster and compiles M times longer, and vmapped convolutions become grouped ones,
+  several times slower. GPU/TPU: vmapped, sharded when several devices divide M.
+  (docs/benchmarks.md has the measurements.)"""
   if mesh_size(num_models, num_devices) > 1:
     return 'shard' if backend == 'cpu' else 'shard:vmap'
   if backend != 'cpu':
@@ -239,131 +203,64 @@ def fallback_strategy(backend: str, num_models: int, num_devices: int,
   return SEQUENTIAL if loop != 'scan' and num_models > 1 else 'unroll'
 
 
-def machine_signature() -> dict[str, Any]:
-  """What makes timings comparable: backend, device kind and count, CPU model and cores,
-  and on CPU the host allocator's mode (hostmem.py)."""
-  devices = jax.devices()
-  signature = {'backend': devices[0].platform, 'device_kind': devices[0].device_kind,
-               'devices': len(devices), 'cpu': cpu_model(), 'cores': os.cpu_count(),
-               'jax': jax.__version__}
-  if signature['backend'] == 'cpu':
-    signature['malloc'] = hostmem.in_effect()
-  return signature
+def resolve_strategy(strategy: str, num_models: int, loop: str = 'auto',
+                     backend: str | None = None) -> str:
+  """A strategy name as given, checked; 'rule' -> default_strategy for this backend."""
+  if strategy == 'rule':
+    return default_strategy(backend or jax.default_backend(), num_models, jax.device_count(),
+                            loop)
+  split_strategy(strategy)
+  return strategy
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  import platform
-  return platform.processor() or platform.machine()
+def resolve_loop(loop: str, backend: str | None = None, strategy: str | None = None) -> str:
+  """'auto' -> 'python' (a compiled call per step) on CPU, where XLA runs a rolled
+  `lax.scan` of a conv net many times slower than the same steps dispatched one by one,
+  and for 'sequential' (a compiled call per model and step); 'scan' elsewhere."""
+  if loop != 'auto':
+    return loop
+  cpu = (backend or jax.default_backend()) == 'cpu'
+  return 'python' if cpu or (strategy and is_sequential(strategy)) else 'scan'
 
 
-def cache_path() -> str:
-  root = os.environ.get(ENV_CACHE_DIR) or os.path.join(os.path.expanduser('~'), '.cache',
-                                                        'classbias_jax')
-  return os.path.join(root, 'strategies.json')
+# ----------------------------------------------------------------------------------------
+# The training step and prediction of all M models.
+# ----------------------------------------------------------------------------------------
+def lift_train_step(one_step: Callable, strategy: str, chunk_size: int) -> Callable:
+  """step.make_train_step's one-model update lifted to the M models (unjitted; under
+  'sequential' a host function calling a compiled one-model program):
 
+    train_step(state, knobs, aug_keys, perms, images, labels, epoch, step)
+        -> (state, metrics [M])
 
-def cache_key(workload: dict[str, Any]) -> str:
-  """One string for machine + workload (model, batch, M, dtype, ...), keys sorted."""
-  return json.dumps({**machine_signature(), **workload}, sort_keys=True)
-
-
-def load_cache() -> dict[str, Any]:
-  try:
-    with open(cache_path()) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
-def save_cache_entry(key: str, entry: dict[str, Any]) -> None:
-  """Adds one entry; written to a temporary file and renamed, so readers never see half."""
-  cache = load_cache()
-  cache[key] = entry
-  path = cache_path()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(cache, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def resolve_strategy(strategy: str, backend: str | None = None, *, num_models: int = 1,
-                     workload: dict[str, Any] | None = None,
-                     measure: Callable[[str, float | None], float] | None = None,
-                     loop: str = 'auto') -> str:
-  """The strategy to run: names other than 'auto' pass through.
-
-  'auto': the cached choice for this machine and `workload` (a dict naming model, batch,
-  dtype, ... ; M is added), else the fastest candidate by `measure(strategy, give_up_s)
-  -> seconds per step` (`pick`; cached with all timings), else `fallback_strategy`. loop:
-  config train.loop ('sequential' is no candidate under 'scan').
-  $CLASSBIAS_AUTO = 'cache' never measures; 'rule' also ignores the cache.
+  state, knobs, aug_keys and perms ([M, N], or None for streamed batches) carry the model
+  axis; images, labels, epoch and step are shared by all models.
   """
-  if strategy != 'auto':
-    split_strategy(strategy)
-    return strategy
-  backend = backend or jax.default_backend()
-  num_devices = jax.device_count()
-  mode = os.environ.get(ENV_AUTO, 'measure')
-  if mode not in ('measure', 'cache', 'rule'):
-    raise ConfigError(f'${ENV_AUTO}={mode!r}; choose measure, cache or rule')
-  if workload is None or mode == 'rule':
-    return fallback_strategy(backend, num_models, num_devices, loop)
-  key = cache_key({**workload, 'models': num_models})
-  cached = load_cache().get(key)
-  if cached:
-    return cached['strategy']
-  if measure is None or mode == 'cache':
-    return fallback_strategy(backend, num_models, num_devices, loop)
-  timings = measure_candidates(candidates(backend, num_models, num_devices, loop), measure)
-  best = pick(timings)
-  save_cache_entry(key, {'strategy': best, 'step_s': timings,
-                         'measured': time.strftime('%Y-%m-%d %H:%M:%S')})
-  return best
+  step_all = over_models(one_step, strategy, chunk_size, carry=True)
+
+  def split(state, knobs, aug_keys, perms, images, labels, epoch, step):
+    return (state, knobs, perms, aug_keys), (images, labels, epoch, step)
+
+  def train_step(*args):
+    return step_all(*split(*args))
+
+  if is_sequential(strategy):  # the one-model program, compiled ahead of time
+    train_step.compile = lambda *args: step_all.compile(*split(*args))
+  return train_step
 
 
-def pick(timings: dict[str, float]) -> str:
-  """The fastest strategy of `timings` (seconds per step), or 'sequential' when it is
-  within SEQUENTIAL_MARGIN of the fastest."""
-  best = min(timings, key=timings.get)
-  if timings.get(SEQUENTIAL, math.inf) <= (1 + SEQUENTIAL_MARGIN) * timings[best]:
-    return SEQUENTIAL
-  return best
+def lift_predict(one_predict: Callable, strategy: str, chunk_size: int) -> Callable:
+  """predict(state, batches uint8 [nb, B, H, W, C] on device) -> int32 [M, nb * B].
 
+  One compiled call per batch: like training steps, a rolled `lax.scan` over batches runs
+  many times slower on XLA:CPU, and batches already live on device.
+  """
+  predict_all = over_models(one_predict, strategy, chunk_size)
+  predict_batch = jit(lambda variables, images: predict_all(variables, images), strategy)
 
-def measure_candidates(names: Sequence[str], measure: Callable[[str, float | None], float],
-                       give_up_factor: float = 3.0) -> dict[str, float]:
-  """Seconds per step of each candidate; one slower than give_up_factor x the best so far
-  is stopped after its first call (vmap on XLA:CPU can take minutes per step)."""
-  timings: dict[str, float] = {}
-  for name in names:
-    bar = give_up_factor * min(timings.values()) if timings else None
-    t0 = time.perf_counter()
-    timings[name] = measure(name, bar)
-    print(f'auto: {name} {timings[name]:.4g} s per step (measured in '
-          f'{time.perf_counter() - t0:.0f} s, compile included)', file=sys.stderr, flush=True)
-  return timings
+  def predict(state, batches):
+    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    preds = [predict_batch(variables, batches[i]) for i in range(batches.shape[0])]
+    return jnp.concatenate(preds, axis=1)
 
-
-def time_calls(fn: Callable[[], Any], calls: int, give_up_s: float | None = None) -> list[float]:
-  """Wall seconds of each of `calls` calls of fn (which must block until done); stops
-  early once one call takes longer than give_up_s."""
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-    if give_up_s is not None and times[-1] > give_up_s:
-      break
-  return times
-
-
-def median(xs: Sequence[float]) -> float:
-  return float(np.median(np.asarray(xs))) if len(xs) else math.inf
+  return predict

@@ -1,5 +1,5 @@
-"""Model-axis strategies: same numbers as unroll, sharding over devices, auto's cache,
-donation, the scan loop, and bf16 compute with float32 master weights."""
+"""Model-axis strategies: same numbers as unroll, sharding over devices, the rule, auto's
+cache, donation, the scan loop, and bf16 compute with float32 master weights."""
 import json
 import os
 import subprocess
@@ -10,35 +10,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import ROOT, init_states, tiny_config, tiny_plan
 
-from classbias_jax import parallel, train
-from classbias_jax import sweep as sweep_lib
+from classbias_jax import model_axis, step as step_lib, trainer
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
+from classbias_jax.tuning import strategy as tuning
 
 
 def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None, materialize=None):
   """(state, metrics) after `steps` steps of 4 tiny models on random 8x8 images."""
-  config = config or tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'aug__flip': True,
-                                    'aug__pad_crop': 2})
-  sweep = sweep_lib.from_config(config)
-  knobs_np = sweep_lib.knob_arrays(config, sweep, 10)
-  ops, erase = train.augment_ops(config, knobs_np)
+  config = config or tiny_config(**{'seeds': 2, 'train__batch_size': 16,
+                                    'aug__flip_prob': 0.5, 'aug__pad_crop': 2})
+  plan = tiny_plan(config, strategy)
   model = create_model('tiny', 10, dtype=dtype)
-  keys = train.model_keys(sweep)
+  if materialize is not None:
+    model = model.clone(materialize=int(materialize))
+  keys = plan.keys()
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 8, 8, 1), np.uint8)
   labels = rng.integers(0, 10, 64).astype(np.int32)
-  put = lambda tree: parallel.put_models(tree, strategy)
-  state = put(train.init_state(model, config.optim, keys['init'], (8, 8, 1)))
-  knobs = put({k: jnp.asarray(v) for k, v in knobs_np.items()})
-  perms = put(train.epoch_permutations(keys['data'], 0, 64))
-  step = parallel.jit(train.make_train_step(model, config, steps_per_epoch=4, ops=ops,
-                                            erase=erase, mean=np.float32([0.5]),
-                                            std=np.float32([0.25]), strategy=strategy,
-                                            materialize=materialize), strategy)
-  images, labels = parallel.put_shared((images, labels), strategy, sweep.num_models)
+  put = lambda tree: model_axis.put_models(tree, strategy)
+  state = put(init_states(plan, model))
+  knobs = put({k: jnp.asarray(v) for k, v in plan.knobs.items()})
+  perms = put(step_lib.epoch_permutations(keys['data'], 0, 64))
+  one = step_lib.make_train_step(plan, model)
+  step = model_axis.jit(model_axis.lift_train_step(one, strategy, config.train.chunk_size),
+                        strategy)
+  images, labels = model_axis.put_shared((images, labels), strategy, plan.num_models)
   for s in range(steps):
     state, metrics = step(state, knobs, put(keys['aug']), perms, images, labels, jnp.int32(0),
                           jnp.int32(s))
@@ -70,20 +69,20 @@ def test_sequential_compiles_one_model_and_calls_it_per_model():
     traces.append(per_model['w'].shape)
     return {'y': per_model['w'] * shared, 'n': per_model['n'] + 1}
 
-  lifted = parallel.over_models(fn, 'sequential')
+  lifted = model_axis.over_models(fn, 'sequential')
   per_model = {'w': jnp.arange(12.0).reshape(3, 4), 'n': jnp.arange(3)}
   for _ in range(2):
     out = lifted(per_model, jnp.float32(2.0))
     np.testing.assert_array_equal(out['y'], 2 * per_model['w'])
     np.testing.assert_array_equal(out['n'], [1, 2, 3])
   assert traces == [(4,)]  # one model's shapes, traced once for all models and calls
-  assert parallel.jit(lifted, 'sequential') is lifted  # not inlined into one program
+  assert model_axis.jit(lifted, 'sequential') is lifted  # not inlined into one program
   # Compiled ahead of time (as the benchmark and auto do), the calls use that program.
   compiled = lifted.compile(per_model, jnp.float32(2.0))
   assert lifted.compiled is compiled
   np.testing.assert_array_equal(lifted(per_model, jnp.float32(3.0))['y'], 3 * per_model['w'])
   # carry: the state (first input and output) is donated and updated in place per model.
-  step = parallel.over_models(lambda m, shared: ((m[0] + m[1] * shared), m[1].sum()),
+  step = model_axis.over_models(lambda m, shared: ((m[0] + m[1] * shared), m[1].sum()),
                               'sequential', carry=True)
   state, x = jnp.zeros((3, 2)), jnp.arange(6.0).reshape(3, 2)
   new_state, sums = step((state, x), jnp.float32(2.0))
@@ -93,14 +92,11 @@ def test_sequential_compiles_one_model_and_calls_it_per_model():
 
 
 def test_sequential_needs_the_python_loop():
-  config = tiny_config(**{'seeds': 2, 'train__strategy': 'sequential'})
-  model = create_model('tiny', 10)
+  config = tiny_config(**{'seeds': 2, 'train__strategy': 'sequential', 'train__loop': 'scan'})
   with pytest.raises(ConfigError, match='python'):
-    train.make_train_epoch(model, config, steps_per_epoch=1, ops=(), erase=False,
-                           mean=np.float32([0.5]), std=np.float32([0.25]),
-                           strategy='sequential', loop='scan')
-  assert train.resolve_loop('auto', 'gpu', 'sequential') == 'python'
-  assert train.resolve_loop('auto', 'gpu', 'vmap') == 'scan'
+    tiny_plan(config, None)
+  assert model_axis.resolve_loop('auto', 'gpu', 'sequential') == 'python'
+  assert model_axis.resolve_loop('auto', 'gpu', 'vmap') == 'scan'
 
 
 def test_materialized_operands_change_no_numbers(unrolled):
@@ -111,16 +107,16 @@ SHARD_SCRIPT = textwrap.dedent('''
   import json, sys
   sys.path.insert(0, 'tests')
   import jax, numpy as np
-  import test_parallel as t
+  import test_model_axis as t
   ref, shard = t.tiny_steps('unroll'), t.tiny_steps('shard')
   t.assert_same_models(ref, shard)
   kernel = shard[0]['params']['Conv_0']['kernel']
   # The whole study, evaluation included, with the model axis over both devices.
   import tempfile
-  from classbias_jax import train
+  from classbias_jax import trainer
   config = t.tiny_config(**{'train__strategy': 'shard', 'train__epochs': 1, 'seeds': 1})
   with tempfile.TemporaryDirectory() as workdir:
-    accuracy = train.run(config, workdir)['mean_accuracy']
+    accuracy = trainer.run(config, workdir)['mean_accuracy']
   print(json.dumps({'devices': jax.device_count(),
                     'shards': len(kernel.sharding.device_set),
                     'rows_per_device': [s.data.shape[0] for s in kernel.addressable_shards],
@@ -138,30 +134,41 @@ def test_shard_over_two_host_devices():
   assert out == {'devices': 2, 'shards': 2, 'rows_per_device': [2, 2], 'study_models': 2}
 
 
+def test_the_rule_per_backend():
+  """train.strategy 'rule': the same strategy on every machine of a backend."""
+  assert model_axis.default_strategy('cpu', 8, 1) == 'sequential'
+  assert model_axis.default_strategy('cpu', 1, 1) == 'unroll'
+  assert model_axis.default_strategy('cpu', 8, 1, loop='scan') == 'unroll'
+  assert model_axis.default_strategy('cpu', 8, 2) == 'shard'
+  assert model_axis.default_strategy('gpu', 8, 1) == 'vmap'
+  assert model_axis.default_strategy('tpu', 8, 4) == 'shard:vmap'
+  assert model_axis.resolve_strategy('rule', 4, backend='gpu') == 'vmap'
+  assert model_axis.resolve_strategy('vmap', 4, backend='cpu') == 'vmap'
+
+
 def test_model_mesh_uses_devices_that_divide_m():
-  assert parallel.model_mesh(4).size == 1  # one CPU device in this process
-  assert [parallel.mesh_size(m, 4) for m in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
-  assert parallel.candidates('cpu', 8, 2) == ['shard', 'shard:chunked', 'unroll', 'chunked',
+  assert model_axis.model_mesh(4).size == 1  # one CPU device in this process
+  assert [model_axis.mesh_size(m, 4) for m in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
+  assert tuning.candidates('cpu', 8, 2) == ['shard', 'shard:chunked', 'unroll', 'chunked',
                                               'vmap', 'sequential']
-  assert parallel.candidates('cpu', 8, 1) == ['sequential', 'unroll', 'chunked', 'vmap']
-  assert parallel.candidates('cpu', 8, 1, loop='scan') == ['unroll', 'chunked', 'vmap']
-  assert parallel.candidates('gpu', 32, 1, loop='scan') == ['vmap', 'chunked']
-  assert parallel.candidates('gpu', 32, 1) == ['vmap', 'chunked', 'sequential']
-  assert parallel.candidates('cpu', 1, 1) == ['unroll', 'chunked', 'vmap']
-  assert parallel.split_strategy('sequential') == (False, 'sequential')
-  assert parallel.split_strategy('shard') == (True, 'unroll')
-  assert parallel.split_strategy('shard:vmap') == (True, 'vmap')
-  assert parallel.split_strategy('chunked') == (False, 'chunked')
+  assert tuning.candidates('cpu', 8, 1) == ['sequential', 'unroll', 'chunked', 'vmap']
+  assert tuning.candidates('cpu', 8, 1, loop='scan') == ['unroll', 'chunked', 'vmap']
+  assert tuning.candidates('gpu', 32, 1, loop='scan') == ['vmap', 'chunked']
+  assert tuning.candidates('gpu', 32, 1) == ['vmap', 'chunked', 'sequential']
+  assert tuning.candidates('cpu', 1, 1) == ['unroll', 'chunked', 'vmap']
+  assert model_axis.split_strategy('sequential') == (False, 'sequential')
+  assert model_axis.split_strategy('shard') == (True, 'unroll')
+  assert model_axis.split_strategy('shard:vmap') == (True, 'vmap')
+  assert model_axis.split_strategy('chunked') == (False, 'chunked')
   for bad in ('shardx', 'shard:shard', 'pmap', 'shard:sequential'):
     with pytest.raises(ConfigError):
-      parallel.split_strategy(bad)
+      model_axis.split_strategy(bad)
 
 
 # ------------------------------------------------------------------------------- auto
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-  monkeypatch.setenv(parallel.ENV_CACHE_DIR, str(tmp_path))
-  monkeypatch.setenv(parallel.ENV_AUTO, 'measure')
+  monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path))
   return tmp_path
 
 
@@ -176,8 +183,7 @@ def test_auto_measures_once_then_reads_the_cache(cache_dir):
   seconds = {'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0, 'sequential': 1.5}
   calls = []
   workload = {'model': 'tiny', 'batch': 16}
-  pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4, workload=workload,
-                                           measure=fake_measure(seconds, calls))
+  pick = lambda: tuning.resolve_auto(4, workload, fake_measure(seconds, calls))
   assert pick() == 'chunked'
   # The rule's choice is measured first and sets the give-up bar of the others.
   assert calls == [('sequential', None), ('unroll', 4.5), ('chunked', 4.5), ('vmap', 3.0)]
@@ -187,45 +193,41 @@ def test_auto_measures_once_then_reads_the_cache(cache_dir):
   assert json.loads(key)['models'] == 4 and json.loads(key)['backend'] == 'cpu'
   assert value['strategy'] == 'chunked' and value['step_s'] == seconds
   # Another workload is another entry.
-  other = parallel.resolve_strategy('auto', 'cpu', num_models=8, workload=workload,
-                                    measure=fake_measure(seconds, calls))
+  other = tuning.resolve_auto(8, workload, fake_measure(seconds, calls))
   assert other == 'chunked' and len(calls) == 8
 
 
 def test_auto_keeps_sequential_unless_another_is_clearly_faster():
-  margin = 1 + parallel.SEQUENTIAL_MARGIN
-  assert parallel.pick({'unroll': 2.0, 'sequential': 2.0 * margin * 0.99}) == 'sequential'
-  assert parallel.pick({'unroll': 2.0, 'sequential': 2.0 * margin * 1.01}) == 'unroll'
-  assert parallel.pick({'unroll': 2.0, 'chunked': 1.0, 'sequential': 1.05}) == 'sequential'
-  assert parallel.pick({'unroll': 2.0, 'chunked': 1.0, 'vmap': 3.0}) == 'chunked'
+  margin = 1 + tuning.SEQUENTIAL_MARGIN
+  assert tuning.pick({'unroll': 2.0, 'sequential': 2.0 * margin * 0.99}) == 'sequential'
+  assert tuning.pick({'unroll': 2.0, 'sequential': 2.0 * margin * 1.01}) == 'unroll'
+  assert tuning.pick({'unroll': 2.0, 'chunked': 1.0, 'sequential': 1.05}) == 'sequential'
+  assert tuning.pick({'unroll': 2.0, 'chunked': 1.0, 'vmap': 3.0}) == 'chunked'
 
 
-def test_auto_without_measuring(cache_dir, monkeypatch):
-  calls = []
-  measure = fake_measure({'unroll': 2.0, 'chunked': 1.0, 'vmap': 9.0, 'sequential': 3.0},
-                         calls)
-  pick = lambda: parallel.resolve_strategy('auto', 'cpu', num_models=4,
-                                           workload={'model': 'tiny'}, measure=measure)
-  monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
-  assert pick() == 'sequential' and not calls  # no entry: the fallback rule
-  monkeypatch.setenv(parallel.ENV_AUTO, 'measure')
-  assert pick() == 'chunked' and len(calls) == 4
-  monkeypatch.setenv(parallel.ENV_AUTO, 'cache')
-  assert pick() == 'chunked'  # the cached measurement
-  monkeypatch.setenv(parallel.ENV_AUTO, 'rule')
-  assert pick() == 'sequential'  # the rule ignores the cache
-  assert parallel.resolve_strategy('auto', 'gpu', num_models=4) == 'vmap'
-  assert parallel.resolve_strategy('vmap', 'cpu') == 'vmap'
+def test_the_rule_never_reads_the_cache(cache_dir, tmp_path):
+  """A cached measurement changes nothing unless the config asks for 'auto'."""
+  tuning.save_cache_entry('anything', {'strategy': 'vmap'})
+  config = tiny_config(**{'seeds': 2, 'train__epochs': 1})
+  assert tiny_plan(config, None).strategy == 'sequential'
+  resolved = json.load(open(os.path.join(_run(config, tmp_path), 'config.json')))['resolved']
+  assert resolved['strategy'] == 'sequential'
 
 
-def test_choose_strategy_measures_real_steps(cache_dir):
+def _run(config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.run(config, workdir)
+  return workdir
+
+
+def test_choose_measures_real_steps(cache_dir):
   """The measurement compiles and times the real step; 'vmap' gives up early when slow."""
   config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,)})
   model = create_model('tiny', 10)
-  chosen = train.choose_strategy(config, model, image_shape=(8, 8, 1), num_classes=10,
-                                 measure_steps=1)
+  chosen = tuning.choose(config, model, image_shape=(8, 8, 1), num_classes=10,
+                         measure_steps=1)
   entry, = json.load(open(cache_dir / 'strategies.json')).values()
-  assert chosen == entry['strategy'] == parallel.pick(entry['step_s'])
+  assert chosen == entry['strategy'] == tuning.pick(entry['step_s'])
   assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap', 'sequential'}
   assert all(s > 0 for s in entry['step_s'].values())
 
@@ -233,37 +235,35 @@ def test_choose_strategy_measures_real_steps(cache_dir):
 def test_auto_under_the_scan_loop_leaves_out_sequential(cache_dir):
   config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,),
                           'train__loop': 'scan'})
-  chosen = train.choose_strategy(config, create_model('tiny', 10), image_shape=(8, 8, 1),
-                                 num_classes=10, measure_steps=1)
+  chosen = tuning.choose(config, create_model('tiny', 10), image_shape=(8, 8, 1),
+                         num_classes=10, measure_steps=1)
   entry, = json.load(open(cache_dir / 'strategies.json')).values()
   assert set(entry['step_s']) == {'unroll', 'chunked', 'vmap'} and chosen != 'sequential'
 
 
 def test_short_runs_are_not_measured(cache_dir):
   config = tiny_config(**{'seeds': 2, 'train__batch_size': 16, 'sweep__values': (0.0,)})
-  chosen = train.choose_strategy(config, create_model('tiny', 10), image_shape=(8, 8, 1),
-                                 num_classes=10, total_steps=train.MIN_STEPS_TO_MEASURE - 1)
+  chosen = tuning.choose(config, create_model('tiny', 10), image_shape=(8, 8, 1),
+                         num_classes=10, total_steps=tuning.MIN_STEPS_TO_MEASURE - 1)
   assert chosen == 'sequential' and not os.listdir(cache_dir)
 
 
 # ----------------------------------------------------- loop, donation, mixed precision
 def test_scan_loop_matches_python_loop_and_donates():
-  config = tiny_config(**{'seeds': 1, 'train__batch_size': 16})
-  sweep = sweep_lib.from_config(config)
-  model = create_model('tiny', 10)
-  keys = train.model_keys(sweep)
-  knobs = {k: jnp.asarray(v) for k, v in sweep_lib.knob_arrays(config, sweep).items()}
   rng = np.random.default_rng(1)
-  images = jnp.asarray(rng.integers(0, 256, (48, 8, 8, 1), np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, 48).astype(np.int32))
+  images = rng.integers(0, 256, (48, 8, 8, 1), np.uint8)
+  labels = rng.integers(0, 10, 48).astype(np.int32)
+  dataset = type('Train', (), {'train_images': images, 'train_labels': labels})
+  model = create_model('tiny', 10)
   out = {}
   for loop in ('python', 'scan'):
-    epoch_fn = train.make_train_epoch(model, config, steps_per_epoch=3, ops=(), erase=False,
-                                      mean=np.float32([0.5]), std=np.float32([0.25]),
-                                      strategy='unroll', loop=loop)
-    state = train.init_state(model, config.optim, keys['init'], (8, 8, 1))
+    config = tiny_config(**{'seeds': 1, 'train__batch_size': 16, 'train__loop': loop})
+    plan = tiny_plan(config, 'unroll', num_train=48)
+    epoch_fn = trainer.make_train_epoch(plan, model, trainer.ResidentInput(plan, dataset))
+    state = init_states(plan, model)
     before = jax.tree.leaves(state)
-    out[loop] = epoch_fn(state, knobs, keys, images, labels, 0)
+    knobs = {k: jnp.asarray(v) for k, v in plan.knobs.items()}
+    out[loop] = epoch_fn(state, knobs, plan.keys(), 0)
     assert all(x.is_deleted() for x in before), loop  # the state's buffers were donated
   assert_same_models(out['python'], out['scan'])
 

@@ -1,0 +1,131 @@
+"""The pure one-model training step and prediction: optimiser, learning-rate shape,
+preprocessing (augmentation and normalisation) and loss.
+
+Everything here is one model's computation on one batch; model_axis.py runs it over the
+M models of a sweep. Per-model knobs arrive as traced values in `knobs` (short name ->
+scalar, or a [C] per-class table), so one compiled program serves every sweep value.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from classbias_jax import augment, configs
+
+
+def hyperparameter(knobs, config, dotted: str):
+  """A knob's per-model traced value when the plan carries it, else the config's value:
+  a field becomes sweepable by adding its row to configs.KNOBS, with no change here."""
+  short = configs.short_name(dotted)
+  return knobs[short] if short in knobs else configs.get_field(config, dotted)
+
+
+def make_optimizer(momentum, weight_decay, learning_rate) -> optax.GradientTransformation:
+  """SGD with momentum and L2 weight decay added to the gradient, as PyTorch's SGD. All
+  three may be traced per-model values."""
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
+                     optax.scale(-learning_rate))
+
+
+def lr_shape(optim_config, steps_per_epoch: int, epochs: int) -> Callable:
+  """Learning-rate multiplier in [0, 1] of the global step: linear warmup, then cosine."""
+  warmup = int(round(optim_config.warmup_epochs * steps_per_epoch))
+  total = epochs * steps_per_epoch
+  return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup, 1), max(total, warmup + 1),
+                                            end_value=0.0)
+
+
+def init_state(model, image_shape, key) -> dict[str, Any]:
+  """One model's {'params', 'batch_stats', 'opt_state'}."""
+  variables = model.init(key, jnp.zeros((1,) + tuple(image_shape)), train=False)
+  opt_state = make_optimizer(0.0, 0.0, 0.0).init(variables['params'])
+  return {'params': variables['params'], 'batch_stats': variables['batch_stats'],
+          'opt_state': opt_state}
+
+
+def make_preprocess(plan) -> Callable:
+  """preprocess(key, images uint8 [B, H, W, C], labels [B], knobs) -> float32 images,
+  augmented with one model's knobs, normalised with the dataset's channel statistics."""
+  mean, std = jnp.asarray(plan.mean), jnp.asarray(plan.std)
+  ops, erase, padding = plan.ops, plan.erase, plan.config.aug.pad_crop
+
+  def preprocess(key, images, labels, knobs):
+    x = images.astype(jnp.float32) / 255.0
+    if not (ops or erase):
+      return (x - mean) / std
+    crop_key, erase_key = jax.random.split(key)
+    if ops:
+      x = augment.augment_batch(crop_key, x, labels, knobs, ops, pad_crop=padding)
+    x = (x - mean) / std
+    if erase:
+      x = augment.erase_batch(erase_key, x, labels, knobs)
+    return x
+
+  return preprocess
+
+
+def epoch_permutations(data_keys, epoch, num_examples: int):
+  """int32 [M, N]: each model's order of the training set in `epoch` (seed-determined)."""
+  return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch),
+                                                   num_examples))(data_keys)
+
+
+def make_train_step(plan, model) -> Callable:
+  """The update of ONE model on one batch, as model_axis lifts it:
+
+    train_step((state, knobs, perm, aug_key), (images, labels, epoch, step))
+        -> (state, {'loss', 'accuracy', 'finite'})
+
+  perm int32 [N]: the model's order of the resident training set, whose uint8 images
+  [N, H, W, C] and labels [N] are shared; perm None (streamed input): images [B, ...] and
+  labels [B] are the batch itself. epoch and step are traced int32 scalars.
+  """
+  config = plan.config
+  batch_size = config.train.batch_size
+  shape = lr_shape(config.optim, plan.steps_per_epoch, config.train.epochs)
+  preprocess = make_preprocess(plan)
+
+  def train_step(per_model, shared):
+    state, knobs, perm, aug_key = per_model
+    images, labels, epoch, step = shared
+    if perm is None:
+      batch, y = images, labels
+    else:
+      idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
+      batch, y = images[idx], labels[idx]
+    key = jax.random.fold_in(jax.random.fold_in(aug_key, epoch), step)
+    x = preprocess(key, batch, y, knobs)
+
+    def loss_fn(params):
+      logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
+                                     x, train=True, mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1])).mean()
+      return loss, (logits, new_vars['batch_stats'])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    value = lambda dotted: hyperparameter(knobs, config, dotted)
+    lr = value('optim.learning_rate') * shape(epoch * plan.steps_per_epoch + step)
+    tx = make_optimizer(value('optim.momentum'), value('optim.weight_decay'), lr)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    new_state = {'params': optax.apply_updates(state['params'], updates),
+                 'batch_stats': batch_stats, 'opt_state': opt_state}
+    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+               'finite': jnp.isfinite(loss)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_predict(plan, model) -> Callable:
+  """predict(variables, images uint8 [B, H, W, C]) -> int32 [B]: one model's classes."""
+  mean, std = jnp.asarray(plan.mean), jnp.asarray(plan.std)
+
+  def predict(variables, images):
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    return jnp.argmax(model.apply(variables, x, train=False), -1).astype(jnp.int32)
+
+  return predict

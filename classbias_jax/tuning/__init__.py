@@ -1,0 +1,1 @@
+"""Measuring the training step: strategies, FLOPs, the benchmarked step, host memory."""

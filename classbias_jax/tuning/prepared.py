@@ -1,0 +1,111 @@
+"""The training step the run compiles, on stand-in data: what the benchmark times and
+train.strategy 'auto' measures."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from classbias_jax import model_axis, plan as plan_lib, step as step_lib
+from classbias_jax.tuning import flops as flops_lib
+
+
+class PreparedStep(NamedTuple):
+  run: Callable[[], None]  # trains all M models for steps_per_call steps, blocks until done
+  compile_s: float
+  flops: float  # per step, all models: model_flops (3x the forward pass)
+  compiled: Any  # jax.stages.Compiled, e.g. for .as_text()
+  steps_per_call: int
+  xla_flops: float = 0.0  # per step, XLA's cost analysis (0 when the backend has none)
+
+
+def stand_in_plan(config, *, image_shape, num_classes: int, strategy: str, loop: str,
+                  num_batches: int) -> plan_lib.Plan:
+  """The plan of `config` on num_batches batches of random images of this shape."""
+  channels = image_shape[-1]
+  config = config.copy_and_resolve_references()
+  config.train.loop = loop
+  return plan_lib.build(config, num_train=num_batches * config.train.batch_size,
+                        num_classes=num_classes, image_shape=image_shape,
+                        mean=np.full(channels, 0.5, np.float32),
+                        std=np.full(channels, 0.25, np.float32), strategy=strategy)
+
+
+def _arguments(plan, model, num_batches: int):
+  """(state, per-model args, shared args) of the lifted step, on device as a run has them."""
+  rng = np.random.default_rng(0)
+  n = num_batches * plan.config.train.batch_size
+  images = rng.integers(0, 256, (n,) + tuple(plan.image_shape), np.uint8)
+  labels = rng.integers(0, plan.num_classes, n).astype(np.int32)
+  keys = plan.keys()
+  put = lambda tree: model_axis.put_models(tree, plan.strategy)
+  init = lambda k: step_lib.init_state(model, plan.image_shape, k)
+  state = put(jax.jit(jax.vmap(init))(keys['init']))
+  per_model = put(({k: jnp.asarray(v) for k, v in plan.knobs.items()}, keys['aug'],
+                   step_lib.epoch_permutations(keys['data'], 0, n)))
+  shared = model_axis.put_shared((images, labels), plan.strategy, plan.num_models)
+  return state, (*per_model, *shared, jnp.int32(0))
+
+
+def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str,
+                  num_batches: int = 4, materialize: bool | None = None,
+                  loop: str = 'python', count_flops: bool = True) -> PreparedStep:
+  """The compiled training step for the sweep in `config`, as the trainer runs it, on
+  random uint8 images [num_batches * B, *image_shape] held on device. loop 'python': one
+  step per call; 'scan': num_batches steps per call (as an epoch with loop 'scan').
+  materialize: the CPU model's weight-gradient operands computed once (models/), None:
+  the model's own setting.
+
+  Under 'shard' the flops of one device's program are multiplied by the devices used;
+  under 'sequential' `compiled` is the one-model program and its flops are multiplied by M.
+  """
+  if materialize is not None and hasattr(model, 'materialize'):
+    model = model.clone(materialize=int(materialize))
+  plan = stand_in_plan(config, image_shape=image_shape, num_classes=num_classes,
+                       strategy=strategy, loop=loop, num_batches=num_batches)
+  train_step = model_axis.lift_train_step(step_lib.make_train_step(plan, model), strategy,
+                                          config.train.chunk_size)
+  state, args = _arguments(plan, model, num_batches)
+  sequential = model_axis.is_sequential(strategy)
+  if loop == 'scan':
+    def scanned(state, *args):
+      return jax.lax.scan(lambda s, i: train_step(s, *args, i), state,
+                          jnp.arange(num_batches, dtype=jnp.int32))
+    fn, steps = scanned, [()]
+  else:
+    fn, steps = train_step, [(jnp.int32(i),) for i in range(num_batches)]
+  t0 = time.perf_counter()
+  if sequential:  # the one-model program (the models' calls use it), and fn calls it
+    compiled = train_step.compile(state, *args, *steps[0])
+  else:
+    compiled = fn = jax.jit(fn, donate_argnums=(0,)).lower(state, *args, *steps[0]).compile()
+  compile_s = time.perf_counter() - t0
+  box = {'state': state, 'calls': 0}
+
+  def run():
+    box['state'], metrics = fn(box['state'], *args, *steps[box['calls'] % len(steps)])
+    box['calls'] += 1
+    jax.block_until_ready((box['state'], metrics))
+
+  flops = xla_flops = 0.0
+  if count_flops:
+    flops, xla_flops = _count_flops(plan, model, compiled, train_step, state, args, loop)
+  return PreparedStep(run, compile_s, flops, compiled, num_batches if loop == 'scan' else 1,
+                      xla_flops)
+
+
+def _count_flops(plan, model, compiled, train_step, state, args, loop: str):
+  """(model FLOPs, XLA's FLOPs) of one step of all models."""
+  flops = flops_lib.model_flops(model, plan.image_shape, plan.config.train.batch_size)
+  # XLA's cost analysis counts no loop bodies (a scanned step is costed on its own) and,
+  # on GPU, no cuDNN convolutions: kept beside the model count.
+  xla = flops_lib.step_flops(compiled) if loop != 'scan' else flops_lib.step_flops(
+      jax.jit(train_step).lower(state, *args, jnp.int32(0)))
+  if model_axis.is_sequential(plan.strategy):  # the compiled program is one model's
+    xla *= plan.num_models
+  sharded = model_axis.split_strategy(plan.strategy)[0]
+  devices = model_axis.model_mesh(plan.num_models).size if sharded else 1
+  return flops * plan.num_models, devices * xla
