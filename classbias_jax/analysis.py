@@ -173,11 +173,17 @@ def flag_family(comparisons: list[dict[str, Any]], alpha: float = ALPHA) -> list
 
 def with_power(comp: dict[str, Any], target: float = TARGET_DROP) -> dict[str, Any]:
   """Adds min_detectable (the smallest drop found with 80% power at the family's level) and
-  seeds_needed (seeds per value for a `target` drop, same power and level): [C] each."""
+  seeds_needed (seeds per value for a `target` drop, same power and level): [C] each.
+
+  The churn of a `target` drop floors var_e: a class right on every image in every run
+  shows none, yet could not reveal a drop with no variance at all.
+  """
   parts = {k: comp[k] for k in ('seed', 'image', 'res')}
-  return {**comp, 'min_detectable': stats.detectable_effect(parts, comp['n'], comp['seeds'],
-                                                            comp['level']),
-          'seeds_needed': stats.seeds_needed(parts, comp['n'], target, comp['level'])}
+  churn = target * (1 - target)  # var_e of a drop of `target` on images picked at random
+  return {**comp, 'min_detectable': stats.detectable_effect(
+              parts, comp['n'], comp['seeds'], comp['level'], churn=churn),
+          'seeds_needed': stats.seeds_needed(parts, comp['n'], target, comp['level'],
+                                             churn=churn)}
 
 
 def confusion_flow(predictions: np.ndarray, labels: np.ndarray, valid: np.ndarray,
@@ -368,17 +374,29 @@ def _comparisons(correct, valid, labels, num_classes, ref, off) -> dict[tuple, d
 
 
 def _flag_all(comparisons: dict[tuple, dict], alpha: float) -> tuple[dict, dict]:
-  """flag_family over the comparisons of distinct values; a value against itself gets no q."""
-  keys = [k for k, c in comparisons.items() if not c['self']]
+  """flag_family over the comparisons of distinct values. A value against itself gets no q;
+  the reference against the off value mirrors the off value against the reference."""
+  mirror = [(v, 'off') for (v, key), c in comparisons.items()
+            if key == 'ref' and c['self'] and (v, 'off') in comparisons]
+  keys = [k for k, c in comparisons.items() if not c['self'] and k not in mirror]
   flagged = dict(zip(keys, map(with_power, flag_family([comparisons[k] for k in keys], alpha))))
   out = {}
   for k, comp in comparisons.items():
     none, nan = np.zeros(comp['p'].shape, bool), np.full(comp['p'].shape, np.nan)
-    out[k] = flagged.get(k) or {**comp, 'q': nan, 'hurt': none, 'helped': none,
-                                'min_detectable': nan, 'seeds_needed': nan}
+    twin = flagged.get((_off_index(comparisons), 'ref')) if k in mirror else None
+    out[k] = flagged.get(k) or ({**comp, **{x: twin[x] for x in ('q', 'min_detectable',
+                                                                  'seeds_needed')},
+                                 'hurt': twin['helped'], 'helped': twin['hurt']} if twin else
+                                {**comp, 'q': nan, 'hurt': none, 'helped': none,
+                                 'min_detectable': nan, 'seeds_needed': nan})
   level = next(iter(flagged.values()))['level'] if flagged else alpha
   return out, {'num_tests': int(sum(np.sum(~np.isnan(comparisons[k]['p'])) for k in keys)),
                'level': level}
+
+
+def _off_index(comparisons: dict[tuple, dict]) -> int | None:
+  """The off value's index: the value whose comparison against the off value is to itself."""
+  return next((k[0] for k, c in comparisons.items() if k[1] == 'off' and c['self']), None)
 
 
 def _effects_json(results, valid, v, ref, comps, top_flow) -> dict[str, Any]:

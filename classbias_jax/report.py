@@ -83,6 +83,10 @@ def _median(xs: list[float | None]) -> float | None:
   return float(np.median(xs)) if xs else None
 
 
+def _dof(k: int) -> str:
+  return f'{k} degree{"" if k == 1 else "s"} of freedom'
+
+
 def _seeds_text(k: float | None) -> str:
   return 'more than 1024 seeds (or more test images)' if k is None else f'about {k:.0f} seeds'
 
@@ -215,8 +219,7 @@ def _conclusions(stats: Mapping[str, Any]) -> list[str]:
     mdes = [m for v in stats['values'] for m in v['per_class']['min_detectable_drop']]
     mde = _median(mdes)
     return [f'**What this run can conclude.** With {seeds} seeds, each class\'s run-to-run '
-            f'variation is estimated from its own {seeds} runs ({seeds - 1} degree(s) of '
-            'freedom), so only drops far larger than that variation and consistent across '
+            f'variation is estimated from its own {seeds} runs ({_dof(seeds - 1)}), so only drops far larger than that variation and consistent across '
             'the seeds can be flagged (here about '
             f'{_pct(mde)} points in the median class, 80% power). A class that is not '
             f'flagged may still be hurt. The flags that are listed hold at the stated false '
@@ -250,11 +253,24 @@ def _power(stats: Mapping[str, Any]) -> list[str]:
   lines += _table(['value', 'median class', 'least testable class',
                    f'seeds for {_pct(target, 0)} points: median class',
                    'least testable class'], rows) + ['']
-  if rows:
-    lines += [f'To detect a {_pct(target, 0)}-point drop in {rows[0][2].split(" (")[0]} at '
-              f'`{_knob(stats)}={rows[0][0]}` you need {rows[0][4]} per value. Per-class '
-              'values: `min_detectable_drop` and `seeds_needed` in analysis.json.', '']
-  return lines
+  return lines + _seeds_sentence(stats, target)
+
+
+def _seeds_sentence(stats: Mapping[str, Any], target: float) -> list[str]:
+  """'To detect a 5-point drop in class X you need about K seeds', for the least testable
+  class not flagged at the focus value (or the first compared value)."""
+  focus = stats['focus_index']
+  if focus is None:
+    return []
+  entry, names = stats['values'][focus], stats['class_names']
+  pc, flagged = entry['per_class'], set(entry['hurt']) | set(entry['helped'])
+  mde = [-1 if m is None or names[c] in flagged else m
+         for c, m in enumerate(pc['min_detectable_drop'])]
+  c = int(np.argmax(mde))
+  return [f'To detect a {_pct(target, 0)}-point drop in {names[c]}, the least testable '
+          f'class not flagged at `{_knob(stats)}={entry["value"]:g}`, you need '
+          f'{_seeds_text(pc["seeds_needed"][c])} per value. Per-class values: '
+          '`min_detectable_drop` and `seeds_needed` in analysis.json.', '']
 
 
 def _replication(stats: Mapping[str, Any]) -> list[str]:
@@ -304,7 +320,7 @@ def _seed_caveat(stats: Mapping[str, Any]) -> str:
     return ('- One seed: the run-to-run variation of a class cannot be estimated, so nothing '
             'is tested; intervals cover the sampling of test images only.')
   return (f'- Each class\'s run-to-run variance is its own, estimated from its {seeds} seeds '
-          f'({seeds - 1} degree(s) of freedom, which bound the test\'s), not borrowed from '
+          f'({_dof(seeds - 1)}, which bound the test\'s), not borrowed from '
           'other classes: classes differ several-fold in how much a new run moves them.'
           + (' With so few seeds the test is valid but has little power.'
              if _status(stats) == 'limited' else ''))

@@ -211,28 +211,33 @@ def _projected(comp, n, s) -> tuple[np.ndarray, np.ndarray]:
     return total / (s * n), dof
 
 
-def detectable_effect(comp, n, s, level: float, power: float = POWER) -> np.ndarray:
+def detectable_effect(comp, n, s, level: float, power: float = POWER,
+                      churn: float = 0.0) -> np.ndarray:
   """The smallest |effect| that a design with s seeds flags with probability `power` [C].
 
   comp: the variance components of crossed_effect_test; level: the two-sided p-value a
-  flag needs. NaN with fewer than two seeds (the run-to-run term is unknown).
+  flag needs; churn: a floor on var_e (a class right on every image in every run shows
+  none, yet a drop would bring some). NaN with fewer than two seeds (the run-to-run term
+  is unknown).
   """
   if np.ndim(s) == 0 and s < 2:
     return np.full(np.shape(n), np.nan)
+  comp = {**comp, 'res': np.maximum(comp['res'], churn)}
   var, dof = _projected(comp, n, s)
   with np.errstate(invalid='ignore'):
     crit = stats.t.ppf(1 - level / 2, dof) + stats.t.ppf(power, dof)
     return np.where(var > 0, crit * np.sqrt(var), 0.0)
 
 
-def seeds_needed(comp, n, target: float, level: float, power: float = POWER) -> np.ndarray:
+def seeds_needed(comp, n, target: float, level: float, power: float = POWER,
+                 churn: float = 0.0) -> np.ndarray:
   """Seeds per value for a `target` drop to be flagged with probability `power`: float [C].
 
   inf when no number of seeds up to MAX_SEEDS does it (the image term does not shrink with
   seeds: the class needs more test images); NaN when the components are unknown.
   """
   n = np.asarray(n, np.float64)
-  mde = lambda s: detectable_effect(comp, n, s, level, power)  # noqa: E731, falls with s
+  mde = lambda s: detectable_effect(comp, n, s, level, power, churn)  # noqa: E731, falls with s
   lo, hi = np.full(n.shape, 2.0), np.full(n.shape, float(MAX_SEEDS))
   reachable = mde(hi) <= target
   for _ in range(int(np.ceil(np.log2(MAX_SEEDS)))):  # bisection: mde(hi) <= target
