@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from classbias_jax import augment as A
+from classbias_jax import color as C
 
 TOL = 1e-5  # float32 against float64 references; far inside 1/255
 
@@ -24,7 +25,7 @@ def _keys(n, seed=0):
 
 
 # Jitted once here: compiling dominates this file's run time on CPU.
-_COLOR_JITTER = jax.jit(A.color_jitter)
+_COLOR_JITTER = jax.jit(C.color_jitter)
 _RESIZED_CROP = jax.jit(A.resized_crop, static_argnums=5)
 
 
@@ -117,24 +118,24 @@ def _test_image(c=3, shape=(6, 7)):
 def test_blend_ops_match_reference(c, factor):
   img = _test_image(c)
   x = jnp.asarray(img, jnp.float32)
-  for fn, ref in ((A.adjust_brightness, ref_brightness), (A.adjust_contrast, ref_contrast),
-                  (A.adjust_saturation, ref_saturation)):
+  for fn, ref in ((C.adjust_brightness, ref_brightness), (C.adjust_contrast, ref_contrast),
+                  (C.adjust_saturation, ref_saturation)):
     np.testing.assert_allclose(fn(x, factor), ref(img, factor), atol=TOL, err_msg=fn.__name__)
 
 
 def test_contrast_zero_is_mean_grey_and_saturation_zero_is_grey():
   img = _test_image(3)
   x = jnp.asarray(img, jnp.float32)
-  np.testing.assert_allclose(A.adjust_contrast(x, 0.0), np.full(img.shape, ref_grey(img).mean()),
+  np.testing.assert_allclose(C.adjust_contrast(x, 0.0), np.full(img.shape, ref_grey(img).mean()),
                              atol=TOL)
-  out = np.asarray(A.adjust_saturation(x, 0.0))
+  out = np.asarray(C.adjust_saturation(x, 0.0))
   np.testing.assert_allclose(out, np.repeat(ref_grey(img)[..., None], 3, -1), atol=TOL)
 
 
 @pytest.mark.parametrize('factor', [-0.5, -0.21, 0.0, 0.13, 0.37, 0.5])
 def test_hue_matches_colorsys(factor):
   img = _test_image(3)
-  out = A.adjust_hue(jnp.asarray(img, jnp.float32), factor)
+  out = C.adjust_hue(jnp.asarray(img, jnp.float32), factor)
   np.testing.assert_allclose(out, ref_hue(img, factor), atol=TOL)
   # A hue shift keeps each pixel's value (its max channel) and moves its colour.
   np.testing.assert_allclose(np.asarray(out).max(-1), img.max(-1), atol=TOL)
@@ -144,15 +145,15 @@ def test_hue_matches_colorsys(factor):
 
 def test_hue_one_channel_unchanged():
   img = jnp.asarray(_test_image(1), jnp.float32)
-  np.testing.assert_array_equal(A.adjust_hue(img, 0.3), img)
+  np.testing.assert_array_equal(C.adjust_hue(img, 0.3), img)
 
 
 def test_colour_ops_traced_factor_jit_vmap():
   img = jnp.asarray(_test_image(3), jnp.float32)
   factors = jnp.array([0.2, 0.9, 1.5])
-  for fn, ref in ((A.adjust_brightness, ref_brightness), (A.adjust_contrast, ref_contrast),
-                  (A.adjust_saturation, ref_saturation), (A.adjust_hue, ref_hue)):
-    f = factors - 1.0 if fn is A.adjust_hue else factors
+  for fn, ref in ((C.adjust_brightness, ref_brightness), (C.adjust_contrast, ref_contrast),
+                  (C.adjust_saturation, ref_saturation), (C.adjust_hue, ref_hue)):
+    f = factors - 1.0 if fn is C.adjust_hue else factors
     out = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(img, f)
     for i in range(3):
       np.testing.assert_allclose(out[i], ref(np.asarray(img, np.float64), float(f[i])),
@@ -165,14 +166,14 @@ def test_colour_ops_traced_factor_jit_vmap():
 def test_color_jitter_strength_zero_is_identity():
   for c in (1, 3):
     img = jnp.asarray(_test_image(c), jnp.float32)
-    out = jax.jit(jax.vmap(A.color_jitter, in_axes=(0, None, None, None, None, None)))(
+    out = jax.jit(jax.vmap(C.color_jitter, in_axes=(0, None, None, None, None, None)))(
         _keys(64), img, 0.0, 0.0, 0.0, 0.0)
     np.testing.assert_array_equal(out, jnp.broadcast_to(img, out.shape))
 
 
 def test_color_jitter_params_ranges_order_and_coupling():
   keys = _keys(2000)
-  draw = jax.jit(jax.vmap(A.color_jitter_params, in_axes=(0, None, None, None, None)))
+  draw = jax.jit(jax.vmap(C.color_jitter_params, in_axes=(0, None, None, None, None)))
   order, f = draw(keys, 0.4, 1.6, 0.8, 0.3)
   order, f = np.asarray(order), np.asarray(f)
   for col, lo, hi in ((0, 0.6, 1.4), (1, 0.0, 2.6), (2, 0.2, 1.8), (3, -0.3, 0.3)):
@@ -193,7 +194,7 @@ def test_color_jitter_matches_reference_in_every_order():
   img = _test_image(3)
   x = jnp.asarray(img, jnp.float32)
   f = np.array([1.3, 0.6, 1.7, 0.17])
-  apply = jax.jit(A.apply_color_jitter)
+  apply = jax.jit(C.apply_color_jitter)
   for order in itertools.permutations(range(4)):
     ref = img
     for op in order:
@@ -206,7 +207,7 @@ def test_color_jitter_applies_its_drawn_parameters():
   img = _test_image(3)
   x = jnp.asarray(img, jnp.float32)
   for key in _keys(4, seed=3):
-    order, f = jax.jit(A.color_jitter_params)(key, 0.8, 0.8, 0.8, 0.2)
+    order, f = jax.jit(C.color_jitter_params)(key, 0.8, 0.8, 0.8, 0.2)
     ref = img
     for op in np.asarray(order):
       ref = REF_OPS[op](ref, float(f[op]))
@@ -217,8 +218,8 @@ def test_color_jitter_order_matters():
   # Saturation then brightness differs from brightness then saturation when clamping.
   img = jnp.asarray(_test_image(3), jnp.float32)
   f = jnp.array([1.9, 1.0, 0.0, 0.0])
-  a = A.apply_color_jitter(img, jnp.array([0, 2, 1, 3]), f)
-  b = A.apply_color_jitter(img, jnp.array([2, 0, 1, 3]), f)
+  a = C.apply_color_jitter(img, jnp.array([0, 2, 1, 3]), f)
+  b = C.apply_color_jitter(img, jnp.array([2, 0, 1, 3]), f)
   np.testing.assert_allclose(a, ref_saturation(ref_brightness(_test_image(3), 1.9), 0.0),
                              atol=TOL)
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0.05
