@@ -83,6 +83,13 @@ def _median(xs: list[float | None]) -> float | None:
   return float(np.median(xs)) if xs else None
 
 
+def _mde(x: float | None) -> str:
+  """A minimum detectable drop in points; one past 100 points is no drop at all."""
+  if x is None:
+    return 'n/a'
+  return 'none possible (> 100 points)' if x > 1 else f'{_pct(x)} points'
+
+
 def _dof(k: int) -> str:
   return f'{k} degree{"" if k == 1 else "s"} of freedom'
 
@@ -199,8 +206,8 @@ def _effects(stats: Mapping[str, Any], top_k: int) -> list[str]:
       q = [x for x in entry['per_class']['q'] if x is not None]
       best = f' (smallest q: {_prob(min(q))})' if q else ''
       mde = _median(entry['per_class']['min_detectable_drop'])
-      power = (f' This comparison could have detected a drop of about {_pct(mde)} points in '
-               'the median class (80% power; see Power).' if mde is not None else '')
+      power = (f' Smallest drop this comparison could detect in the median class (80% '
+               f'power; see Power): {_mde(mde)}.' if mde is not None else '')
       lines += [f'No class significantly hurt or helped{best}.{power}', '']
   return lines
 
@@ -220,8 +227,8 @@ def _conclusions(stats: Mapping[str, Any]) -> list[str]:
     mde = _median(mdes)
     return [f'**What this run can conclude.** With {seeds} seeds, each class\'s run-to-run '
             f'variation is estimated from its own {seeds} runs ({_dof(seeds - 1)}), so only drops far larger than that variation and consistent across '
-            'the seeds can be flagged (here about '
-            f'{_pct(mde)} points in the median class, 80% power). A class that is not '
+            'the seeds can be flagged (here, with 80% power in the median class: '
+            f'{_mde(mde)}). A class that is not '
             f'flagged may still be hurt. The flags that are listed hold at the stated false '
             f'discovery rate. For a test with useful power, run at least {full} seeds (see '
             'Power).', '']
@@ -247,8 +254,8 @@ def _power(stats: Mapping[str, Any]) -> list[str]:
     mde = [np.inf if m is None else m for m in pc['min_detectable_drop']]
     worst = int(np.argmax(mde))
     med = int(np.argsort(mde)[len(mde) // 2])
-    rows.append([f'{v["value"]:g}', _pct(_median(pc['min_detectable_drop'])),
-                 f'{names[worst]} ({_pct(pc["min_detectable_drop"][worst])})',
+    rows.append([f'{v["value"]:g}', _mde(_median(pc['min_detectable_drop'])),
+                 f'{names[worst]} ({_mde(pc["min_detectable_drop"][worst])})',
                  _seeds_text(pc['seeds_needed'][med]), _seeds_text(pc['seeds_needed'][worst])])
   lines += _table(['value', 'median class', 'least testable class',
                    f'seeds for {_pct(target, 0)} points: median class',
