@@ -12,7 +12,7 @@ set -uo pipefail
 out="${OUT:-.}"
 mkdir -p "$out"
 log="$out/gpu_check.log"
-export PYTHONUNBUFFERED=1 CLASSBIAS_CACHE_DIR="$out" CLASSBIAS_AUTO=measure
+export PYTHONUNBUFFERED=1 CLASSBIAS_CACHE_DIR="$out"
 # Leave GPU memory for the PyTorch reference, which runs in a child process.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
 python=${PYTHON:-python}
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 "$python" -c '
 import jax, flax, optax, ml_collections
 print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())
-import classbias_jax.train
+import classbias_jax.trainer
 ' 2>&1 | tee -a "$log" || exit 1
 
 bench() {  # bench LIMIT_S ARGS...: one benchmark, its JSON record appended

@@ -205,3 +205,17 @@ def test_fashion_mnist_end_to_end(tmp_path):
   assert len(r['test_labels']) == 10000
   assert list(r['class_names'][:2]) == ['T-shirt/top', 'Trouser']
   assert r['mean_accuracy'].max() > 0.3  # chance is 0.1
+
+
+def test_compile_cache_setting(monkeypatch):
+  """train.compile_cache names the folder; $CLASSBIAS_COMPILE_CACHE overrides it; '' is off."""
+  before = jax.config.jax_compilation_cache_dir
+  config = tiny_config(**{'train__compile_cache': ''})
+  monkeypatch.delenv(trainer.ENV_COMPILE_CACHE, raising=False)
+  assert trainer.setup_compile_cache(config) == ''
+  assert jax.config.jax_compilation_cache_dir == before  # untouched when off
+  monkeypatch.setenv(trainer.ENV_COMPILE_CACHE, before)
+  assert trainer.setup_compile_cache(config) == before
+  monkeypatch.setenv(trainer.ENV_COMPILE_CACHE, '')
+  assert trainer.setup_compile_cache(tiny_config()) == ''
+  assert configs.base_config().train.compile_cache.endswith(os.path.join('classbias_jax', 'jax'))
