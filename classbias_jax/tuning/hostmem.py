@@ -1,29 +1,23 @@
 """Host memory on CPU: how the C library's allocator serves XLA:CPU's per-step buffers.
 
 With glibc's defaults a training step's large buffers are mapped afresh from the kernel
-every step and their pages faulted in one 4 KB page at a time: a ResNet-20 step at batch
-128 maps a 303 MB block of temporaries (from a thread arena, whose 64 MB heaps cannot
-hold it, so it is mapped whatever the mmap settings say) and took about 80,000 minor page
-faults, a quarter of the process's CPU time (docs/benchmarks.md). Modes
-(CLASSBIAS_MALLOC for `python -m classbias_jax.main`, --malloc for the benchmark):
+every step and their pages faulted in 4 KB at a time, a large share of a step's CPU time
+(measured in docs/benchmarks.md). Modes (CLASSBIAS_MALLOC for `python -m
+classbias_jax.main`, --malloc for the benchmark):
 
 - 'hugepages' (the default): glibc's `glibc.malloc.hugetlb=1` tunable, so that malloc
-  asks for transparent huge pages (2 MB) for the memory it maps: a 303 MB block then
-  takes about 150 faults. Tunables are read when a process starts, so the entry point
-  executes itself again, once, with the tunable added to GLIBC_TUNABLES (before anything
-  heavy is imported). Applies on Linux with glibc >= 2.35 when the kernel's transparent
-  huge pages are in 'madvise' mode ('always' needs nothing; 'never' cannot) and JAX runs
-  on the CPU. Measured in alternating processes: a ResNet-20 step at batch 128 1.4x
-  faster (384-432 vs 270-288 images/s), 8 of them under 'sequential' 1.1x, the runlocal
-  study's small models unchanged (40-41 s).
+  asks for transparent huge pages (2 MB) for the memory it maps. Tunables are read when a
+  process starts, so the entry point executes itself again, once, with the tunable added
+  to GLIBC_TUNABLES (before anything heavy is imported). Applies on Linux with glibc >=
+  2.35 when the kernel's transparent huge pages are in 'madvise' mode ('always' needs
+  nothing; 'never' cannot) and JAX runs on the CPU.
 - 'retain': `mallopt` before JAX starts its threads: one arena, no mmap, no trimming, so
   memory freed by a step is reused by the next and the process keeps its peak memory.
-  Faster still for CIFAR-sized sweeps (8 ResNet-20s under 'sequential': 423 images/s
-  against 358 with 'hugepages'), but every thread then shares one arena and small
-  models' many small allocations contend (the runlocal study 1.1-1.2x slower).
+  Faster for CIFAR-sized models; small models' many small allocations contend in the
+  one arena.
 - 'system': the C library's defaults.
 
-A notebook or another program that calls `train.run` itself runs with the allocator its
+A notebook or another program that calls `trainer.run` itself runs with the allocator its
 process started with: start it with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for 'hugepages'.
 """
 from __future__ import annotations
