@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import stats
+from classbias_jax import configs, stats
 from classbias_jax.replication import paired_difference, split_half_replication
 from classbias_jax.errors import ConfigError
 from classbias_jax.stats import TEST_NAME, bh_qvalues, crossed_effect_test  # noqa: F401
@@ -37,9 +37,6 @@ FAMILY = ('every class at every non-reference sweep value, against the reference
           'against the off value')
 
 # The value that turns a knob off, keyed by the last component of sweep_name.
-OFF_VALUES = {'weight_decay': 0.0, 'crop_scale_min': 1.0, 'color_strength': 0.0,
-              'erase_prob': 0.0, 'label_smoothing': 0.0}
-OFF_AT_ZERO_SUFFIXES = ('_prob', '_strength')
 
 
 # ------------------------------------------------------------------ building blocks
@@ -51,7 +48,7 @@ def off_index(sweep_name: str, sweep_values: np.ndarray) -> int | None:
   the sweep does not include it.
   """
   knob = str(sweep_name).split('.')[-1]
-  off = OFF_VALUES.get(knob, 0.0 if knob.endswith(OFF_AT_ZERO_SUFFIXES) else None)
+  off = configs.off_values().get(knob)  # the knob table's off values
   if off is None:
     return None
   hits = np.flatnonzero(np.isclose(np.asarray(sweep_values, np.float64), off, rtol=0, atol=1e-12))
