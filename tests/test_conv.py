@@ -1,6 +1,6 @@
-"""models/conv.py and the chunked ResNet: the same gradients as lax's convolution, vmapped or
-not, without the batch-grouped weight-gradient convolution under vmap; the same function
-in chunks as whole."""
+"""models/conv.py and the ResNets: the same gradients as lax's convolution, vmapped or not,
+without the batch-grouped weight-gradient convolution under vmap; models/cpu.py's ResNet:
+the same function in chunks as whole."""
 import functools
 import re
 
@@ -13,7 +13,8 @@ from jax import lax
 
 from classbias_jax.models import create_model
 from classbias_jax.models.conv import conv_general_dilated, materialized
-from classbias_jax.models.resnet import BatchNorm, Conv, conv_init
+from classbias_jax.models.cpu import BatchNorm, Conv
+from classbias_jax.models.resnet import conv_init
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -53,8 +54,10 @@ def test_vmapped_weight_gradient_is_not_a_grouped_convolution():
   assert convs(conv_general_dilated) == [0, 0, 0, 0, 1, 1]
 
 
-def test_resnet_vmapped_gradients_match_per_model_gradients():
-  model = create_model('tiny', 3)
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_resnet_vmapped_gradients_match_per_model_gradients(backend):
+  """Both ResNets (the plain one, as GPUs get it, runs here on the CPU)."""
+  model = create_model('tiny', 3, backend=backend)
   images = jax.random.normal(jax.random.key(2), (4, 8, 8, 3))
   keys = jax.random.split(jax.random.key(3), 2)
   variables = jax.vmap(lambda k: model.init(k, images, train=False))(keys)

@@ -1,87 +1,26 @@
 """Flax ResNets: CIFAR ResNet-8/20/32/56 (He et al. 2016, sec. 4.2), ResNet-18 with a CIFAR
 stem, ResNet-50 with the ImageNet stem, and a tiny model for tests.
 
+`ResNet` here is the plain model, written as the google/flax examples write one (flax
+`nn.Conv` and `nn.BatchNorm` on whole batches). models/cpu.py holds the same networks
+tuned for XLA:CPU, with the same parameter tree (names, shapes, initialisation), so states
+and checkpoints move between the two; `models.create_model` picks one by backend.
+
 Initialisation and BatchNorm follow torchvision (Kaiming-normal fan-out convs, BN momentum
 0.1 in PyTorch's convention = 0.9 here, eps 1e-5), so results are comparable with
-PyTorch recipes.
+PyTorch recipes. Compute in `dtype`; parameters and BN statistics float32; logits float32.
 """
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 
 from classbias_jax.errors import ConfigError
-from classbias_jax.models.conv import conv_general_dilated
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# XLA:CPU trains faster on chunks of 32 images than on a batch of 128 (see ResNet) when
-# images have at least CHUNK_MIN_PIXELS (ResNet-20 step at 32x32: 1.31x, ResNet-8 at
-# 16x16: 1.07x; at 8x8: 0.97x, and a longer compile); other backends get whole batches.
-CONV_BATCH_CHUNK = 32
-CHUNK_MIN_PIXELS = 16 * 16
-
-# The models run on a list of batch chunks (see ResNet): these act on every chunk.
-relu = lambda xs: [nn.relu(x) for x in xs]
-add = lambda xs, ys: [x + y for x, y in zip(xs, ys)]
-
-
-class Conv(nn.Module):
-  """A bias-free convolution with flax nn.Conv's parameter and initialisation, one kernel
-  for every chunk; models/conv.py's convolution (fast weight gradients under vmap)."""
-  features: int
-  kernel_size: tuple[int, int]
-  strides: tuple[int, int] = (1, 1)
-  padding: Any = 'SAME'
-  dtype: Any = jnp.float32
-  materialize: bool = False
-
-  @nn.compact
-  def __call__(self, xs):
-    kernel = self.param('kernel', conv_init,
-                        (*self.kernel_size, xs[0].shape[-1], self.features), jnp.float32)
-    kernel = kernel.astype(self.dtype)
-    return [conv_general_dilated(x.astype(self.dtype), kernel, self.strides, self.padding,
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                 materialize=self.materialize) for x in xs]
-
-
-class BatchNorm(nn.Module):
-  """flax nn.BatchNorm (same variables and arithmetic: statistics in float32 by the fast
-  variance E[x^2] - E[x]^2, running averages with `momentum`) over all the chunks of a
-  batch together: the statistics are the whole batch's."""
-  use_running_average: bool
-  dtype: Any = jnp.float32
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, xs):
-    features = (xs[0].shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
-                            features)
-    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      axes = tuple(range(xs[0].ndim - 1))
-      count = sum(math.prod(x.shape[:-1]) for x in xs)
-      f32 = [x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in xs]
-      mean = sum(jnp.sum(x, axes) for x in f32) / count
-      mean2 = sum(jnp.sum(jnp.square(x), axes) for x in f32) / count
-      var = jnp.maximum(0.0, mean2 - jnp.square(mean))
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    mul = lax.rsqrt(var + self.epsilon) * self.param('scale', nn.initializers.ones, features,
-                                                     jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
-    return [((x - mean) * mul + bias).astype(self.dtype) for x in xs]
 
 
 class BasicBlock(nn.Module):
@@ -94,12 +33,12 @@ class BasicBlock(nn.Module):
   norm: Any
 
   @nn.compact
-  def __call__(self, xs):
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(xs)
-    y = relu(self.norm()(y))
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = nn.relu(self.norm()(y))
     y = self.norm()(self.conv(self.filters, (3, 3))(y))
-    return relu(add(y, _shortcut(xs, self.filters, self.strides, self.shortcut, self.conv,
-                                 self.norm)))
+    return nn.relu(y + _shortcut(x, self.filters, self.strides, self.shortcut, self.conv,
+                                 self.norm))
 
 
 class Bottleneck(nn.Module):
@@ -111,81 +50,58 @@ class Bottleneck(nn.Module):
   norm: Any
 
   @nn.compact
-  def __call__(self, xs):
-    y = relu(self.norm()(self.conv(self.filters, (1, 1))(xs)))
-    y = relu(self.norm()(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)))
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+    y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)))
     y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
-    return relu(add(y, _shortcut(xs, self.filters * 4, self.strides, self.shortcut,
-                                 self.conv, self.norm)))
+    return nn.relu(y + _shortcut(x, self.filters * 4, self.strides, self.shortcut, self.conv,
+                                 self.norm))
 
 
-def _shortcut(xs, filters, strides, kind, conv, norm):
-  if xs[0].shape[-1] == filters and strides == 1:
-    return xs
+def _shortcut(x, filters, strides, kind, conv, norm):
+  if x.shape[-1] == filters and strides == 1:
+    return x
   if kind == 'pad':
-    extra = filters - xs[0].shape[-1]
-    return [jnp.pad(x[:, ::strides, ::strides, :],
-                    ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2))) for x in xs]
-  return norm()(conv(filters, (1, 1), (strides, strides))(xs))
+    extra = filters - x.shape[-1]
+    return jnp.pad(x[:, ::strides, ::strides, :],
+                   ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+  return norm()(conv(filters, (1, 1), (strides, strides))(x))
+
+
+BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
 class ResNet(nn.Module):
-  """Generic ResNet. Input float [B, H, W, C]; output logits float32 [B, num_classes].
-
-  The network runs on a list of chunks of the batch: every convolution and elementwise
-  op acts on each chunk, BatchNorm's statistics are the whole batch's, so the function is
-  the same as on the whole batch at once (up to the summation order of the statistics and
-  of the weight gradients). XLA:CPU runs it faster in chunks of 32 images than whole:
-  smaller convolutions stay in cache, its thunk executor runs independent chunks on
-  different cores, and, the chunks being separate arrays, no op slices or concatenates a
-  batch (measured side by side, docs/benchmarks.md).
-  """
+  """Generic ResNet. Input float [B, H, W, C]; output logits float32 [B, num_classes]."""
   stage_sizes: Sequence[int]
   widths: Sequence[int]
   num_classes: int
-  block: Any = BasicBlock
+  block: str = 'basic'  # a key of BLOCKS
   stem: str = 'cifar'  # 'cifar': 3x3 stride 1; 'imagenet': 7x7 stride 2 + 3x3 max pool
   shortcut: str = 'conv'
   dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
-  # Images per chunk; -1: CONV_BATCH_CHUNK on CPU for images of at least CHUNK_MIN_PIXELS,
-  # whole batches otherwise; 0: whole batches. A batch that is not a larger multiple of
-  # the chunk runs whole.
-  conv_batch_chunk: int = -1
-  # Convolutions' weight-gradient operands computed once (models/conv.py `materialized`);
-  # -1: on CPU, where it pays, 0: off, 1: on.
-  materialize: int = -1
-
-  def materializes(self) -> bool:
-    """`materialize` resolved for the default backend."""
-    if self.materialize < 0:
-      return jax.default_backend() == 'cpu'
-    return bool(self.materialize)
+  # The convolution nn.Conv calls (None: lax.conv_general_dilated); create_model passes
+  # models/conv.py's, whose weight gradient stays fast under vmap over models.
+  conv_general_dilated: Callable | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    chunk = self.conv_batch_chunk
-    if chunk < 0:
-      big = x.shape[1] * x.shape[2] >= CHUNK_MIN_PIXELS
-      chunk = CONV_BATCH_CHUNK if jax.default_backend() == 'cpu' and big else 0
-    conv = functools.partial(Conv, dtype=self.dtype, materialize=self.materializes())
-    norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
+                             dtype=self.dtype, conv_general_dilated=self.conv_general_dilated)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
     x = x.astype(self.dtype)
-    size = x.shape[0]
-    if 0 < chunk < size and size % chunk == 0:
-      xs = [x[start:start + chunk] for start in range(0, size, chunk)]
-    else:
-      xs = [x]
     if self.stem == 'imagenet':
-      xs = relu(norm()(conv(self.widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)))(xs)))
-      xs = [nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))) for x in xs]
+      x = nn.relu(norm()(conv(self.widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
-      xs = relu(norm()(conv(self.widths[0], (3, 3))(xs)))
+      x = nn.relu(norm()(conv(self.widths[0], (3, 3))(x)))
     for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        xs = self.block(width, strides, self.shortcut, conv, norm)(xs)
-    features = jnp.concatenate([jnp.mean(x, axis=(1, 2)) for x in xs])
-    return nn.Dense(self.num_classes, dtype=self.dtype)(features).astype(jnp.float32)
+        x = BLOCKS[self.block](width, strides, self.shortcut, conv, norm)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 def _cifar(n):
@@ -200,15 +116,14 @@ MODELS = {
     'resnet56': _cifar(9),
     'resnet18': dict(stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), stem='cifar'),
     'resnet50': dict(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem='imagenet',
-                     block=Bottleneck),
+                     block='bottleneck'),
 }
 
 
-def create_model(name: str, num_classes: int, width: float = 1.0,
-                 dtype: Any = jnp.float32) -> ResNet:
-  """The model `name` with every stage width multiplied by `width` (at least 1 channel)."""
+def model_spec(name: str, width: float = 1.0) -> dict:
+  """MODELS[name] with every stage width multiplied by `width` (at least 1 channel)."""
   if name not in MODELS:
     raise ConfigError(f'unknown model.name {name!r}; choose one of {", ".join(MODELS)}')
   spec = dict(MODELS[name])
   spec['widths'] = tuple(max(1, int(round(w * width))) for w in spec['widths'])
-  return ResNet(num_classes=num_classes, dtype=dtype, **spec)
+  return spec
