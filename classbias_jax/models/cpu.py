@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from classbias_jax.models.conv import conv_general_dilated
+from classbias_jax.models import resnet
 from classbias_jax.models.resnet import conv_init
 
 # XLA:CPU trains faster on chunks of 32 images than on a batch of 128 (see ResNet) when
@@ -24,9 +25,13 @@ from classbias_jax.models.resnet import conv_init
 CONV_BATCH_CHUNK = 32
 CHUNK_MIN_PIXELS = 16 * 16
 
-# The models run on a list of batch chunks (see ResNet): these act on every chunk.
+# The models run on a list of batch chunks (see ResNet): the blocks' ops on every chunk.
 relu = lambda xs: [nn.relu(x) for x in xs]
-add = lambda xs, ys: [x + y for x, y in zip(xs, ys)]
+CHUNKS = resnet.Ops(
+    relu=relu, add=lambda xs, ys: [x + y for x, y in zip(xs, ys)],
+    pad_shortcut=lambda xs, strides, extra: [resnet.WHOLE.pad_shortcut(x, strides, extra)
+                                             for x in xs],
+    channels=lambda xs: xs[0].shape[-1])
 
 
 class Conv(nn.Module):
@@ -82,52 +87,6 @@ class BatchNorm(nn.Module):
     return [((x - mean) * mul + bias).astype(self.dtype) for x in xs]
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs. shortcut 'pad': option A of He et al. (strided identity, zero-padded
-  channels, no parameters); 'conv': 1x1 projection when the shape changes."""
-  filters: int
-  strides: int
-  shortcut: str
-  conv: Any
-  norm: Any
-
-  @nn.compact
-  def __call__(self, xs):
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(xs)
-    y = relu(self.norm()(y))
-    y = self.norm()(self.conv(self.filters, (3, 3))(y))
-    return relu(add(y, _shortcut(xs, self.filters, self.strides, self.shortcut, self.conv,
-                                 self.norm)))
-
-
-class Bottleneck(nn.Module):
-  """1x1 -> 3x3 (strided) -> 1x1 with 4x expansion, as torchvision's ResNet-50 (v1.5)."""
-  filters: int
-  strides: int
-  shortcut: str
-  conv: Any
-  norm: Any
-
-  @nn.compact
-  def __call__(self, xs):
-    y = relu(self.norm()(self.conv(self.filters, (1, 1))(xs)))
-    y = relu(self.norm()(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)))
-    y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
-    return relu(add(y, _shortcut(xs, self.filters * 4, self.strides, self.shortcut,
-                                 self.conv, self.norm)))
-
-
-def _shortcut(xs, filters, strides, kind, conv, norm):
-  if xs[0].shape[-1] == filters and strides == 1:
-    return xs
-  if kind == 'pad':
-    extra = filters - xs[0].shape[-1]
-    return [jnp.pad(x[:, ::strides, ::strides, :],
-                    ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2))) for x in xs]
-  return norm()(conv(filters, (1, 1), (strides, strides))(xs))
-
-
-BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -184,7 +143,8 @@ class ResNet(nn.Module):
     for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        xs = BLOCKS[self.block](width, strides, self.shortcut, conv, norm)(xs)
+        xs = resnet.BLOCKS[self.block](width, strides, self.shortcut, conv, norm,
+                                       ops=CHUNKS)(xs)
     features = jnp.concatenate([jnp.mean(x, axis=(1, 2)) for x in xs])
     return nn.Dense(self.num_classes, dtype=self.dtype)(features).astype(jnp.float32)
 

@@ -13,7 +13,8 @@ PyTorch recipes. Compute in `dtype`; parameters and BN statistics float32; logit
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+import operator
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -21,6 +22,23 @@ import jax.numpy as jnp
 from classbias_jax.errors import ConfigError
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class Ops(NamedTuple):
+  """How the blocks combine activations: whole arrays here; models/cpu.py passes the same
+  ops on lists of batch chunks."""
+  relu: Callable
+  add: Callable
+  pad_shortcut: Callable  # (x, strides, extra channels) -> strided x, zero-padded channels
+  channels: Callable  # x -> its number of channels
+
+
+def _pad_shortcut(x, strides, extra):
+  return jnp.pad(x[:, ::strides, ::strides, :],
+                 ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+WHOLE = Ops(nn.relu, operator.add, _pad_shortcut, lambda x: x.shape[-1])
 
 
 class BasicBlock(nn.Module):
@@ -31,14 +49,15 @@ class BasicBlock(nn.Module):
   shortcut: str
   conv: Any
   norm: Any
+  ops: Ops = WHOLE
 
   @nn.compact
   def __call__(self, x):
+    relu = self.ops.relu
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
-    y = nn.relu(self.norm()(y))
+    y = relu(self.norm()(y))
     y = self.norm()(self.conv(self.filters, (3, 3))(y))
-    return nn.relu(y + _shortcut(x, self.filters, self.strides, self.shortcut, self.conv,
-                                 self.norm))
+    return relu(self.ops.add(y, _shortcut(self, x, self.filters)))
 
 
 class Bottleneck(nn.Module):
@@ -48,24 +67,25 @@ class Bottleneck(nn.Module):
   shortcut: str
   conv: Any
   norm: Any
+  ops: Ops = WHOLE
 
   @nn.compact
   def __call__(self, x):
-    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
-    y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)))
+    relu = self.ops.relu
+    y = relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+    y = relu(self.norm()(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)))
     y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
-    return nn.relu(y + _shortcut(x, self.filters * 4, self.strides, self.shortcut, self.conv,
-                                 self.norm))
+    return relu(self.ops.add(y, _shortcut(self, x, self.filters * 4)))
 
 
-def _shortcut(x, filters, strides, kind, conv, norm):
-  if x.shape[-1] == filters and strides == 1:
+def _shortcut(block, x, filters):
+  """The block's residual path: x itself, option A's padded identity, or a projection."""
+  strides, channels = block.strides, block.ops.channels(x)
+  if channels == filters and strides == 1:
     return x
-  if kind == 'pad':
-    extra = filters - x.shape[-1]
-    return jnp.pad(x[:, ::strides, ::strides, :],
-                   ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-  return norm()(conv(filters, (1, 1), (strides, strides))(x))
+  if block.shortcut == 'pad':
+    return block.ops.pad_shortcut(x, strides, filters - channels)
+  return block.norm()(block.conv(filters, (1, 1), (strides, strides))(x))
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
