@@ -252,7 +252,7 @@ def prepare(args):
   runners = {'sweep': step.run}
   if args.compare_materialize:
     runners['materialize_flipped'] = prepared(config, strategy, not materialize).run
-  if args.compare_conv_chunk:
+  if args.compare_conv_chunk and hasattr(model, 'conv_batch_chunk'):  # the CPU model's
     runners['whole_batch_convs'] = prepared(config, strategy, materialize,
                                             model.clone(conv_batch_chunk=0)).run
   if args.compare_augment:
@@ -348,7 +348,7 @@ def summary(r: dict) -> str:
     lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
                  f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")
   if 'conv_chunk_ratio' in r:
-    from classbias_jax.models.resnet import CONV_BATCH_CHUNK
+    from classbias_jax.models.cpu import CONV_BATCH_CHUNK
     lines.append(f"convolutions in chunks of {CONV_BATCH_CHUNK} images vs whole batches: "
                  f"{r['conv_chunk_ratio']:.2f}x (CPU time: {r['conv_chunk_cpu_ratio']:.2f}x)")
   if 'augment_overhead' in r:
