@@ -1,12 +1,14 @@
-"""Resumable runs: the train state and the loop's progress at an epoch end, on disk.
+"""Resumable runs: the train state and the loop's progress at a step boundary, on disk.
 
 An orbax CheckpointManager keeps one checkpoint, a composite of items:
 
-    WORKDIR/checkpoint/epoch_NNNNNN/
+    WORKDIR/checkpoint/step_NNNNNNNNN/   (NNN: training steps done, over all epochs)
       _CHECKPOINT_METADATA   orbax's record of the step (and commit_success.txt)
       state/     the train state, every leaf [M, ...] (StandardSave)
-      meta/metadata          JSON (JsonSave): the run's config, the epoch, and what the
-                 loop collected so far (diverged flags, curves, the resolved input mode)
+      meta/metadata          JSON (JsonSave): the run's config, the position ('epoch'
+                 whole epochs and 'step' steps of the next one), and what the loop
+                 collected so far (diverged flags, curves, the current epoch's per-step
+                 metrics, the resolved input mode)
       batches/process_0-of-1.json   the grain iterator state, when the run streams and
                  save() was given the iterator (grain's CheckpointSave)
 
@@ -15,7 +17,8 @@ once every item is written, so every epoch_* directory is whole: a process kille
 leaves only the temporary directory, which loading ignores and the next save deletes.
 save() returns once the rename is done (no background writes), and the older checkpoint
 is deleted after it (max_to_keep=1). A run resumes only with the config that wrote the
-checkpoint (train.run deletes the checkpoint after writing its results).
+checkpoint, up to the fields of CHECKPOINT_FIELDS, which only say when to save
+(trainer.run deletes the checkpoint after writing its results).
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from typing import Any
 from classbias_jax.errors import ConfigError
 
 CHECKPOINT_DIR = 'checkpoint'
-_PREFIX = 'epoch'
-_DIGITS = 6
+_PREFIX = 'step'
+_DIGITS = 9
+# Config fields that say when to save, not what runs: a run may resume under other values.
+CHECKPOINT_FIELDS = ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes')
 _STATE, _META, _BATCHES = 'state', 'meta', 'batches'
 
 
@@ -87,14 +92,22 @@ def read_meta(workdir: str, config) -> dict[str, Any] | None:
   if step is None:
     return None
   meta = _read_meta_item(workdir, step)
+  meta.setdefault('step', 0)
   # Compared as canonical JSON text: NaN (an unset per-class knob) never equals itself.
   dump = lambda c: json.dumps(c, sort_keys=True)
-  if dump(meta['config']) != dump(config_json(config)):
-    fields = differing_fields(meta['config'], config_json(config))
+  saved, given = _identity(meta['config']), _identity(config_json(config))
+  if dump(saved) != dump(given):
+    fields = differing_fields(saved, given)
     raise ConfigError(f'{directory(workdir)} holds a checkpoint of a run with another config '
                       f'(differs in {", ".join(fields[:4])}{", ..." * (len(fields) > 4)}); '
                       'use a fresh workdir, or delete that checkpoint to start over')
   return meta
+
+
+def _identity(config: dict) -> dict:
+  """The JSON config without the fields that only say when to save."""
+  train = {k: v for k, v in config.get('train', {}).items() if k not in CHECKPOINT_FIELDS}
+  return dict(config, train=train)
 
 
 def differing_fields(a: dict, b: dict, prefix: str = '') -> list[str]:
@@ -109,26 +122,31 @@ def differing_fields(a: dict, b: dict, prefix: str = '') -> list[str]:
   return out
 
 
-def save(workdir: str, epoch: int, state, meta: dict[str, Any], batches=None) -> str:
-  """Writes the checkpoint of `epoch` atomically (see module docstring); returns its path.
+def save(workdir: str, epoch: int, state, meta: dict[str, Any], batches=None, step: int = 0,
+         steps_per_epoch: int = 1) -> str:
+  """Writes the checkpoint of `epoch` whole epochs and `step` steps of the next atomically
+  (see module docstring); returns its path.
 
   state: the train state pytree (leaves [M, ...]); meta: JSON-serialisable, must hold
   'config' (config_json) for read_meta. batches: the streamed run's grain iterator, whose
   position is saved as its own item (restore_batches); None when the run does not stream.
   """
   import orbax.checkpoint as ocp
+  if not 0 <= step < steps_per_epoch:
+    raise ValueError(f'step {step} is outside an epoch of {steps_per_epoch} steps')
+  number = epoch * steps_per_epoch + step
   items = {_STATE: ocp.args.StandardSave(state),
-           _META: ocp.args.JsonSave(dict(meta, epoch=epoch))}
+           _META: ocp.args.JsonSave(dict(meta, epoch=epoch, step=step))}
   if batches is not None:
     import grain
     items[_BATCHES] = grain.checkpoint.CheckpointSave(batches)
   with _manager(workdir, write=True) as manager:
-    # orbax skips a step not after the latest: a save of an earlier epoch replaces them.
-    for step in manager.all_steps():
-      if step >= epoch:
-        manager.delete(step)
-    if not manager.save(epoch, args=ocp.args.Composite(**items)):
-      raise RuntimeError(f'orbax did not save epoch {epoch} in {directory(workdir)}')
+    # orbax skips a step not after the latest: a save of an earlier position replaces them.
+    for old in manager.all_steps():
+      if old >= number:
+        manager.delete(old)
+    if not manager.save(number, args=ocp.args.Composite(**items)):
+      raise RuntimeError(f'orbax did not save step {number} in {directory(workdir)}')
   return latest(workdir)
 
 

@@ -151,7 +151,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.strategy = 'rule'
   c.train.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
   c.train.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
-  c.train.checkpoint_every = 0  # save WORKDIR/checkpoint every k epochs to resume (0: off)
+  # Checkpoints in WORKDIR/checkpoint, from which the same command resumes (loop.py): after
+  # every k-th epoch, every n-th step, and at the first step boundary t minutes after the
+  # last save (0: off). They never change results; SIGTERM/SIGINT also save one.
+  c.train.checkpoint_every = 0
+  c.train.checkpoint_every_steps = 0
+  c.train.checkpoint_minutes = 10.0
   # JAX's persistent compilation cache ('' = off; $CLASSBIAS_COMPILE_CACHE overrides):
   # a rerun of a study skips compilation. It never changes what runs.
   c.train.compile_cache = os.path.join('~', '.cache', 'classbias_jax', 'jax')
@@ -231,9 +236,9 @@ def validate(config) -> None:
                       'streamed')
   if config.data.workers < 0:
     raise ConfigError(f'data.workers must be >= 0, got {config.data.workers}')
-  if config.train.checkpoint_every < 0:
-    raise ConfigError(f'train.checkpoint_every must be >= 0 (0 = off), got '
-                      f'{config.train.checkpoint_every}')
+  for name in ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes'):
+    if not config.train[name] >= 0:  # also refuses NaN
+      raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
   if config.model.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'model.dtype {config.model.dtype!r}; choose float32 or bfloat16')
   per_class = [short_name(n) for n, k in KNOBS.items() if k.per_class]

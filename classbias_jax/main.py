@@ -1,6 +1,8 @@
 """Runs one study: `python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=DIR`.
 
 Parses flags and calls `trainer.run`; errors a user can fix are printed as one line.
+SIGTERM or SIGINT during training saves a checkpoint, prints one line saying how to resume
+and exits with 128 + the signal number (143, 130).
 """
 import sys
 
@@ -27,6 +29,10 @@ def main(argv):
     trainer.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     sys.exit(f'error: {e}')
+  except trainer.Interrupted as e:
+    # On a terminal the progress line has no newline yet.
+    print(('\n' if sys.stderr.isatty() else '') + str(e), file=sys.stderr)
+    sys.exit(e.code)
 
 
 if __name__ == '__main__':

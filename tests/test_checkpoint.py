@@ -7,7 +7,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import Interrupted, tiny_config
 
-from classbias_jax import checkpoint, train
+from classbias_jax import checkpoint, trainer
 from classbias_jax.data import stream
 from classbias_jax.errors import ConfigError
 
@@ -39,7 +39,7 @@ def test_save_keeps_the_newest_epoch_and_restores_it(tmp_path):
     path = checkpoint.save(workdir, epoch, {'w': state['w'] + epoch, 'step': state['step']},
                            meta_of(config, curves=[0.1, float('nan')]))
     assert path == checkpoint.latest(workdir)
-    assert os.listdir(checkpoint.directory(workdir)) == [f'epoch_{epoch:06d}']
+    assert os.listdir(checkpoint.directory(workdir)) == [f'step_{epoch:09d}']
   meta = checkpoint.read_meta(workdir, config)
   assert meta['epoch'] == 2 and meta['curves'][0] == 0.1 and np.isnan(meta['curves'][1])
   restored = checkpoint.restore_state(workdir, state)
@@ -47,9 +47,24 @@ def test_save_keeps_the_newest_epoch_and_restores_it(tmp_path):
   assert restored['step'].dtype == jnp.int32
   # An earlier epoch saved again (a run restarted before it) replaces the newer one.
   checkpoint.save(workdir, 1, state, meta_of(config))
-  assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
+  assert os.path.basename(checkpoint.latest(workdir)) == 'step_000000001'
   checkpoint.remove(workdir)
   assert checkpoint.latest(workdir) is None
+
+
+def test_a_position_inside_an_epoch_is_numbered_by_steps_done(tmp_path):
+  workdir, config = str(tmp_path), small_config()
+  checkpoint.save(workdir, 2, {'w': jnp.zeros(2)}, meta_of(config), step=3, steps_per_epoch=10)
+  assert os.path.basename(checkpoint.latest(workdir)) == 'step_000000023'
+  meta = checkpoint.read_meta(workdir, config)
+  assert (meta['epoch'], meta['step']) == (2, 3)
+  with pytest.raises(ValueError, match='outside'):
+    checkpoint.save(workdir, 2, {'w': jnp.zeros(2)}, meta_of(config), step=10,
+                    steps_per_epoch=10)
+  # The rules of when to save are not part of the run: other values resume it.
+  other = small_config(**{'train__checkpoint_every': 0, 'train__checkpoint_minutes': 1.5,
+                          'train__checkpoint_every_steps': 4})
+  assert checkpoint.read_meta(workdir, other)['step'] == 3
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
@@ -58,7 +73,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
   checkpoint.save(workdir, 1, {'w': jnp.zeros(2)}, meta_of(saved))
   assert checkpoint.read_meta(workdir, saved)['epoch'] == 1
   with pytest.raises(ConfigError, match='fresh workdir') as error:
-    train.run(small_config(**{'optim__learning_rate': 0.05}), workdir)
+    trainer.run(small_config(**{'optim__learning_rate': 0.05}), workdir)
   assert '\n' not in str(error.value) and 'optim.learning_rate' in str(error.value)
   assert os.listdir(workdir) == [checkpoint.CHECKPOINT_DIR]  # nothing written
 
@@ -77,14 +92,14 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
   with pytest.raises(Interrupted):
     checkpoint.save(workdir, 2, {'w': state['w'] + 1}, meta_of(config))
   monkeypatch.undo()
-  assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
+  assert os.path.basename(checkpoint.latest(workdir)) == 'step_000000001'
   # Killed mid-save (no clean-up ran): orbax's temporary directory is not a checkpoint.
   root = checkpoint.directory(workdir)
-  os.makedirs(os.path.join(root, 'epoch_000003' + TMP_SUFFIX, 'state'))
+  os.makedirs(os.path.join(root, 'step_000000003' + TMP_SUFFIX, 'state'))
   assert checkpoint.read_meta(workdir, config)['epoch'] == 1
   np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [0.0, 1.0, 2.0])
   checkpoint.save(workdir, 2, {'w': state['w'] + 1}, meta_of(config))
-  assert os.listdir(root) == ['epoch_000002']  # temporaries and the older epoch deleted
+  assert os.listdir(root) == ['step_000000002']  # temporaries and the older one deleted
   np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [1.0, 2.0, 3.0])
 
 

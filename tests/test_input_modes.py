@@ -72,7 +72,8 @@ def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, mode
   workdir = str(tmp_path / 'resumed')
   run_until_first_checkpoint(config, workdir, monkeypatch)
   monkeypatch.undo()
-  assert os.path.basename(checkpoint.latest(workdir)) == 'epoch_000001'
+  meta = checkpoint.read_meta(workdir, config)
+  assert (meta['epoch'], meta['step']) == (1, 0)
   assert not os.path.exists(os.path.join(workdir, results.RESULTS_FILE))
   resumed = trainer.run(config, workdir)
 
