@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_until_first_checkpoint, tiny_config
 
-from classbias_jax import checkpoint, loop, results, trainer
+from classbias_jax import checkpoint, loop, plan as plan_lib, results, trainer
 
 # The CLI run of the tests below: 2 models, 3 epochs of 84 steps (about a second each).
 COMMAND = [sys.executable, '-m', 'classbias_jax.main',
@@ -112,6 +112,19 @@ def test_a_checkpoint_inside_an_epoch_resumes_to_the_same_results(tmp_path, monk
   resolved = json.load(open(os.path.join(workdir, 'config.json')))['resolved']
   assert resolved['checkpoint'] == {'every_epochs': 0, 'every_steps': 7, 'minutes': 0.0,
                                     'saves_at': 'steps', 'on_signals': ['SIGTERM', 'SIGINT']}
+
+
+def test_inside_an_epoch_under_scan_the_epoch_finishes_step_by_step(tmp_path, monkeypatch):
+  # A checkpoint of the python loop (CPU) resumed where 'auto' resolves to scan.
+  config = steps_config('resident', train__epochs=1, train__strategy='unroll')
+  whole = trainer.run(config, str(tmp_path / 'whole'))
+  workdir = str(tmp_path / 'resumed')
+  run_until_first_checkpoint(config, workdir, monkeypatch)
+  monkeypatch.setattr(plan_lib.model_axis, 'resolve_loop', lambda *args, **kwargs: 'scan')
+  resumed = trainer.run(config, workdir)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['resolved']['loop'] == 'scan'
+  for key in ('test_predictions', 'val_predictions', 'train_loss', 'train_accuracy'):
+    np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
 
 
 def test_the_time_rule_saves_at_the_next_step(tmp_path, monkeypatch):
