@@ -53,7 +53,7 @@ KNOBS = {
 # The model axis (model_axis.py): 'rule' is the documented per-backend rule; 'auto'
 # measures the candidates on this machine (opt-in; tuning/strategy.py).
 STRATEGIES = ('rule', 'auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard',
-              'shard:unroll', 'shard:vmap', 'shard:chunked')
+              'shard:unroll', 'shard:vmap', 'shard:chunked', 'mesh')  # and 'mesh:AxB'
 
 
 def short_name(dotted: str) -> str:
@@ -147,8 +147,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 500
   c.train.eval_every = 0  # evaluate on test every k epochs for curves (0: only at the end)
   # The model axis (model_axis.py): 'rule' (the per-backend rule), 'auto' (measured on
-  # this machine), or a strategy by name: unroll, vmap, chunked, sequential, shard[:inner]
+  # this machine), or a strategy by name: unroll, vmap, chunked, sequential, shard[:inner],
+  # mesh (a 2-D mesh of models x data over all devices)
   c.train.strategy = 'rule'
+  # mesh: devices on the model axis and on the data axis (0 = chosen from the device count,
+  # M and the batch size; the run prints and records the shape it uses)
+  c.train.mesh_models = 0
+  c.train.mesh_data = 0
   c.train.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
   c.train.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
   # Checkpoints in WORKDIR/checkpoint, from which the same command resumes (loop.py): after
@@ -223,7 +228,7 @@ def validate(config) -> None:
     raise ConfigError(f'sweep.values has repeated values: {values}')
   if config.seeds < 1:
     raise ConfigError(f'seeds must be >= 1, got {config.seeds}')
-  if config.train.strategy not in STRATEGIES:
+  if config.train.strategy not in STRATEGIES and not config.train.strategy.startswith('mesh:'):
     raise ConfigError(f'train.strategy {config.train.strategy!r}; choose one of '
                       f'{", ".join(STRATEGIES)}')
   for name in ('epochs', 'batch_size', 'eval_batch_size', 'chunk_size'):

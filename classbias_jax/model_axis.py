@@ -9,6 +9,11 @@ written from the measurements in docs/benchmarks.md; 'auto' measures, tuning/str
   shard         the model axis split over a 1-D mesh of devices ('models'), each device
                 running its M / D models unrolled; 'shard:vmap' and 'shard:chunked' pick
                 the per-device strategy
+  mesh:AxB      a 2-D device mesh: the M models spread over A devices ('models'), each
+                model's batch over B devices ('data'); the models vmapped, the program
+                partitioned by the compiler (GSPMD), so BatchNorm's statistics, the loss
+                and the gradients are means over each model's whole batch. 'mesh' alone
+                picks A and B from the devices, M and the batch size (`mesh_shape`)
   sequential    the models one after another: a compiled one-model program called M times
                 from the host (a step per call: not with train.loop 'scan'); the work of
                 M separate runs, compiled once, whatever the compiler does with M-model
@@ -29,6 +34,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from classbias_jax.errors import ConfigError
 
 MODEL_AXIS = 'models'
+DATA_AXIS = 'data'
+MESH = 'mesh'
 INNER = ('unroll', 'vmap', 'chunked')
 SEQUENTIAL = 'sequential'
 
@@ -37,9 +44,13 @@ SEQUENTIAL = 'sequential'
 # Strategies.
 # ----------------------------------------------------------------------------------------
 def split_strategy(strategy: str) -> tuple[bool, str]:
-  """'shard:vmap' -> (True, 'vmap'); 'shard' -> (True, 'unroll'); 'vmap' -> (False, 'vmap')."""
+  """'shard:vmap' -> (True, 'vmap'); 'shard' -> (True, 'unroll'); 'vmap' -> (False, 'vmap');
+  'mesh:2x4' -> (True, 'mesh')."""
   if strategy == SEQUENTIAL:
     return False, SEQUENTIAL
+  if is_mesh(strategy):
+    parse_mesh(strategy)
+    return True, MESH
   sharded, _, inner = strategy.partition(':') if strategy.startswith('shard') else (
       '', '', strategy)
   inner = inner or 'unroll'
@@ -51,6 +62,22 @@ def split_strategy(strategy: str) -> tuple[bool, str]:
 
 def is_sequential(strategy: str) -> bool:
   return strategy == SEQUENTIAL
+
+
+def is_mesh(strategy: str) -> bool:
+  return strategy == MESH or strategy.startswith(MESH + ':')
+
+
+def parse_mesh(strategy: str) -> tuple[int, int]:
+  """'mesh:2x4' -> (2, 4): devices on the model axis and on the data axis."""
+  try:
+    models, data = (int(n) for n in strategy.split(':', 1)[1].split('x'))
+  except (IndexError, ValueError):
+    raise ConfigError(f'train.strategy {strategy!r}: a mesh is mesh:<models>x<data>, e.g. '
+                      'mesh:2x4') from None
+  if models < 1 or data < 1:
+    raise ConfigError(f'train.strategy {strategy!r}: axis sizes must be >= 1')
+  return models, data
 
 
 def jit(fn: Callable, strategy: str, **kwargs) -> Callable:
@@ -75,6 +102,8 @@ def over_models(fn: Callable, strategy: str, chunk_size: int = 1,
   sharded, inner = split_strategy(strategy)
   if inner == SEQUENTIAL:
     return Sequential(fn, carry)
+  if inner == MESH:  # the vmapped model axis laid along the mesh's model axis
+    return jax.vmap(fn, in_axes=(0, None), spmd_axis_name=MODEL_AXIS)
   local = _over_models_local(fn, inner, chunk_size)
   if not sharded:
     return local
@@ -169,20 +198,101 @@ def mesh_size(num_models: int, num_devices: int) -> int:
   return max(d for d in range(1, num_devices + 1) if num_models % d == 0)
 
 
-def put_models(tree, strategy: str):
-  """Places per-model leaves [M, ...]: split over the mesh under 'shard', else unchanged."""
+def mesh_shape(num_models: int, batch_size: int, num_devices: int, models: int = 0,
+               data: int = 0) -> tuple[int, int]:
+  """(model axis, data axis) sizes of a 2-D mesh; 0 = chosen. The choice uses the most
+  devices it can, with model-axis sizes that divide M and data-axis sizes that divide the
+  batch, and of equal uses the one with more devices on the model axis (models need no
+  communication). A size that M or the batch cannot divide, or more devices than there
+  are, is a one-line error."""
+  if not (models and data):
+    fits = lambda m: [d for d in range(1, num_devices // m + 1) if batch_size % d == 0]
+    allowed = lambda m: ((models or m) == m and num_models % m == 0
+                         and (not data or m * data <= num_devices))
+    options = [(m, data or max(fits(m))) for m in range(1, num_devices + 1) if allowed(m)]
+    if options:
+      models, data = max(options, key=lambda md: (md[0] * md[1], md[0]))
+    else:
+      models, data = models or 1, data or 1
+  if models * data > num_devices:
+    raise ConfigError(f'mesh {models}x{data} needs {models * data} devices; there are '
+                      f'{num_devices}')
+  if num_models % models:
+    raise ConfigError(f'the model axis ({models} devices) does not divide the {num_models} '
+                      'models')
+  if batch_size % data:
+    raise ConfigError(f'the data axis ({data} devices) does not divide train.batch_size '
+                      f'{batch_size}')
+  return models, data
+
+
+def device_mesh(strategy: str) -> Mesh:
+  """The 2-D ('models', 'data') mesh of a 'mesh:AxB' strategy, over the first A * B
+  devices of all processes."""
+  models, data = parse_mesh(strategy)
+  devices = np.asarray(jax.devices()[:models * data]).reshape(models, data)
+  return Mesh(devices, (MODEL_AXIS, DATA_AXIS))
+
+
+def _mesh_of(strategy: str, num_models: int) -> Mesh:
+  return device_mesh(strategy) if is_mesh(strategy) else model_mesh(num_models)
+
+
+def model_sharding(strategy: str, num_models: int) -> NamedSharding | None:
+  """Where per-model leaves [M, ...] live under 'shard' and 'mesh' (split over the model
+  axis); None for the strategies that leave placement to JAX. Passed as a jit's
+  out_shardings, the state is created already sharded."""
   if not split_strategy(strategy)[0]:
-    return tree
-  mesh = model_mesh(jax.tree.leaves(tree)[0].shape[0])
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MODEL_AXIS)))
+    return None
+  return NamedSharding(_mesh_of(strategy, num_models), PartitionSpec(MODEL_AXIS))
+
+
+def put_models(tree, strategy: str):
+  """Places per-model leaves [M, ...]: split over the mesh's model axis under 'shard' and
+  'mesh', else unchanged."""
+  sharding = model_sharding(strategy, jax.tree.leaves(tree)[0].shape[0])
+  return tree if sharding is None else place(tree, sharding)
 
 
 def put_shared(tree, strategy: str, num_models: int):
   """Places data every model reads (images, labels): a copy on every device of the mesh
-  under 'shard' (else each step would broadcast them), default placement otherwise."""
+  under 'shard' and 'mesh' (else each step would broadcast them), default placement
+  otherwise."""
   if not split_strategy(strategy)[0]:
     return jax.device_put(tree)
-  return jax.device_put(tree, NamedSharding(model_mesh(num_models), PartitionSpec()))
+  return place(tree, NamedSharding(_mesh_of(strategy, num_models), PartitionSpec()))
+
+
+def put_batch(tree, strategy: str, num_models: int):
+  """Places a host batch every model trains on ([B, ...] leaves): split over the data
+  axis under 'mesh', as put_shared otherwise."""
+  if not is_mesh(strategy):
+    return put_shared(tree, strategy, num_models)
+  return place(tree, NamedSharding(device_mesh(strategy), PartitionSpec(DATA_AXIS)))
+
+
+def place(tree, sharding: NamedSharding):
+  """jax.device_put(tree, sharding), also when the mesh spans several processes: then
+  every process holds the whole host value and gives each of its devices its part
+  (arrays already global pass through)."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree)
+
+
+def batch_constraint(strategy: str) -> Callable:
+  """x [B, ...] -> x laid over the data axis under 'mesh' (one model's batch; under the
+  model-axis vmap the models' axis is added), else x unchanged."""
+  if not is_mesh(strategy):
+    return lambda x: x
+  sharding = NamedSharding(device_mesh(strategy), PartitionSpec(DATA_AXIS))
+  return lambda x: jax.lax.with_sharding_constraint(x, sharding)
 
 
 # ----------------------------------------------------------------------------------------
@@ -194,22 +304,31 @@ def default_strategy(backend: str, num_models: int, num_devices: int,
   several divide M; else the models one after another ('sequential', unless train.loop is
   'scan'): on XLA:CPU one model's step already keeps the cores busy, an M-model program ran
   no faster and compiles M times longer, and vmapped convolutions become grouped ones,
-  several times slower. GPU/TPU: vmapped, sharded when several devices divide M.
-  (docs/benchmarks.md has the measurements.)"""
+  several times slower. GPU/TPU: vmapped; over several devices a 2-D mesh of models x
+  data ('mesh', shape chosen by `mesh_shape`). (docs/benchmarks.md has the measurements.)"""
+  if backend != 'cpu' and num_devices > 1:
+    return MESH
   if mesh_size(num_models, num_devices) > 1:
-    return 'shard' if backend == 'cpu' else 'shard:vmap'
+    return 'shard'
   if backend != 'cpu':
     return 'vmap'
   return SEQUENTIAL if loop != 'scan' and num_models > 1 else 'unroll'
 
 
 def resolve_strategy(strategy: str, num_models: int, loop: str = 'auto',
-                     backend: str | None = None) -> str:
-  """A strategy name as given, checked; 'rule' -> default_strategy for this backend."""
+                     backend: str | None = None, batch_size: int = 1,
+                     mesh: tuple[int, int] = (0, 0)) -> str:
+  """A strategy name as given, checked; 'rule' -> default_strategy for this backend;
+  'mesh' -> 'mesh:AxB' with the axis sizes `mesh` (0 = chosen by mesh_shape)."""
   if strategy == 'rule':
-    return default_strategy(backend or jax.default_backend(), num_models, jax.device_count(),
-                            loop)
+    strategy = default_strategy(backend or jax.default_backend(), num_models,
+                                jax.device_count(), loop)
+  if strategy == MESH:
+    models, data = mesh_shape(num_models, batch_size, jax.device_count(), *mesh)
+    return f'{MESH}:{models}x{data}'
   split_strategy(strategy)
+  if is_mesh(strategy):
+    mesh_shape(num_models, batch_size, jax.device_count(), *parse_mesh(strategy))
   return strategy
 
 

@@ -139,8 +139,9 @@ def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
   if strategy is None:
     if config.train.strategy == 'auto':
       raise ConfigError("train.strategy 'auto' must be measured before the plan is built")
-    strategy = model_axis.resolve_strategy(config.train.strategy, sweep.num_models,
-                                           config.train.loop)
+    strategy = model_axis.resolve_strategy(
+        config.train.strategy, sweep.num_models, config.train.loop, batch_size=batch_size,
+        mesh=(config.train.mesh_models, config.train.mesh_data))
   loop = model_axis.resolve_loop(config.train.loop, strategy=strategy)
   if loop == 'scan' and model_axis.is_sequential(strategy):
     raise ConfigError("train.strategy 'sequential' calls a compiled program per model and "

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from classbias_jax import augment, configs
+from classbias_jax import augment, configs, model_axis
 
 
 def hyperparameter(knobs, config, dotted: str):
@@ -87,6 +87,7 @@ def make_train_step(plan, model) -> Callable:
   batch_size = config.train.batch_size
   shape = lr_shape(config.optim, plan.steps_per_epoch, config.train.epochs)
   preprocess = make_preprocess(plan)
+  on_data_axis = model_axis.batch_constraint(plan.strategy)  # identity off a 2-D mesh
 
   def train_step(per_model, shared):
     state, knobs, perm, aug_key = per_model
@@ -96,6 +97,7 @@ def make_train_step(plan, model) -> Callable:
     else:
       idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
       batch, y = images[idx], labels[idx]
+    batch, y = on_data_axis(batch), on_data_axis(y)
     key = jax.random.fold_in(jax.random.fold_in(aug_key, epoch), step)
     x = preprocess(key, batch, y, knobs)
 

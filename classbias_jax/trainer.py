@@ -103,8 +103,8 @@ class StreamedInput:
 
   def epoch(self, keys, epoch: int, first_step: int = 0) -> Iterator[tuple]:
     del keys, epoch  # the pipeline sets the order and the position
-    put = lambda b: model_axis.put_shared((b['image'], b['label']), self.plan.strategy,
-                                          self.plan.num_models)
+    put = lambda b: model_axis.put_batch((b['image'], b['label']), self.plan.strategy,
+                                         self.plan.num_models)
     upcoming = put(next(self.batches))
     for step in range(first_step, self.plan.steps_per_epoch):
       yield (None, *upcoming)

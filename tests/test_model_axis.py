@@ -141,7 +141,7 @@ def test_the_rule_per_backend():
   assert model_axis.default_strategy('cpu', 8, 1, loop='scan') == 'unroll'
   assert model_axis.default_strategy('cpu', 8, 2) == 'shard'
   assert model_axis.default_strategy('gpu', 8, 1) == 'vmap'
-  assert model_axis.default_strategy('tpu', 8, 4) == 'shard:vmap'
+  assert model_axis.default_strategy('tpu', 8, 4) == 'mesh'
   assert model_axis.resolve_strategy('rule', 4, backend='gpu') == 'vmap'
   assert model_axis.resolve_strategy('vmap', 4, backend='cpu') == 'vmap'
 

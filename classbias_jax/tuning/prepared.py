@@ -106,6 +106,10 @@ def _count_flops(plan, model, compiled, train_step, state, args, loop: str):
       jax.jit(train_step).lower(state, *args, jnp.int32(0)))
   if model_axis.is_sequential(plan.strategy):  # the compiled program is one model's
     xla *= plan.num_models
-  sharded = model_axis.split_strategy(plan.strategy)[0]
-  devices = model_axis.model_mesh(plan.num_models).size if sharded else 1
+  if model_axis.is_mesh(plan.strategy):
+    devices = model_axis.device_mesh(plan.strategy).size
+  elif model_axis.split_strategy(plan.strategy)[0]:
+    devices = model_axis.model_mesh(plan.num_models).size
+  else:
+    devices = 1
   return flops * plan.num_models, devices * xla
