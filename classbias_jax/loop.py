@@ -19,6 +19,7 @@ finish its evaluation and results.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import model_axis, results
+from classbias_jax import distributed, model_axis, results
 from classbias_jax import step as step_lib
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -117,7 +118,7 @@ class Checkpointer:
     return crossed or late
 
   def _save(self, epoch: int, step: int, state, per_step) -> None:
-    self.history.epoch_steps = ({k: np.stack([jax.device_get(m[k]) for m in per_step])
+    self.history.epoch_steps = ({k: np.stack([distributed.to_host(m[k]) for m in per_step])
                                  for k in per_step[0]} if step else {})
     self.save_fn(epoch, step, state)
     self.history.epoch_steps = {}
@@ -287,9 +288,12 @@ def train_epochs(run_state: dict[str, Any], plan, train_epoch, evaluate, dataset
   predictions when that epoch was evaluated."""
   train = plan.config.train
   history, last = run_state['history'], None
-  progress = Progress(train.epochs, plan.num_models, first_epoch=start[0])
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  truncate_metrics(metrics_path, start[0])
+  lead = distributed.is_lead()  # one process logs and shows progress
+  progress = Progress(train.epochs, plan.num_models, first_epoch=start[0],
+                      stream=sys.stderr if lead else io.StringIO())
+  metrics_path = os.path.join(workdir, 'metrics.jsonl') if lead else os.devnull
+  if lead:
+    truncate_metrics(metrics_path, start[0])
   checkpointer.start(*start)
   with open(metrics_path, 'a' if start[0] else 'w') as log:
     for epoch in range(start[0], train.epochs):
@@ -299,7 +303,7 @@ def train_epochs(run_state: dict[str, Any], plan, train_epoch, evaluate, dataset
           run_state['state'], run_state['knobs'], run_state['keys'], epoch, first,
           history.epoch_steps, checkpointer.at_step)
       history.epoch_steps = {}
-      metrics = jax.device_get(metrics)
+      metrics = distributed.to_host(metrics)
       record = _record_epoch(history, epoch, metrics, time.time() - t0)
       extra, last = '', None
       if train.eval_every and ((epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs):

@@ -16,6 +16,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, logs and figures.')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Several processes (docs/scale.md); TPU pods and SLURM need none of these.
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Process 0 as host:port.')
+_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, "This process's index.")
 
 
 def main(argv):
@@ -23,8 +27,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
-  from classbias_jax import trainer  # after hostmem.setup: JAX starts its threads later
+  from classbias_jax import distributed, trainer  # after hostmem.setup (JAX's threads)
   try:
+    distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value)
     trainer.setup_compile_cache(_CONFIG.value)
     trainer.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

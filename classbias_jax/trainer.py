@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import checkpoint, configs, loop, model_axis, plan as plan_lib, plots
+from classbias_jax import checkpoint, configs, distributed, loop, model_axis, plan as plan_lib
+from classbias_jax import plots
 from classbias_jax import results
 from classbias_jax import step as step_lib
 from classbias_jax.data import modes
@@ -62,14 +63,16 @@ def make_plan(config, dataset, model) -> plan_lib.Plan:
 
 
 def initial_state(plan, model, workdir: str, resume) -> tuple[dict, dict, dict]:
-  """(keys, state, knobs) placed for the strategy; the state restored when resuming."""
-  put = lambda tree: model_axis.put_models(tree, plan.strategy)
-  keys = put(plan.keys())
+  """(keys, state, knobs) placed for the strategy (under 'shard' and 'mesh' created
+  already split over the model axis); the state restored when resuming."""
+  sharding = model_axis.model_sharding(plan.strategy, plan.num_models)
+  keys = jax.jit(lambda: plan_lib.model_keys(plan.sweep), out_shardings=sharding)()
   init = lambda key: step_lib.init_state(model, plan.image_shape, key)
-  state = put(jax.jit(jax.vmap(init))(keys['init']))
+  state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys['init'])
   if resume:
     state = checkpoint.restore_state(workdir, state)
-  knobs = put({k: jnp.asarray(v) for k, v in plan.knobs.items()})
+  knobs = {k: np.asarray(v) for k, v in plan.knobs.items()}
+  knobs = model_axis.put_models(knobs, plan.strategy) if sharding else jax.device_put(knobs)
   return keys, state, knobs
 
 
@@ -129,7 +132,7 @@ def make_evaluate(plan, model, images: np.ndarray, on_device: bool) -> Callable:
   batches = batch_for_eval(images, plan.config.train.eval_batch_size)
   if on_device:
     batches = model_axis.put_shared(batches, plan.strategy, plan.num_models)
-  return lambda state: np.asarray(predict(state, batches))[:, :len(images)]
+  return lambda state: distributed.to_host(predict(state, batches))[:, :len(images)]
 
 
 def batch_for_eval(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -146,6 +149,8 @@ def batch_for_eval(images: np.ndarray, batch_size: int) -> np.ndarray:
 # The study.
 # ----------------------------------------------------------------------------------------
 def _announce(plan, dataset, input_mode: str, resume) -> None:
+  if not distributed.is_lead():
+    return
   sweep, model = plan.sweep, plan.config.model.name
   augment = list(plan.ops) + ['erase'] * plan.erase
   print(f'{sweep.num_models} models ({len(sweep.values)} values of {sweep.name} x '
@@ -160,14 +165,19 @@ def _announce(plan, dataset, input_mode: str, resume) -> None:
 
 
 def _write_config(workdir: str, plan, dataset, input_mode: str, policy: dict) -> None:
+  if not distributed.is_lead():  # one process writes the run's files
+    return
   resolved = plan.config.to_dict()
   resolved['resolved'] = dict(plan.resolved(), input_mode=input_mode,
                               host_malloc=hostmem.in_effect(), checkpoint=policy,
+                              processes=jax.process_count(),
                               class_names=list(dataset.class_names))
   results.write_json(os.path.join(workdir, 'config.json'), resolved)
 
 
 def _finish(workdir: str, plan, arrays) -> None:
+  if not distributed.is_lead():
+    return
   results.save(workdir, arrays)
   checkpoint.remove(workdir)  # the results hold what it was kept for
   figure = plots.per_class_accuracy(arrays, os.path.join(workdir, 'figures',

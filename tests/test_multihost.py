@@ -1,0 +1,53 @@
+"""Two processes on localhost form one JAX job (CPU collectives over gloo) whose results
+equal the one-process run's on the same 2-D mesh."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from conftest import ROOT
+
+from classbias_jax import results
+
+ARGS = ('--config=configs/wd.py:runlocal,seeds=2,epochs=2', '--config.model.name=tiny',
+        '--config.sweep.values=(0.0,0.001)', '--config.train.strategy=mesh:2x2',
+        '--config.train.eval_every=1', '--config.train.compile_cache=')
+
+
+def _env(devices: int) -> dict:
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_give_the_one_process_results(tmp_path):
+  main = [sys.executable, '-m', 'classbias_jax.main', *ARGS]
+  one = subprocess.run([*main, f'--workdir={tmp_path / "one"}'], cwd=ROOT, env=_env(4),
+                       capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  port, workdir = _free_port(), tmp_path / 'two'
+  procs = [subprocess.Popen([*main, f'--workdir={workdir}',
+                             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                             f'--process_id={i}'], cwd=ROOT, env=_env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  # Only process 0 writes; the job's results are the one-process run's (the same program
+  # partitioned the same way; the sums across devices may run in another order).
+  assert 'mesh:2x2' in outs[0][1] and 'wrote' in outs[0][1] and 'wrote' not in outs[1][1]
+  resolved = json.loads((workdir / 'config.json').read_text())['resolved']
+  assert (resolved['processes'], resolved['strategy']) == (2, 'mesh:2x2')
+  a, b = results.load(str(tmp_path / 'one')), results.load(str(workdir))
+  assert (a['test_predictions'] == b['test_predictions']).mean() > 0.99
+  np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-4)
+  np.testing.assert_allclose(a['per_class_accuracy'], b['per_class_accuracy'], atol=0.03)
+  assert sorted(os.listdir(workdir)) == sorted(os.listdir(tmp_path / 'one'))
