@@ -2,6 +2,8 @@
 
 `load(data_config)` dispatches on `data.name`:
   'planted'          generated RGB dataset with planted class effects (planted.py)
+  'planted_folder'   the same images written once as an ImageNet-layout JPEG folder,
+                     then read as 'folder:PATH' (planted.write_folder)
   'digits'           scikit-learn's handwritten digits (embedded.py)
   'fashion_mnist'    Fashion-MNIST IDX files: data_dir, system package or TFDS (idx.py)
   'idx:PATH'         any folder of MNIST-format IDX files (idx.py)
@@ -73,6 +75,7 @@ def check(dataset: Dataset) -> Dataset:
 
 def load(data_config) -> Dataset:
   """Loads the dataset named by `data_config.name` (see module docstring)."""
+  data_config = _resolve(data_config)
   name = data_config.name
   if name == 'planted':
     from classbias_jax.data import planted
@@ -96,6 +99,14 @@ def load(data_config) -> Dataset:
   return check(splits.apply_splits(check(ds), data_config))
 
 
+def _resolve(data_config):
+  """'planted_folder' -> the config of the folder it writes ('folder:PATH'); else as is."""
+  if data_config.name != 'planted_folder':
+    return data_config
+  from classbias_jax.data import planted
+  return planted.as_folder_config(data_config)
+
+
 def streams_lazily(name: str) -> bool:
   """Whether `open_streamed` leaves the training split of dataset `name` on disk."""
   generated_or_small = ('planted', 'digits', 'fashion_mnist')
@@ -109,6 +120,7 @@ def open_streamed(data_config):
   until the pipeline reads it (the test and validation splits, and a sample for the
   channel statistics, are decoded when first used). Other sources: `load(data_config)`.
   """
+  data_config = _resolve(data_config)
   if not streams_lazily(data_config.name):
     return load(data_config)
   from classbias_jax.data import stream

@@ -1,9 +1,12 @@
 """Image-folder datasets (`data.name = 'folder:PATH'`) and the image helpers all sources share.
 
-Two layouts, one subfolder per class of JPEG/PNG files:
+Two layouts, one subfolder per class of JPEG/PNG files (extensions in any case: .JPEG):
   PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg   (the given split is used), or
   PATH/<class>/*.jpg                                      (20% of each class is test).
-Class names are the sorted subfolder names of the training images.
+Class names are the sorted subfolder names of the training images. In the first layout
+`val/` is the test folder when there is no `test/`, as in ImageNet's usual layout
+(PATH/train/<wnid>/*.JPEG, PATH/val/<wnid>/*.JPEG); a val/ of loose files (ImageNet's
+validation images as distributed, before they are sorted into class folders) is an error.
 
 The flat layout's test split is stratified and fixed by the file names alone (each class's
 files are ordered by a hash of their name and the first 20% are test), so it does not
@@ -30,6 +33,7 @@ from classbias_jax.errors import ConfigError, DataUnavailable
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png')
 TEST_FRACTION = 0.2
+TEST_FOLDERS = ('test', 'val')  # the first one present is the test split
 _GREY_MODES = ('1', 'L', 'LA')
 # PIL releases the GIL while decoding, so a few threads help even on 2 cores.
 _THREADS = 4
@@ -164,15 +168,29 @@ def decode_files(paths: list[str], mode: str, size: int, what: str) -> np.ndarra
     return stack(list(pool.map(decode, paths)), what)
 
 
+def test_folder(path: str) -> str:
+  """PATH/test, else PATH/val (ImageNet's name for it); DataUnavailable when neither is
+  there or when it holds loose image files instead of class folders."""
+  for name in TEST_FOLDERS:
+    test_dir = os.path.join(path, name)
+    if os.path.isdir(test_dir):
+      break
+  else:
+    raise DataUnavailable(f'folder:{path}: has train/ but no test/ or val/ subfolder')
+  if not _class_dirs(test_dir) and _image_files(test_dir):
+    # A silently empty test split would make every accuracy 0/0.
+    raise DataUnavailable(f'folder:{path}: {name}/ holds image files but no class folders; '
+                          f'move each into {name}/<class>/ as in train/')
+  return test_dir
+
+
 def find(path: str) -> dict:
   """Lists a folder dataset without decoding: {'train': (paths, labels), 'test': ...,
   'class_names': [...]}. Raises DataUnavailable / ConfigError for unusable folders."""
   if not os.path.isdir(path):
     raise DataUnavailable(f'folder:{path}: no such directory')
   if os.path.isdir(os.path.join(path, 'train')):
-    test_dir = os.path.join(path, 'test')
-    if not os.path.isdir(test_dir):
-      raise DataUnavailable(f'folder:{path}: has train/ but no test/ subfolder')
+    test_dir = test_folder(path)
     train_paths, train_labels, names = list_split(os.path.join(path, 'train'))
     test_paths, test_labels, _ = list_split(test_dir, names)
   else:

@@ -16,12 +16,23 @@ Ten classes, three kinds; the kind is the prefix of the class name:
 Every image has a random background colour and pixel noise; objects are placed with a
 random offset and size. Images are drawn at 32x32; `data.image_size` 16 (or 8) averages
 blocks of pixels. Generation is vectorised numpy and deterministic given the seed.
+
+`data.name = 'planted_folder'`: the same images written once as JPEG files in ImageNet's
+folder layout (train/<class>/*.JPEG, val/<class>/*.JPEG, each image enlarged to its own
+size between 40 and 64 pixels a side, as ImageNet's sizes vary) and then read through the
+`folder:` source, so that a CPU run goes through the code an ImageNet folder goes through
+(listing, JPEG decoding, resizing to `data.image_size`, streaming). See `write_folder`.
 """
 from __future__ import annotations
 
 import colorsys
+import copy
+import os
+import shutil
+import tempfile
 
 import numpy as np
+from PIL import Image
 
 from classbias_jax.data import Dataset
 from classbias_jax.errors import ConfigError
@@ -147,3 +158,68 @@ def load(data_config) -> Dataset:
   train_x, train_y = generate(per_class, seed=2 * seed + 1, size=size)
   test_x, test_y = generate(200, seed=2 * seed + 2, size=size)
   return Dataset('planted', train_x, train_y, test_x, test_y, CLASS_NAMES)
+
+
+# ---- the planted images as an ImageNet-layout folder --------------------------------------
+
+FOLDER_NAME = 'imagenet_layout_planted'
+TEST_PER_CLASS = 200
+_FOLDER_SIZES = (40, 64)  # the range of stored sides, like ImageNet's mixed image sizes
+_FOLDER_VERSION = 1  # part of the folder's name: a change to what is written gets a new one
+
+
+def folder_path(data_config) -> str:
+  """Where `write_folder` puts the dataset: one folder per (training size, split seed) under
+  data.data_dir, else $CLASSBIAS_CACHE_DIR, else ~/.cache/classbias_jax."""
+  root = (getattr(data_config, 'data_dir', '') or os.environ.get('CLASSBIAS_CACHE_DIR')
+          or os.path.join('~', '.cache', 'classbias_jax'))
+  per_class = int(data_config.get('planted_train_per_class', 500))
+  seed = int(data_config.get('split_seed', 0))
+  return os.path.join(os.path.expanduser(root), FOLDER_NAME,
+                      f'v{_FOLDER_VERSION}-train{per_class}-seed{seed}')
+
+
+def _write_split(directory: str, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+  """class folders of `<class>_<index>.JPEG` files, each image enlarged to a random size."""
+  rng = np.random.default_rng(seed)
+  sizes = rng.integers(_FOLDER_SIZES[0], _FOLDER_SIZES[1] + 1, (len(images), 2))
+  for name in CLASS_NAMES:
+    os.makedirs(os.path.join(directory, name))
+  for i, (image, label) in enumerate(zip(images, labels)):
+    name = CLASS_NAMES[label]
+    big = Image.fromarray(image).resize(tuple(int(s) for s in sizes[i]), Image.BICUBIC)
+    big.save(os.path.join(directory, name, f'{name}_{i:05d}.JPEG'), quality=95)
+
+
+def write_folder(data_config) -> str:
+  """The planted dataset as train/ and val/ folders of JPEG files (see the module docstring):
+  written on first use at `folder_path`, then reused. Returns the folder.
+
+  Written into a temporary folder beside it and renamed into place, so an interrupted
+  write leaves no partial dataset (a leftover temporary folder is never read).
+  """
+  path = folder_path(data_config)
+  if os.path.isdir(path):
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  per_class = int(data_config.get('planted_train_per_class', 500))
+  seed = int(data_config.get('split_seed', 0))
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix='.tmp-')
+  try:
+    for split, n, draw in (('train', per_class, 2 * seed + 1), ('val', TEST_PER_CLASS, 2 * seed + 2)):
+      images, labels = generate(n, seed=draw)
+      _write_split(os.path.join(tmp, split), images, labels, seed=draw)
+    os.rename(tmp, path)
+  except OSError:
+    if not os.path.isdir(path):  # else another process wrote it first: use theirs
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return path
+
+
+def as_folder_config(data_config):
+  """A copy of `data_config` naming the written folder (`folder:PATH`) for 'planted_folder'."""
+  resolved = copy.deepcopy(data_config)
+  resolved.name = f'folder:{write_folder(data_config)}'
+  return resolved
