@@ -45,7 +45,7 @@ measurement of this study; `cost_on_paper()` computes it):
 
   per image, training: 3 x the forward pass = 3 x 7.90 GFLOP = 23.69 GFLOP (3.95 G
     multiply-adds forward, counted by classbias_jax.tuning.flops.model_flops from the
-    program, padding taps excluded; the usual 4.1 GMAC figure counts them)
+    program, padding taps excluded; the often-quoted 4.1 G differs by such conventions)
   per run: 23.69e9 x 1,281,167 images x 90 epochs = 2.73e18 FLOP
   crop study: x 120 runs = 3.28e20 FLOP;  wd study: x 60 runs = 1.64e20 FLOP
   efficiency: the fraction of peak measured in docs/benchmarks.md (GPU run 3: 8 CIFAR
