@@ -378,7 +378,7 @@ def summary(r: dict) -> str:
 
 
 def main(argv=None) -> None:
-  from classbias_jax import hostmem
+  from classbias_jax.tuning import hostmem
   args = parse_args(argv)
   # Before JAX starts its threads; from the command line it may execute the process again.
   hostmem.setup(args.malloc, may_exec=argv is None)

@@ -8,12 +8,12 @@ import sys
 import pytest
 from conftest import ROOT
 
-from classbias_jax import hostmem
+from classbias_jax.tuning import hostmem
 
-CODE = ('from classbias_jax import hostmem; import ctypes; '
+CODE = ('from classbias_jax.tuning import hostmem; import ctypes; '
         'print(hostmem.retain_freed_memory(), hostmem.applied); '
         'b = ctypes.create_string_buffer(64 << 20); print(len(b))')
-SETUP = ('from classbias_jax import hostmem; import os; mode = hostmem.setup(); '
+SETUP = ('from classbias_jax.tuning import hostmem; import os; mode = hostmem.setup(); '
          'print(mode, os.environ.get("GLIBC_TUNABLES", "-"))')
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
