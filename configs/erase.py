@@ -18,15 +18,19 @@ accuracy rises a little with erasing (Zhong et al.: ResNet-20 test error 7.21% -
 with p = 0.5 at 300 epochs), while some classes gain and others lose a few points at
 the largest patches; the report names them.
 
-Offline on CPU in about one to three minutes (the planted dataset at 16x16, 200 training
-images per class, ResNet-8 at half width, 5 x 2 models, 12 epochs; 46 s measured on two
+Offline on CPU in under three minutes (the planted dataset at 16x16, 200 training images
+per class, ResNet-8 at half width, 5 x 4 models, 12 epochs; RUNTIME_ERASE measured on two
 lightly loaded cores):
 
   python -m classbias_jax.main --config=configs/erase.py:runlocal --workdir=runs/erase
+  python -m classbias_jax.report --workdir=runs/erase
 
-Expected: every class stays at 92-100% at every scale. The planted dataset has no class
-built for erasing (a patch hides the `crop-` corner markers in only a few views), so this
-checks that the study runs, not a planted effect.
+Expected: mean accuracy 95.5-99.9% at every scale, and the report flags no class hurt or
+helped anywhere. The planted dataset has no class built for erasing (a patch hides the
+`crop-` corner markers in only a few views); at the smallest patches (0.02, 0.1) a run
+or two learns the `crop-` classes less well (worst class 71-86%), which the test rightly
+does not count against one value. This checks that the study runs and that a knob
+without a planted effect flags nothing.
 
 Fashion-MNIST on two CPU cores (6k stratified training images, the full 10k test set,
 ResNet-8 at half width, 4 values x 4 seeds, 8 epochs; about 20 minutes on two quiet
@@ -67,7 +71,7 @@ def get_config(arg=None):
     c.aug.erase_prob = 0.5
 
   if args.runlocal:
-    c.seeds = args.seeds or 2
+    c.seeds = args.seeds or 4  # a null result is one only with >= 4 seeds
     c.data.name = 'planted'
     c.data.planted_train_per_class = 200
     c.data.image_size = 16  # 4x fewer pixels than the 32x32 drawing; effects intact
