@@ -60,3 +60,14 @@ def to_host(tree):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(one, tree)
+
+
+def gather_flags(flags) -> np.ndarray:
+  """bool [processes, len(flags)]: every process's flags, in every process (a host-side
+  collective; one process: its own flags)."""
+  flags = np.asarray(flags, np.int32)
+  if jax.process_count() == 1:
+    return flags[None].astype(bool)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(flags)).reshape(
+      jax.process_count(), -1).astype(bool)

@@ -125,14 +125,26 @@ class Checkpointer:
     self.last_save = self.clock()
 
   def _stop(self, where: str) -> Interrupted:
-    name = signal.Signals(self.signals.received).name
-    return Interrupted(self.signals.received, f'interrupted ({name}) {where}: checkpoint '
+    # Another process may have been the one signalled: it stops this one too.
+    received = self.signals.received or signal.SIGTERM
+    name = signal.Signals(received).name
+    return Interrupted(received, f'interrupted ({name}) {where}: checkpoint '
                        f'saved in {self.directory}; run the same command again to resume')
+
+  def _decide(self, done: int) -> tuple[bool, bool]:
+    """(stop, save): every process takes the same decision, or a save that all of them
+    must join would hang. A signal to any process stops all; process 0's clock decides
+    the time rule."""
+    due, signalled = self._due(done), self.signals.received is not None
+    if jax.process_count() > 1:
+      votes = distributed.gather_flags([signalled, due])  # [processes, 2]
+      signalled, due = bool(votes[:, 0].any()), bool(votes[0, 1])
+    return signalled, due
 
   def at_step(self, epoch: int, step: int, state, per_step) -> None:
     """After `step` steps of epoch `epoch` (0-based), before the epoch's last step."""
-    due = self._due(epoch * self.steps_per_epoch + step)
-    if self.signals.received is not None:
+    stop, due = self._decide(epoch * self.steps_per_epoch + step)
+    if stop:
       self._save(epoch, step, state, per_step)
       raise self._stop(f'after step {step}/{self.steps_per_epoch} of epoch '
                        f'{epoch + 1}/{self.epochs}')
@@ -141,8 +153,8 @@ class Checkpointer:
 
   def at_epoch_end(self, epochs_done: int, state) -> None:
     """After an epoch is logged; `epochs_done` counts it."""
-    due = self._due(epochs_done * self.steps_per_epoch)
-    if self.signals.received is not None:
+    stop, due = self._decide(epochs_done * self.steps_per_epoch)
+    if stop:
       self._save(epochs_done, 0, state, None)
       raise self._stop(f'after epoch {epochs_done}/{self.epochs}')
     if epochs_done < self.epochs and (due or (self.every and epochs_done % self.every == 0)):

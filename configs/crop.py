@@ -17,19 +17,20 @@ FLOP count; not yet measured). Expected result, following Balestriero et al. 202
 accuracy is best at a moderate scale (0.2-0.6), while classes recognised by a small part
 or by context lose several points at 0.08 against 1.0; the report names them.
 
-Offline on CPU in about one to three minutes (the planted dataset at 16x16, 200 training
-images per class, ResNet-8 at half width, 6 x 2 models, 15 epochs; 57 s measured on two
-lightly loaded cores):
+Offline on CPU in about three minutes (the planted dataset at 16x16, 200 training images
+per class, ResNet-8 at half width, scales 0.08, 0.4, 0.8, 1 x 8 seeds, 15 epochs;
+RUNTIME_CROP measured on two lightly loaded cores):
 
   python -m classbias_jax.main --config=configs/crop.py:runlocal --workdir=runs/crop
+  python -m classbias_jax.report --workdir=runs/crop
 
 Expected: the three `crop-` classes, told apart only by one-pixel markers in the image's
-corners, fall from about 95-100% at scale 1 to 20-60% at 0.08 (42% on average; chance
-among the three is 33%: most crops cut the corners out), while the `none-` and `color-`
-classes lose 0-3 points.
-With seeds=8 (3.5 minutes measured on two lightly loaded cores) the report flags exactly
-the three `crop-` classes as hurt at every scale up to 0.6 (q < 0.001 at 0.08), and
-`crop-plain` and `crop-top` at 0.8.
+corners, fall from 100% at scale 1 to 30-45% at 0.08 (chance among the three is 33%: most
+crops cut the corners out) and to 42-78% at 0.8, while the `none-` and `color-` classes
+lose 0-3 points. The report flags all three `crop-` classes as hurt at 0.08 and 0.4
+(46-74 points, q <= 0.004), `crop-plain` and `crop-top` at 0.8, and one small real effect
+of the smallest crops: `none-dots` at 0.08 (1.4 points, q = 0.04; a crop of 8% of the
+image enlarges the dots).
 
 Real images on two CPU cores (Fashion-MNIST from Debian's dataset-fashion-mnist, 6k
 stratified training images, the full 10k test set, ResNet-8 at half width, scales 0.08,

@@ -35,6 +35,12 @@ def tiny_config(**overrides):
   return c
 
 
+def host_devices_env(devices: int) -> dict:
+  """The environment of a subprocess whose CPU is split into `devices` XLA devices."""
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
 def tiny_plan(config, strategy='unroll', num_train=64, image_shape=(8, 8, 1), num_classes=10):
   """The plan of `config` on stand-in data of this shape (channel mean 0.5, std 0.25)."""
   import numpy as np

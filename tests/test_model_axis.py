@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, init_states, tiny_config, tiny_plan
+from conftest import ROOT, host_devices_env, init_states, tiny_config, tiny_plan
 
 from classbias_jax import model_axis, step as step_lib, trainer
 from classbias_jax.errors import ConfigError
@@ -125,9 +125,7 @@ SHARD_SCRIPT = textwrap.dedent('''
 
 
 def test_shard_over_two_host_devices():
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  proc = subprocess.run([sys.executable, '-c', SHARD_SCRIPT], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, '-c', SHARD_SCRIPT], cwd=ROOT, env=host_devices_env(2),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
