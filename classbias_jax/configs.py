@@ -110,6 +110,35 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def _train_config() -> ml_collections.ConfigDict:
+  """The `train` fields: epochs, batches, the model axis, checkpoints, the compile cache."""
+  t = ml_collections.ConfigDict()
+  t.epochs = 30
+  t.batch_size = 128
+  t.eval_batch_size = 500
+  t.eval_every = 0  # evaluate on test every k epochs for curves (0: only at the end)
+  # The model axis (model_axis.py): 'rule' (the per-backend rule), 'auto' (measured on
+  # this machine), or a strategy by name: unroll, vmap, chunked, sequential, shard[:inner],
+  # mesh (a 2-D mesh of models x data over all devices)
+  t.strategy = 'rule'
+  # mesh: devices on the model axis and on the data axis (0 = chosen from the device count,
+  # M and the batch size; the run prints and records the shape it uses)
+  t.mesh_models = 0
+  t.mesh_data = 0
+  t.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
+  t.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
+  # Checkpoints in WORKDIR/checkpoint, from which the same command resumes (loop.py): after
+  # every k-th epoch, every n-th step, and at the first step boundary t minutes after the
+  # last save (0: off). They never change results; SIGTERM/SIGINT also save one.
+  t.checkpoint_every = 0
+  t.checkpoint_every_steps = 0
+  t.checkpoint_minutes = 10.0
+  # JAX's persistent compilation cache ('' = off; $CLASSBIAS_COMPILE_CACHE overrides):
+  # a rerun of a study skips compilation. It never changes what runs.
+  t.compile_cache = os.path.join('~', '.cache', 'classbias_jax', 'jax')
+  return t
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a study may set, with its default. Studies override what they sweep."""
   c = ml_collections.ConfigDict()
@@ -141,30 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep.name = 'optim.weight_decay'  # dotted path of the swept field (a traced row of KNOBS)
   c.sweep['values'] = (0.0, 5e-4)  # V values
 
-  c.train = ml_collections.ConfigDict()
-  c.train.epochs = 30
-  c.train.batch_size = 128
-  c.train.eval_batch_size = 500
-  c.train.eval_every = 0  # evaluate on test every k epochs for curves (0: only at the end)
-  # The model axis (model_axis.py): 'rule' (the per-backend rule), 'auto' (measured on
-  # this machine), or a strategy by name: unroll, vmap, chunked, sequential, shard[:inner],
-  # mesh (a 2-D mesh of models x data over all devices)
-  c.train.strategy = 'rule'
-  # mesh: devices on the model axis and on the data axis (0 = chosen from the device count,
-  # M and the batch size; the run prints and records the shape it uses)
-  c.train.mesh_models = 0
-  c.train.mesh_data = 0
-  c.train.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
-  c.train.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
-  # Checkpoints in WORKDIR/checkpoint, from which the same command resumes (loop.py): after
-  # every k-th epoch, every n-th step, and at the first step boundary t minutes after the
-  # last save (0: off). They never change results; SIGTERM/SIGINT also save one.
-  c.train.checkpoint_every = 0
-  c.train.checkpoint_every_steps = 0
-  c.train.checkpoint_minutes = 10.0
-  # JAX's persistent compilation cache ('' = off; $CLASSBIAS_COMPILE_CACHE overrides):
-  # a rerun of a study skips compilation. It never changes what runs.
-  c.train.compile_cache = os.path.join('~', '.cache', 'classbias_jax', 'jax')
+  c.train = _train_config()
 
   c.optim = ml_collections.ConfigDict()
   c.optim.momentum = 0.9
