@@ -12,9 +12,9 @@ evaluation and compilation; the 56-model run itself is not yet measured). Expect
 result, following Balestriero et al. 2022: mean accuracy peaks near wd 5e-4 while a few
 classes lose 10+ points against wd 0 or 1e-4; the report names them.
 
-Offline on CPU in about two minutes (scikit-learn's digits, ResNet-8, 5 x 4 models, 15
-epochs, the CPU rule's strategy 'sequential'; RUNTIME_WD measured on two lightly loaded
-cores):
+Offline on CPU in about two to three minutes (scikit-learn's digits, ResNet-8, 5 x 4
+models, 15 epochs, the CPU rule's strategy 'sequential'; 143 s measured on two quiet cores,
+on a day they ran the 2-seed version in 85 s):
 
   python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=runs/wd
   python -m classbias_jax.report --workdir=runs/wd
