@@ -3,6 +3,7 @@ argument parser, and validation of a resolved config."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import ml_collections
@@ -20,35 +21,39 @@ class Knob:
   is compiled when any model has one of its knobs away from `off`, and the analysis uses
   `off` as the "knob off" reference. op: what consumes it: an augmentation op of
   augment.py ('pad_crop', 'crop', 'flip', 'color', 'erase') or 'optimizer' (step.py).
+  low, high: the range of values that mean something (a value outside, NaN or inf is an
+  error before anything runs).
   """
   default: float
   op: str
   off: float | None = None
   traced: bool = True
   per_class: bool = False
+  low: float = 0.0  # the values `validate` accepts, bounds included
+  high: float = math.inf
 
 
 # The one table of knobs. A new traced knob is one row here (plus its kernel when it feeds
 # a new op); step.py and augment.py read each value by its short name (the last part).
 KNOBS = {
-    'optim.learning_rate': Knob(0.1, 'optimizer'),  # peak, for train.batch_size
+    'optim.learning_rate': Knob(0.1, 'optimizer', low=1e-12),  # peak, for batch_size
     'optim.weight_decay': Knob(5e-4, 'optimizer', off=0.0),  # L2 added to the gradient
     'aug.pad_crop': Knob(0, 'pad_crop', off=0, traced=False),  # CIFAR crop, zero padding
     # RandomResizedCrop back to the input size; scale (1, 1) is no crop.
-    'aug.crop_scale_min': Knob(1.0, 'crop', off=1.0, per_class=True),
-    'aug.crop_scale_max': Knob(1.0, 'crop', off=1.0, per_class=True),
-    'aug.crop_ratio_min': Knob(3 / 4, 'crop', per_class=True),
-    'aug.crop_ratio_max': Knob(4 / 3, 'crop', per_class=True),
-    'aug.flip_prob': Knob(0.0, 'flip', off=0.0, per_class=True),  # horizontal flip
+    'aug.crop_scale_min': Knob(1.0, 'crop', off=1.0, per_class=True, low=1e-6, high=1.0),
+    'aug.crop_scale_max': Knob(1.0, 'crop', off=1.0, per_class=True, low=1e-6, high=1.0),
+    'aug.crop_ratio_min': Knob(3 / 4, 'crop', per_class=True, low=1e-6),
+    'aug.crop_ratio_max': Knob(4 / 3, 'crop', per_class=True, low=1e-6),
+    'aug.flip_prob': Knob(0.0, 'flip', off=0.0, per_class=True, high=1.0),  # horizontal flip
     # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) at strength s
     'aug.color_strength': Knob(0.0, 'color', off=0.0, per_class=True),
-    'aug.erase_prob': Knob(0.0, 'erase', off=0.0, per_class=True),  # RandomErasing
-    'aug.erase_scale_min': Knob(0.02, 'erase', per_class=True),
-    'aug.erase_scale_max': Knob(0.33, 'erase', per_class=True),
-    'aug.erase_ratio_min': Knob(0.3, 'erase', per_class=True),
-    'aug.erase_ratio_max': Knob(3.3, 'erase', per_class=True),
+    'aug.erase_prob': Knob(0.0, 'erase', off=0.0, per_class=True, high=1.0),  # RandomErasing
+    'aug.erase_scale_min': Knob(0.02, 'erase', per_class=True, low=1e-6, high=1.0),
+    'aug.erase_scale_max': Knob(0.33, 'erase', per_class=True, low=1e-6, high=1.0),
+    'aug.erase_ratio_min': Knob(0.3, 'erase', per_class=True, low=1e-6),
+    'aug.erase_ratio_max': Knob(3.3, 'erase', per_class=True, low=1e-6),
     # in normalised units: 0 erases to the dataset mean
-    'aug.erase_value': Knob(0.0, 'erase', per_class=True),
+    'aug.erase_value': Knob(0.0, 'erase', per_class=True, low=-math.inf),
 }
 # The model axis (model_axis.py): 'rule' is the documented per-backend rule; 'auto'
 # measures the candidates on this machine (opt-in; tuning/strategy.py).
@@ -222,6 +227,24 @@ def get_field(config, dotted: str):
   return node
 
 
+def _check_knobs(config) -> None:
+  """Every knob's value, swept values and per-class values inside its row's range."""
+  for dotted, knob in KNOBS.items():
+    values = [get_field(config, dotted)]
+    if dotted == config.sweep.name:
+      values += list(config.sweep['values'])
+    values += [v for v in config.get('class_knobs', {}).get(short_name(dotted), ())
+               if not math.isnan(v)]  # NaN in a class table: the model's own value
+    for v in values:
+      if not math.isfinite(v) or not knob.low <= v <= knob.high:
+        raise ConfigError(f'{dotted} = {v} is outside [{knob.low:g}, {knob.high:g}]')
+  for low, high in (('crop_scale_min', 'crop_scale_max'), ('erase_scale_min', 'erase_scale_max'),
+                    ('crop_ratio_min', 'crop_ratio_max'), ('erase_ratio_min', 'erase_ratio_max')):
+    if config.aug[low] > config.aug[high] and f'aug.{low}' != config.sweep.name \
+        and f'aug.{high}' != config.sweep.name:
+      raise ConfigError(f'aug.{low} {config.aug[low]} exceeds aug.{high} {config.aug[high]}')
+
+
 def validate(config) -> None:
   """Raises ConfigError when the resolved config cannot run."""
   if config.sweep.name not in traced_knobs():
@@ -250,6 +273,9 @@ def validate(config) -> None:
   for name in ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes'):
     if not config.train[name] >= 0:  # also refuses NaN
       raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
+  if not config.model.width > 0:
+    raise ConfigError(f'model.width must be > 0, got {config.model.width}')
+  _check_knobs(config)
   if config.model.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'model.dtype {config.model.dtype!r}; choose float32 or bfloat16')
   per_class = [short_name(n) for n, k in KNOBS.items() if k.per_class]

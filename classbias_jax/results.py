@@ -42,6 +42,10 @@ def _atomic_write(path: str, write_fn, mode: str = 'wb') -> None:
       write_fn(f)
       f.flush()
       os.fsync(f.fileno())
+    # mkstemp makes the file private (0600); results are shared like any other file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

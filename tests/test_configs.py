@@ -66,5 +66,38 @@ def test_every_traced_knob_is_a_sweepable_config_field():
   c = configs.base_config()
   for name in configs.traced_knobs():
     c.sweep.name = name
+    c.sweep['values'] = (configs.KNOBS[name].default,)
     configs.validate(c)
     assert configs.get_field(c, name) == configs.KNOBS[name].default
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('optim.weight_decay', -1e-4, r'optim.weight_decay = -0.0001 is outside \[0, inf\]'),
+    ('optim.learning_rate', float('nan'), 'optim.learning_rate = nan'),
+    ('optim.learning_rate', float('inf'), 'optim.learning_rate = inf'),
+    ('aug.flip_prob', 1.5, r'outside \[0, 1\]'),
+    ('aug.crop_scale_min', 0.0, 'aug.crop_scale_min = 0.0 is outside'),
+    ('model.width', 0.0, 'model.width must be > 0'),
+])
+def test_nonsense_values_are_refused(field, value, message):
+  """Values that would train to the end with nothing to show are one-line errors."""
+  c = configs.base_config()
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(ConfigError, match=message):
+    configs.validate(c)
+
+
+def test_sweep_and_class_values_are_checked_too():
+  c = configs.base_config()
+  c.sweep['values'] = (0.0, -0.1)
+  with pytest.raises(ConfigError, match='-0.1 is outside'):
+    configs.validate(c)
+  c = configs.base_config()
+  c.class_knobs.color_strength = (float('nan'), -1.0)
+  with pytest.raises(ConfigError, match='aug.color_strength = -1.0'):
+    configs.validate(c)
+  c = configs.base_config()
+  c.aug.crop_scale_min, c.aug.crop_scale_max = 0.5, 0.3
+  with pytest.raises(ConfigError, match='exceeds'):
+    configs.validate(c)

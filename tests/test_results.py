@@ -1,4 +1,6 @@
 """The results contract: hand-checked metrics, atomic writes, validation."""
+import os
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,15 @@ def test_bad_results_are_refused(tmp_path):
   with pytest.raises(ResultsError, match='mean_accuracy'):
     results.save(str(tmp_path / 'new'), bad)
   assert not (tmp_path / 'new' / 'results.npz').exists()
+
+
+def test_files_are_written_readable_by_all(tmp_path):
+  """Atomic writes go through a private temporary file; the result gets the usual mode."""
+  umask = os.umask(0o022)
+  try:
+    results.write_json(str(tmp_path / 'config.json'), {'a': 1})
+    results.write_bytes(str(tmp_path / 'metrics.jsonl'), b'{}\n')
+  finally:
+    os.umask(umask)
+  for name in ('config.json', 'metrics.jsonl'):
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
