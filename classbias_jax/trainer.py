@@ -25,6 +25,7 @@ from classbias_jax import checkpoint, configs, distributed, loop, model_axis, pl
 from classbias_jax import plots
 from classbias_jax import results
 from classbias_jax import step as step_lib
+from classbias_jax import data
 from classbias_jax.data import modes
 from classbias_jax.loop import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
 from classbias_jax.models import create_model
@@ -206,6 +207,7 @@ def _run(config, workdir: str, signals: loop.Signals) -> dict[str, np.ndarray]:
   # A resumed run keeps its input mode: the two modes order the data differently.
   dataset, input_mode = modes.load_dataset(
       config.data, resume['input_mode'] if resume else config.data.input_mode)
+  data.check_test_classes(dataset)  # streamed: reads the test split, as evaluation will
 
   # Plan.
   dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32

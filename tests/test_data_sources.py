@@ -362,3 +362,10 @@ def test_input_throughput_measures_a_jpeg_folder(tmp_path):
   rate = input_throughput.measure(train, batch_size=2, image_size=8, seconds=0.05,
                                   num_threads=1, num_epochs=None)
   assert rate > 0
+
+
+def test_a_class_without_test_images_is_named(tmp_path):
+  """A folder class of one image gets no test image: an error naming it, at load time."""
+  write_folder(tmp_path / 'flat', [10, 7, 1])
+  with pytest.raises(ConfigError, match='no test images of class class_2'):
+    data.load(data_config(name=f'folder:{tmp_path / "flat"}'))

@@ -89,12 +89,12 @@ def write_imagenet_folder(root, split, wnids, per_class, seed):
 def test_imagenet_folder_layout_with_val_and_upper_case_jpeg(tmp_path, mode):
   wnids = ['n01440764', 'n01443537', 'n01484850']
   write_imagenet_folder(tmp_path, 'train', wnids, 4, seed=0)
-  write_imagenet_folder(tmp_path, 'val', wnids[:2], 2, seed=1)  # a class may lack val images
+  write_imagenet_folder(tmp_path, 'val', wnids, 2, seed=1)
   cfg = data_config(name=f'folder:{tmp_path}', image_size=16)
   ds = data.load(cfg) if mode == 'resident' else data.open_streamed(cfg)
   assert ds.class_names == tuple(wnids) and ds.num_train == 12
-  assert ds.test_images.shape == (4, 16, 16, 3)
-  np.testing.assert_array_equal(ds.test_labels, [0, 0, 1, 1])
+  assert ds.test_images.shape == (6, 16, 16, 3)
+  np.testing.assert_array_equal(ds.test_labels, [0, 0, 1, 1, 2, 2])
 
 
 def test_a_val_folder_of_loose_files_is_an_error(tmp_path):

@@ -70,6 +70,16 @@ def check(dataset: Dataset) -> Dataset:
       raise ConfigError(f'{dataset.name}: {split} has {len(images)} images, {len(labels)} labels')
     if labels.size and (labels.min() < 0 or labels.max() >= dataset.num_classes):
       raise ConfigError(f'{dataset.name}: {split} labels outside 0..{dataset.num_classes - 1}')
+  return check_test_classes(dataset)
+
+
+def check_test_classes(dataset):
+  """Raises ConfigError naming the classes without test images (no per-class accuracy
+  could measure them); returns the dataset unchanged (resident or streamed)."""
+  counts = np.bincount(dataset.test_labels, minlength=dataset.num_classes)
+  if (counts == 0).any():
+    missing = [dataset.class_names[c] for c in np.flatnonzero(counts == 0)]
+    raise ConfigError(f'{dataset.name}: no test images of class {", ".join(map(str, missing))}')
   return dataset
 
 
