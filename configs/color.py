@@ -14,9 +14,9 @@ FLOP count; not yet measured). Expected result: mean accuracy changes little, wh
 classes told apart mostly by colour (apple, orange, pear, sweet pepper, the flowers) lose
 several points at s = 1 against s = 0; the report names them.
 
-Offline on CPU in under three minutes (the planted dataset at 16x16, 200 training images
-per class, ResNet-8 at half width, 5 x 8 models, 12 epochs; RUNTIME_COLOR measured on two
-lightly loaded cores):
+Offline on CPU in a few minutes (the planted dataset at 16x16, 200 training images per
+class, ResNet-8 at half width, 5 x 8 models, 12 epochs; 2.5 minutes measured on two
+lightly loaded cores, and 5.4 minutes on a slower day when the 2-seed version took 2.1):
 
   python -m classbias_jax.main --config=configs/color.py:runlocal --workdir=runs/color
   python -m classbias_jax.report --workdir=runs/color

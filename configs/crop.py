@@ -17,9 +17,10 @@ FLOP count; not yet measured). Expected result, following Balestriero et al. 202
 accuracy is best at a moderate scale (0.2-0.6), while classes recognised by a small part
 or by context lose several points at 0.08 against 1.0; the report names them.
 
-Offline on CPU in about three minutes (the planted dataset at 16x16, 200 training images
-per class, ResNet-8 at half width, scales 0.08, 0.4, 0.8, 1 x 8 seeds, 15 epochs;
-RUNTIME_CROP measured on two lightly loaded cores):
+Offline on CPU in a few minutes (the planted dataset at 16x16, 200 training images per
+class, ResNet-8 at half width, scales 0.08, 0.4, 0.8, 1 x 8 seeds, 15 epochs; 7.9 minutes
+measured on two cores shared with a test run, on the slower day of configs/color.py's
+figures):
 
   python -m classbias_jax.main --config=configs/crop.py:runlocal --workdir=runs/crop
   python -m classbias_jax.report --workdir=runs/crop

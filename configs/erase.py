@@ -18,9 +18,9 @@ accuracy rises a little with erasing (Zhong et al.: ResNet-20 test error 7.21% -
 with p = 0.5 at 300 epochs), while some classes gain and others lose a few points at
 the largest patches; the report names them.
 
-Offline on CPU in under three minutes (the planted dataset at 16x16, 200 training images
-per class, ResNet-8 at half width, 5 x 4 models, 12 epochs; RUNTIME_ERASE measured on two
-lightly loaded cores):
+Offline on CPU in a few minutes (the planted dataset at 16x16, 200 training images per
+class, ResNet-8 at half width, 5 x 4 models, 12 epochs; 3.2 minutes measured on two
+shared cores, on the slower day of configs/color.py's figures):
 
   python -m classbias_jax.main --config=configs/erase.py:runlocal --workdir=runs/erase
   python -m classbias_jax.report --workdir=runs/erase
