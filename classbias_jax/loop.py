@@ -91,6 +91,10 @@ def checkpoint_policy(train, loop: str, signals: Signals) -> dict[str, Any]:
           'on_signals': signals.caught}
 
 
+# Steps between the processes' votes on stopping or saving (several processes only).
+AGREE_EVERY = 10
+
+
 class Checkpointer:
   """Decides when the loop saves (module docstring) and saves: save_fn(epoch, step, state)
   writes the checkpoint of `epoch` whole epochs and `step` steps of the next one."""
@@ -135,8 +139,13 @@ class Checkpointer:
     """(stop, save): every process takes the same decision, or a save that all of them
     must join would hang. A signal to any process stops all; process 0's clock decides
     the time rule."""
+    several = jax.process_count() > 1
+    # The vote is a collective that waits for the steps in flight: held every
+    # AGREE_EVERY steps (and at epoch ends), not every step, so dispatch stays ahead.
+    if several and done % self.steps_per_epoch and done % AGREE_EVERY:
+      return False, False
     due, signalled = self._due(done), self.signals.received is not None
-    if jax.process_count() > 1:
+    if several:
       votes = distributed.gather_flags([signalled, due])  # [processes, 2]
       signalled, due = bool(votes[:, 0].any()), bool(votes[0, 1])
     return signalled, due
