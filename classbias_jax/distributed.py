@@ -2,7 +2,8 @@
 multi-GPU and multi-node GPU, or several CPU processes, as the tests run it).
 
 Every process runs the same program over one mesh of all devices of all processes and
-holds its share of each array; values the host needs (metrics, predictions) are gathered
+holds its share of each array (a streamed run reads only the rows of each batch its
+devices hold: local_rows); values the host needs (metrics, predictions) are gathered
 to every process. Only process 0 writes the run's files; checkpoints are written by all
 processes together (orbax). docs/scale.md has the launch commands.
 """
@@ -71,3 +72,26 @@ def gather_flags(flags) -> np.ndarray:
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(flags)).reshape(
       jax.process_count(), -1).astype(bool)
+
+
+def local_rows(sharding, size: int) -> tuple[int, int] | None:
+  """(start, stop): the rows of a [size, ...] array laid out by `sharding` that this
+  process's devices hold, when that is not all of them and they are one block (else
+  None: the process needs every row)."""
+  if sharding is None or jax.process_count() == 1:
+    return None
+  indices = sharding.addressable_devices_indices_map((size,)).values()
+  spans = sorted({index[0].indices(size)[:2] for index in indices})
+  start, stop = spans[0][0], spans[0][0]
+  for first, last in spans:
+    if first > stop:  # a gap: not one block
+      return None
+    stop = max(stop, last)
+  return None if (start, stop) == (0, size) else (start, stop)
+
+
+def from_local_rows(tree, sharding, size: int):
+  """The global arrays [size, ...] laid out by `sharding`, each made from this process's
+  rows `local_rows(sharding, size)` of it (every process gives its own)."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+      sharding, np.asarray(x), (size,) + np.shape(x)[1:]), tree)

@@ -263,12 +263,20 @@ def put_shared(tree, strategy: str, num_models: int):
   return place(tree, NamedSharding(_mesh_of(strategy, num_models), PartitionSpec()))
 
 
+def batch_sharding(strategy: str, num_models: int) -> NamedSharding | None:
+  """Where a host batch every model trains on ([B, ...] leaves) lives: split over the
+  data axis under 'mesh', as put_shared otherwise (None: default placement)."""
+  if is_mesh(strategy):
+    return NamedSharding(device_mesh(strategy), PartitionSpec(DATA_AXIS))
+  if split_strategy(strategy)[0]:
+    return NamedSharding(model_mesh(num_models), PartitionSpec())
+  return None
+
+
 def put_batch(tree, strategy: str, num_models: int):
-  """Places a host batch every model trains on ([B, ...] leaves): split over the data
-  axis under 'mesh', as put_shared otherwise."""
-  if not is_mesh(strategy):
-    return put_shared(tree, strategy, num_models)
-  return place(tree, NamedSharding(device_mesh(strategy), PartitionSpec(DATA_AXIS)))
+  """Places a host batch as batch_sharding says."""
+  sharding = batch_sharding(strategy, num_models)
+  return jax.device_put(tree) if sharding is None else place(tree, sharding)
 
 
 def place(tree, sharding: NamedSharding):

@@ -100,15 +100,21 @@ class StreamedInput:
   """Host batches from a grain iterator, shared by all models. The next batch is sent to
   the device after the current step is dispatched, so host input overlaps compute.
   Batches do not cross epochs: after an epoch the iterator is at the next one's start, and
-  between steps at the next step's batch (what a mid-epoch checkpoint saves)."""
+  between steps at the next step's batch (what a mid-epoch checkpoint saves). In a job of
+  several processes each reads only `rows` of each global batch, the rows its devices
+  hold (distributed.local_rows; None: all), and the global batch is made from the parts."""
 
-  def __init__(self, plan, batches):
-    self.plan, self.batches = plan, batches
+  def __init__(self, plan, batches, rows: tuple[int, int] | None = None):
+    self.plan, self.batches, self.rows = plan, batches, rows
 
   def epoch(self, keys, epoch: int, first_step: int = 0) -> Iterator[tuple]:
     del keys, epoch  # the pipeline sets the order and the position
-    put = lambda b: model_axis.put_batch((b['image'], b['label']), self.plan.strategy,
-                                         self.plan.num_models)
+    strategy, num_models = self.plan.strategy, self.plan.num_models
+    sharding = model_axis.batch_sharding(strategy, num_models)
+    size = self.plan.config.train.batch_size
+    put = lambda b: (model_axis.put_batch((b['image'], b['label']), strategy, num_models)
+                     if self.rows is None else distributed.from_local_rows(
+                         (b['image'], b['label']), sharding, size))
     upcoming = put(next(self.batches))
     for step in range(first_step, self.plan.steps_per_epoch):
       yield (None, *upcoming)
@@ -119,10 +125,16 @@ class StreamedInput:
 def make_input(plan, dataset, input_mode: str, workdir: str, resume):
   if input_mode == 'resident':
     return ResidentInput(plan, dataset)
-  batches = modes.train_stream(plan.config, dataset, plan.config.train.epochs)
+  rows = distributed.local_rows(model_axis.batch_sharding(plan.strategy, plan.num_models),
+                                plan.config.train.batch_size)
+  if rows is not None and distributed.is_lead():
+    print(f'streamed input: each process reads its rows of every batch of '
+          f'{plan.config.train.batch_size} (process 0: rows {rows[0]}:{rows[1]})',
+          file=sys.stderr)
+  batches = modes.train_stream(plan.config, dataset, plan.config.train.epochs, rows)
   if resume:  # continues where its checkpoint left the batches
     batches = checkpoint.restore_batches(workdir, batches)
-  return StreamedInput(plan, batches)
+  return StreamedInput(plan, batches, rows)
 
 
 def make_evaluate(plan, model, images: np.ndarray, on_device: bool) -> Callable:

@@ -23,8 +23,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_one_process_results(tmp_path):
-  main = [sys.executable, '-m', 'classbias_jax.main', *ARGS]
+def run_both(tmp_path, *args) -> list[tuple[str, str]]:
+  """Runs ARGS + args as one process with 4 host devices (workdir one/) and as a job of
+  two processes with 2 each (workdir two/); (stdout, stderr) of process 0, 1 and the one."""
+  main = [sys.executable, '-m', 'classbias_jax.main', *ARGS, *args]
   port, workdir = _free_port(), tmp_path / 'two'
   start = lambda args, devices: subprocess.Popen(
       [*main, *args], cwd=ROOT, env=host_devices_env(devices), stdout=subprocess.PIPE,
@@ -36,6 +38,11 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   outs = [p.communicate(timeout=600) for p in [*procs, one]]
   for p, (_, err) in zip([*procs, one], outs):
     assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+def test_two_processes_give_the_one_process_results(tmp_path):
+  outs, workdir = run_both(tmp_path), tmp_path / 'two'
   # Only process 0 writes; the job's results are the one-process run's (the same program
   # partitioned the same way; the sums across devices may run in another order).
   assert 'mesh:2x2' in outs[0][1] and 'wrote' in outs[0][1] and 'wrote' not in outs[1][1]
@@ -46,3 +53,16 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-4)
   np.testing.assert_allclose(a['per_class_accuracy'], b['per_class_accuracy'], atol=0.03)
   assert sorted(os.listdir(workdir)) == sorted(os.listdir(tmp_path / 'one'))
+
+
+def test_two_streaming_processes_each_read_half_of_each_batch(tmp_path):
+  # mesh 1x4: the data axis spans both processes, so each reads the rows of its two
+  # devices (half of each global batch: tests/test_stream_rows.py) and the global batch
+  # is made from the two halves; the results are the one-process run's.
+  outs = run_both(tmp_path, '--config.data.input_mode=streamed',
+                  '--config.train.strategy=mesh:1x4')
+  assert 'mesh:1x4, input streamed' in outs[0][1] and 'wrote' in outs[0][1]
+  assert 'reads its rows of every batch of 64 (process 0: rows 0:32)' in outs[0][1]
+  a, b = results.load(str(tmp_path / 'one')), results.load(str(tmp_path / 'two'))
+  assert (a['test_predictions'] == b['test_predictions']).mean() > 0.99
+  np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-4)

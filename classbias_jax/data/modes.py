@@ -41,7 +41,7 @@ def resolve_input_mode(mode: str, data_bytes: int, device=None) -> str:
   return 'resident' if data_bytes < budget else 'streamed'
 
 
-def train_stream(config, dataset, epochs: int):
+def train_stream(config, dataset, epochs: int, rows: tuple[int, int] | None = None):
   """The grain iterator of the streamed mode over the training split: `epochs` epochs of
   host batches {'image': uint8 [B, H, W, C], 'label': int32 [B]}, each epoch a fresh
   permutation seeded by `config.seed` (shared by all models), the last partial batch
@@ -49,7 +49,8 @@ def train_stream(config, dataset, epochs: int):
 
   dataset: a data.Dataset (its arrays are streamed), or a stream.StreamedDataset from
   load_dataset, whose images the pipeline reads and decodes from the dataset's files.
-  `data.workers` grain worker processes decode; the batches are the same.
+  `data.workers` grain worker processes decode; the batches are the same. rows: (start,
+  stop), the rows of each global batch this process reads (None: all; trainer.py).
   """
   if isinstance(dataset, data.Dataset):
     source = stream.ArraySource(dataset.train_images, dataset.train_labels)
@@ -58,7 +59,7 @@ def train_stream(config, dataset, epochs: int):
     source, options = dataset.train_source, dataset.stream_options()
   return iter(stream.pipeline(source, batch_size=config.train.batch_size, seed=config.seed,
                               num_epochs=epochs, shuffle=True, drop_remainder=True,
-                              num_workers=config.data.workers, **options))
+                              num_workers=config.data.workers, rows=rows, **options))
 
 
 def load_dataset(data_config, mode: str):

@@ -146,6 +146,17 @@ def collate(items: Sequence[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
           'label': np.asarray([label for _, label in items], np.int32)}
 
 
+class ReadRows(grain.transforms.Map):
+  """Item indices [B] -> their rows `rows` (start, stop; None = all) read, decoded and
+  collated: a process of several reads only its share of each global batch."""
+
+  def __init__(self, source, decode: Decode, rows: tuple[int, int] | None = None):
+    self.source, self.decode, self.rows = source, decode, slice(*(rows or (None,)))
+
+  def map(self, indices):
+    return collate([self.decode.map(self.source[int(i)]) for i in indices[self.rows]])
+
+
 def folder_sources(path: str) -> dict:
   """{'train': FileSource, 'test': FileSource, 'class_names', 'mode', 'sizes'} of
   folder:PATH; sizes: the set of (height, width) of all its images (headers only)."""
@@ -352,17 +363,11 @@ def open_dataset(data_config) -> StreamedDataset:
                          opened['sizes'], data_config)
 
 
-def _parse_absl_flags():
-  # grain's worker processes read absl flags and die if they were never parsed.
-  from absl import flags
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS(sys.argv[:1])
-
-
 def pipeline(source, *, batch_size: int, image_size: int = 0, mode: str = 'RGB',
              seed: int = 0, num_epochs: int | None = None, shuffle: bool = True,
              drop_remainder: bool = True, num_threads: int = 0, num_workers: int = 0,
-             image_shape: Sequence[int] | None = None) -> grain.IterDataset:
+             image_shape: Sequence[int] | None = None,
+             rows: tuple[int, int] | None = None) -> grain.IterDataset:
   """A grain dataset of batches {'image': uint8 [B, S, S, C], 'label': int32 [B]}.
 
   source: random-access, item = (path | encoded bytes | uint8 array, label).
@@ -371,14 +376,15 @@ def pipeline(source, *, batch_size: int, image_size: int = 0, mode: str = 'RGB',
   so threads scale). num_workers > 0 also runs the pipeline in that many processes
   (spawned; the batches and their order are the same as with 0, and so is the iterator
   state); tuning/input_throughput.py measures both. image_shape: checked for every image
-  (see Decode).
+  (see Decode). rows: (start, stop), the rows of each batch read (a process's share of a
+  global batch; the others are never read); None = all.
   """
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.range(len(source))
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.map(Decode(mode, image_size, image_shape))
-  # Batch before repeat: batches stay within an epoch; repeat reshuffles each epoch.
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
+  # Batch (of item indices, read by ReadRows) before repeat: batches stay within an epoch.
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.map(ReadRows(source, Decode(mode, image_size, image_shape), rows))
   ds = ds.repeat(num_epochs)
   threads = num_threads or os.cpu_count() or 1
   # Elements here are whole batches: a few per thread keeps memory small (224px x 256 is
@@ -386,6 +392,8 @@ def pipeline(source, *, batch_size: int, image_size: int = 0, mode: str = 'RGB',
   read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
   it_ds = ds.to_iter_dataset(read)
   if num_workers > 0:
-    _parse_absl_flags()
+    from absl import flags  # grain's workers read absl flags and die if they were never parsed
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS(sys.argv[:1])
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return it_ds
