@@ -28,6 +28,7 @@ import os
 import shutil
 from typing import Any
 
+from classbias_jax import io_faults
 from classbias_jax.errors import ConfigError
 
 CHECKPOINT_DIR = 'checkpoint'
@@ -100,7 +101,7 @@ def read_meta(workdir: str, config) -> dict[str, Any] | None:
     fields = differing_fields(saved, given)
     raise ConfigError(f'{directory(workdir)} holds a checkpoint of a run with another config '
                       f'(differs in {", ".join(fields[:4])}{", ..." * (len(fields) > 4)}); '
-                      'use a fresh workdir, or delete that checkpoint to start over')
+                      'use a fresh workdir, or pass --overwrite to start over')
   return meta
 
 
@@ -140,7 +141,8 @@ def save(workdir: str, epoch: int, state, meta: dict[str, Any], batches=None, st
   if batches is not None:
     import grain
     items[_BATCHES] = grain.checkpoint.CheckpointSave(batches)
-  with _manager(workdir, write=True) as manager:
+  failures = io_faults.write_failures(directory(workdir), 'the checkpoint')
+  with failures, _manager(workdir, write=True) as manager:
     # orbax skips a step not after the latest: a save of an earlier position replaces them.
     for old in manager.all_steps():
       if old >= number:

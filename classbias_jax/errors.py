@@ -15,3 +15,7 @@ class DataUnavailable(UserError):
 
 class ResultsError(UserError):
   """A results file is missing, truncated, foreign or inconsistent."""
+
+
+class WriteError(UserError):
+  """A file cannot be written (a full disk, no permission); nothing partial is left."""

@@ -1,14 +1,18 @@
 """Runs one study: `python -m classbias_jax.main --config=configs/wd.py:runlocal --workdir=DIR`.
 
-Parses flags and calls `trainer.run`; errors a user can fix are printed as one line.
-SIGTERM or SIGINT during training saves a checkpoint, prints one line saying how to resume
-and exits with 128 + the signal number (143, 130).
+Errors a user can fix (a bad config file or flag, missing data, a full disk) are one line.
+One run per workdir: a second one there fails at once, naming the first; a workdir
+holding the finished results of another config is refused unless --overwrite (which
+deletes that study's files first). SIGTERM or SIGINT during training saves a
+checkpoint, prints one line saying how to resume and exits with 128 + the signal number
+(143, 130); Ctrl-C before training exits with 130 and one line.
 """
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from classbias_jax import cli
 from classbias_jax.errors import UserError
 from classbias_jax.tuning import hostmem
 
@@ -16,6 +20,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, logs and figures.')
 flags.mark_flags_as_required(['config', 'workdir'])
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, "Replace another config's results.")
 # Several processes (docs/scale.md); TPU pods and SLURM need none of these.
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Process 0 as host:port.')
 _PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the job.')
@@ -24,22 +29,21 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, "This process's index.")
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
   from classbias_jax import distributed, trainer  # after hostmem.setup (JAX's threads)
   try:
     distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value)
     trainer.setup_compile_cache(_CONFIG.value)
-    trainer.run(_CONFIG.value, _WORKDIR.value)
+    trainer.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except UserError as e:
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {cli.one_line(e)}')
   except trainer.Interrupted as e:
-    # On a terminal the progress line has no newline yet.
-    print(('\n' if sys.stderr.isatty() else '') + str(e), file=sys.stderr)
+    print(('\n' if sys.stderr.isatty() else '') + str(e), file=sys.stderr)  # after progress
     sys.exit(e.code)
 
 
 if __name__ == '__main__':
   hostmem.setup()  # CLASSBIAS_MALLOC; may execute the process again, so before anything heavy
-  app.run(main)
+  cli.run(main)

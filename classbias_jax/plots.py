@@ -6,6 +6,7 @@ only for the classes a figure highlights, so the figures stay legible at C = 100
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Mapping
 
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from classbias_jax import analysis as analysis_lib  # noqa: E402
+from classbias_jax import results as results_lib  # noqa: E402
 
 LOG_SCALE_KNOBS = ('weight_decay', 'learning_rate')
 HURT, HELPED, NEUTRAL = 'tab:red', 'tab:blue', '0.6'
@@ -45,11 +47,17 @@ def _x_axis(ax, sweep_name: str, sweep_values: np.ndarray) -> np.ndarray:
 
 
 def _save(fig, path: str) -> str:
-  """Writes `fig` to `path` (PNG) and the same name with .pdf; closes it; returns `path`."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=130, bbox_inches='tight')
-  fig.savefig(os.path.splitext(path)[0] + '.pdf', bbox_inches='tight')
-  plt.close(fig)
+  """Writes `fig` to `path` (PNG) and the same name with .pdf, each whole or not at all
+  (results' atomic writes: a full disk is a one-line WriteError); closes it; returns
+  `path`."""
+  try:
+    for name, options in ((path, dict(format='png', dpi=130)),
+                          (os.path.splitext(path)[0] + '.pdf', dict(format='pdf'))):
+      image = io.BytesIO()
+      fig.savefig(image, bbox_inches='tight', **options)
+      results_lib.write_bytes(name, image.getvalue())
+  finally:
+    plt.close(fig)
   return path
 
 

@@ -17,6 +17,7 @@ reader sees a whole file or none.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from classbias_jax.errors import ResultsError
+from classbias_jax.errors import ResultsError, WriteError
 
 RESULTS_FILE = 'results.npz'
 REQUIRED = ('per_class_accuracy', 'mean_accuracy', 'test_labels', 'test_predictions',
@@ -33,11 +34,14 @@ REQUIRED = ('per_class_accuracy', 'mean_accuracy', 'test_labels', 'test_predicti
 
 
 def _atomic_write(path: str, write_fn, mode: str = 'wb') -> None:
-  """Calls write_fn(file) on a temporary file beside `path`, then renames it to `path`."""
+  """Calls write_fn(file) on a temporary file beside `path`, then renames it to `path`.
+  An OSError (a full disk, no permission) is a WriteError naming `path`; the temporary
+  file is removed whatever fails."""
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+  tmp = None
   try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
     with os.fdopen(fd, mode) as f:
       write_fn(f)
       f.flush()
@@ -47,10 +51,19 @@ def _atomic_write(path: str, write_fn, mode: str = 'wb') -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):
+      raise WriteError(f'cannot write {path}: {os_reason(e)}') from None
     raise
+
+
+def os_reason(e: OSError) -> str:
+  """The reason of an OSError in words: 'no space left on device', 'permission denied'."""
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return 'no space left on device'
+  return (e.strerror or str(e)).lower()
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -124,9 +137,15 @@ def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
                          f'(V={v} sweep values, S={s} seeds, C={c} classes)')
   if len(n) != 1:
     raise ResultsError(f'{source}: test_labels must be [N], got shape {n}')
-  labels = arrays['test_labels']
-  if labels.size and (labels.min() < 0 or labels.max() >= c):
-    raise ResultsError(f'{source}: test_labels outside 0..{c - 1}')
+  for key in ('test_labels', 'test_predictions', 'val_labels', 'val_predictions'):
+    values = arrays.get(key)
+    if values is None or not values.size:
+      continue
+    if values.dtype.kind not in 'iu':
+      raise ResultsError(f'{source}: {key} must be integer class indices, got {values.dtype}')
+    if values.min() < 0 or values.max() >= c:
+      raise ResultsError(f'{source}: {key} outside 0..{c - 1} (C={c} classes), e.g. '
+                         f'{values.min() if values.min() < 0 else values.max()}')
 
 
 def save(workdir: str, arrays: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ too, so it continues with the same batches.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Callable, Iterator
@@ -24,9 +25,11 @@ import numpy as np
 from classbias_jax import checkpoint, configs, distributed, loop, model_axis, plan as plan_lib
 from classbias_jax import plots
 from classbias_jax import results
+from classbias_jax import workdir as workdir_lib
 from classbias_jax import step as step_lib
 from classbias_jax import data
 from classbias_jax.data import modes
+from classbias_jax.errors import ConfigError
 from classbias_jax.loop import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
 from classbias_jax.models import create_model
 from classbias_jax.tuning import hostmem
@@ -201,21 +204,42 @@ def _finish(workdir: str, plan, arrays) -> None:
   print(f'wrote {os.path.join(workdir, results.RESULTS_FILE)} and {figure}', file=sys.stderr)
 
 
-def run(config, workdir: str) -> dict[str, np.ndarray]:
+def run(config, workdir: str, overwrite: bool = False) -> dict[str, np.ndarray]:
   """Trains the sweep in `config`, writes results into `workdir`, returns the results.
 
+  The lead process locks `workdir` for the run (workdir.py): a second run there fails at
+  once. A workdir holding the finished results (or a checkpoint) of another config is an
+  error, unless `overwrite`, which deletes that study's files first.
   While it runs (in the main thread) SIGTERM and SIGINT raise loop.Interrupted: during
   training once the current step is done and a checkpoint is saved (loop.py).
   """
-  with loop.Signals() as signals:
-    return _run(config, workdir, signals)
+  workdir_lib.check(workdir)
+  held = workdir_lib.lock(workdir) if distributed.is_lead() else contextlib.nullcontext()
+  with loop.Signals() as signals, held:
+    return _run(config, workdir, signals, overwrite)
 
 
-def _run(config, workdir: str, signals: loop.Signals) -> dict[str, np.ndarray]:
+def _resume_meta(config, workdir: str, overwrite: bool) -> dict | None:
+  """The checkpoint's meta to resume from (None: start afresh), after the guard against
+  another config's results; with `overwrite` another config's files are deleted."""
+  lead = distributed.is_lead()  # the lead deletes; the others only check
+  workdir_lib.guard_results(workdir, config, overwrite, lead)
+  try:
+    return checkpoint.read_meta(workdir, config)
+  except ConfigError:
+    if not overwrite:
+      raise
+  if lead:
+    workdir_lib.clear(workdir)
+  return None
+
+
+def _run(config, workdir: str, signals: loop.Signals,
+         overwrite: bool) -> dict[str, np.ndarray]:
   # Data: a bad config, a checkpoint of another config or a missing dataset stops the run
   # before anything is written.
   configs.validate(config)
-  resume = checkpoint.read_meta(workdir, config)
+  resume = _resume_meta(config, workdir, overwrite)
   # A resumed run keeps its input mode: the two modes order the data differently.
   dataset, input_mode = modes.load_dataset(
       config.data, resume['input_mode'] if resume else config.data.input_mode)

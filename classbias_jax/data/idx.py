@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import zlib
 
 import numpy as np
 from absl import logging
@@ -42,7 +43,11 @@ def read_idx(path: str) -> np.ndarray:
   with open(path, 'rb') as f:
     data = f.read()
   if data[:2] == b'\x1f\x8b':
-    data = gzip.decompress(data)
+    try:
+      data = gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:
+      raise DataUnavailable(f'{path}: truncated or corrupt gzip file ({e}); download it '
+                            'again') from None
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] not in _DTYPES:
     raise DataUnavailable(f'{path}: not an IDX file (bad magic number {data[:4].hex()})')
   ndim = data[3]
