@@ -54,7 +54,12 @@ KNOBS = {
     'aug.erase_ratio_max': Knob(3.3, 'erase', per_class=True, low=1e-6),
     # in normalised units: 0 erases to the dataset mean
     'aug.erase_value': Knob(0.0, 'erase', per_class=True, low=-math.inf),
+    # Per-class loss weights (class_weights.py): the rate of the multiplicative update
+    # w_c <- w_c exp(-rate * training accuracy of c) each epoch; 1 is CLAM's rule.
+    'loss.class_weight_rate': Knob(0.0, 'loss', off=0.0),
 }
+# The sweep over the arms of a fix study (arms.py), in place of a knob.
+ARM_SWEEP = 'fix.arm'
 # The model axis (model_axis.py): 'rule' is the documented per-backend rule; 'auto'
 # measures the candidates on this machine (opt-in; tuning/strategy.py).
 STRATEGIES = ('rule', 'auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard',
@@ -158,6 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 0  # 0 = native size
   c.data.split_seed = 0  # fixes generated data and data splits (not the models' seeds)
   c.data.planted_train_per_class = 500
+  c.data.planted_shortcut = ''  # 'frame' or 'size': a training-only shortcut (planted.load)
   # 'resident': uint8 images on device, each model its own data order; 'streamed': a grain
   # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
   # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)
@@ -182,6 +188,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 1.0  # linear warmup, then cosine decay to 0
 
   c.aug = ml_collections.ConfigDict()
+  c.loss = ml_collections.ConfigDict()
   for dotted, knob in KNOBS.items():
     section, name = dotted.split('.')
     c[section][name] = knob.default
@@ -247,7 +254,10 @@ def _check_knobs(config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError when the resolved config cannot run."""
-  if config.sweep.name not in traced_knobs():
+  if config.sweep.name == ARM_SWEEP:
+    from classbias_jax import arms
+    arms.validate(config)
+  elif config.sweep.name not in traced_knobs():
     raise ConfigError(f'sweep.name {config.sweep.name!r} cannot be swept inside one program; '
                       f'choose one of {", ".join(traced_knobs())}')
   values = tuple(config.sweep['values'])  # `.values` is ConfigDict's method

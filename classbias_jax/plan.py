@@ -109,6 +109,8 @@ class Plan:
   std: np.ndarray
   strategy: str  # model_axis strategy, resolved
   loop: str  # 'python' or 'scan', resolved
+  class_weights: bool = False  # some model has per-class loss weights (class_weights.py)
+  arms: dict | None = None  # a fix study's arms and their tables (arms.py)
 
   @property
   def num_models(self) -> int:
@@ -119,10 +121,11 @@ class Plan:
 
   def resolved(self) -> dict[str, Any]:
     """What the plan decided, for config.json."""
-    return {'strategy': self.strategy, 'loop': self.loop, 'augment_ops': list(self.ops),
-            'erase': self.erase, 'num_models': self.num_models,
-            'seeds': self.sweep.seeds.tolist(), 'steps_per_epoch': self.steps_per_epoch,
-            'backend': jax.default_backend()}
+    out = {'strategy': self.strategy, 'loop': self.loop, 'augment_ops': list(self.ops),
+           'erase': self.erase, 'num_models': self.num_models,
+           'seeds': self.sweep.seeds.tolist(), 'steps_per_epoch': self.steps_per_epoch,
+           'backend': jax.default_backend(), 'class_weights': self.class_weights}
+    return dict(out, fix=self.arms) if self.arms else out
 
 
 def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
@@ -134,7 +137,10 @@ def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
   batch_size = config.train.batch_size
   if num_train < batch_size:
     raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
-  knobs = knob_arrays(config, sweep, num_classes)
+  knobs, arms_info = knob_arrays(config, sweep, num_classes), None
+  if sweep.name == configs.ARM_SWEEP:
+    from classbias_jax import arms
+    knobs, arms_info = arms.knob_arrays(config, sweep, knobs, num_classes)
   ops, erase = augment_ops(config, knobs)
   if strategy is None:
     if config.train.strategy == 'auto':
@@ -148,4 +154,4 @@ def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
                       "step: it needs train.loop 'python'")
   return Plan(config, sweep, knobs, ops, erase, num_train // batch_size, tuple(image_shape),
               num_classes, np.asarray(mean, np.float32), np.asarray(std, np.float32),
-              strategy, loop)
+              strategy, loop, bool(np.any(knobs['class_weight_rate'] != 0)), arms_info)

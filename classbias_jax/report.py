@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from classbias_jax import analysis as analysis_lib
+from classbias_jax import configs, fix_report
 from classbias_jax import plots
 from classbias_jax import results as results_lib
 from classbias_jax.report_md import FIGURES, render, tables  # noqa: F401  (tables: notebooks)
@@ -63,11 +64,19 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
   Returns {'analysis': path, 'report': path, 'figures': folder}.
   """
   results = results_lib.load(workdir)
+  config = _read_config(workdir)
+  fix = str(results['sweep_name']) == configs.ARM_SWEEP  # a fix study: arms, not values
+  if fix and reference is None:
+    reference = fix_report.uniform_value(results)
   stats = analysis_lib.analyze(results, reference=reference, num_bootstrap=num_bootstrap)
+  if fix:
+    stats['fix'] = fix_report.summarize(results, config)
+    if reference == fix_report.uniform_value(results):
+      stats['reference']['chosen_by'] = 'the best uniform arm'
   figures_dir = os.path.join(workdir, FIGURES)
   with tempfile.TemporaryDirectory(dir=workdir, prefix='.tmp-report-') as tmp:
     figures = draw(results, stats, tmp, top_k)
-    text = render(stats, figures, _read_config(workdir), top_k)
+    text = render(stats, figures, config, top_k)
     os.makedirs(figures_dir, exist_ok=True)
     for name in sorted(os.listdir(tmp)):
       os.replace(os.path.join(tmp, name), os.path.join(figures_dir, name))

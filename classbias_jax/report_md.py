@@ -6,6 +6,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from classbias_jax import analysis as analysis_lib
+from classbias_jax import fix_report
 
 FIGURES = 'figures'  # the figures' folder in WORKDIR
 
@@ -344,8 +345,10 @@ def _figure(figures: Mapping[str, str], key: str, caption: str) -> list[str]:
 def render(stats: Mapping[str, Any], figures: Mapping[str, str],
            config: Mapping[str, Any] | None = None, top_k: int = 5) -> str:
   """report.md's text from an analysis dict and {figure key: file name in figures/}."""
-  lines = _intro(stats, config or {}) + _conclusions(stats) + _summary(stats)
-  lines += ['## Per-class accuracy against the knob', '']
+  lines = _intro(stats, config or {}) + _conclusions(stats)
+  if 'fix' in stats:  # a fix study (configs/fix.py)
+    lines += fix_report.section(stats['fix'], stats['class_names'], stats['values'])
+  lines += _summary(stats) + ['## Per-class accuracy against the knob', '']
   lines += _figure(figures, 'per_class_accuracy', 'per-class accuracy')
   lines += ['## Class effects', ''] + _figure(figures, 'class_effects', 'class effects')
   lines += _effects(stats, top_k) + _power(stats)

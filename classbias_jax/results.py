@@ -8,6 +8,7 @@ and the assembly of a finished run's arrays into it.
   seeds int64 [S]                        class_names str [C]
 optional:
   val_labels int32 [Nv], val_predictions int32 [V, S, Nv]
+  value_names str [V]                    (a fix study: each sweep value's arm, arms.py)
   diverged bool [V, S]                   (a model whose loss became non-finite)
   curve_epochs int32 [E]; train_loss, train_accuracy float32 [V, S, E] (per-epoch means)
   eval_epochs int32 [E']; test_accuracy_at_eval float32 [V, S, E'] (when train.eval_every)
@@ -125,6 +126,8 @@ def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
     expected['val_predictions'] = (v, s) + arrays['val_labels'].shape
   if 'diverged' in arrays:
     expected['diverged'] = (v, s)
+  if 'value_names' in arrays:
+    expected['value_names'] = (v,)
   for key, epochs in (('train_loss', 'curve_epochs'), ('train_accuracy', 'curve_epochs'),
                       ('test_accuracy_at_eval', 'eval_epochs')):
     if key in arrays:
@@ -215,10 +218,12 @@ def _dtype(name: str) -> np.dtype:
 
 
 def assemble(sweep, dataset, predictions: np.ndarray, history: History,
-             val_predictions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             val_predictions: np.ndarray | None = None,
+             value_names: list[str] | None = None) -> dict[str, np.ndarray]:
   """The arrays of results.npz from a finished run: sweep (plan.Sweep), dataset (test and
   validation labels, class names), predictions int32 [M, N] on the test split, the loop's
-  history, and validation predictions [M, Nv] when the dataset has a validation split."""
+  history, validation predictions [M, Nv] when the dataset has a validation split, and
+  the names of the sweep values (a fix study's arms)."""
   labels, unflatten = dataset.test_labels, sweep.unflatten
   stack = lambda key: unflatten(np.stack(history.curves[key], 1)).astype(np.float32)
   arrays = {
@@ -239,6 +244,8 @@ def assemble(sweep, dataset, predictions: np.ndarray, history: History,
   if history.eval_epochs:
     arrays['eval_epochs'] = np.asarray(history.eval_epochs, np.int32)
     arrays['test_accuracy_at_eval'] = stack('test_accuracy_curve')
+  if value_names is not None:
+    arrays['value_names'] = np.asarray(value_names)
   if val_predictions is not None:
     arrays['val_labels'] = dataset.val_labels.astype(np.int32)
     arrays['val_predictions'] = unflatten(val_predictions)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from classbias_jax import augment, configs, model_axis
+from classbias_jax import augment, class_weights, configs, model_axis
 
 
 def hyperparameter(knobs, config, dotted: str):
@@ -38,12 +38,20 @@ def lr_shape(optim_config, steps_per_epoch: int, epochs: int) -> Callable:
                                             end_value=0.0)
 
 
-def init_state(model, image_shape, key) -> dict[str, Any]:
-  """One model's {'params', 'batch_stats', 'opt_state'}."""
+def init_state(model, image_shape, key, weighted_classes: int = 0) -> dict[str, Any]:
+  """One model's {'params', 'batch_stats', 'opt_state'}, plus the per-class loss weights
+  of class_weights.py for `weighted_classes` classes when that is not 0."""
   variables = model.init(key, jnp.zeros((1,) + tuple(image_shape)), train=False)
   opt_state = make_optimizer(0.0, 0.0, 0.0).init(variables['params'])
-  return {'params': variables['params'], 'batch_stats': variables['batch_stats'],
-          'opt_state': opt_state}
+  state = {'params': variables['params'], 'batch_stats': variables['batch_stats'],
+           'opt_state': opt_state}
+  return {**state, **class_weights.init(weighted_classes)} if weighted_classes else state
+
+
+def init_fn(plan, model) -> Callable:
+  """init(key) -> one model's state for this plan (init_state with the plan's classes)."""
+  weighted = plan.num_classes if plan.class_weights else 0
+  return lambda key: init_state(model, plan.image_shape, key, weighted)
 
 
 def make_preprocess(plan) -> Callable:
@@ -88,6 +96,7 @@ def make_train_step(plan, model) -> Callable:
   shape = lr_shape(config.optim, plan.steps_per_epoch, config.train.epochs)
   preprocess = make_preprocess(plan)
   on_data_axis = model_axis.batch_constraint(plan.strategy)  # identity off a 2-D mesh
+  weighted = plan.class_weights  # static: some model has per-class loss weights
 
   def train_step(per_model, shared):
     state, knobs, perm, aug_key = per_model
@@ -104,7 +113,8 @@ def make_train_step(plan, model) -> Callable:
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
                                      x, train=True, mutable=['batch_stats'])
-      loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1])).mean()
+      losses = optax.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1]))
+      loss = class_weights.weighted_loss(losses, y, state) if weighted else losses.mean()
       return loss, (logits, new_vars['batch_stats'])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -115,8 +125,12 @@ def make_train_step(plan, model) -> Callable:
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = {'params': optax.apply_updates(state['params'], updates),
                  'batch_stats': batch_stats, 'opt_state': opt_state}
-    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
-               'finite': jnp.isfinite(loss)}
+    correct = jnp.argmax(logits, -1) == y
+    if weighted:
+      new_state.update(class_weights.update(state, y, correct,
+                                            value('loss.class_weight_rate'),
+                                            step == plan.steps_per_epoch - 1))
+    metrics = {'loss': loss, 'accuracy': jnp.mean(correct), 'finite': jnp.isfinite(loss)}
     return new_state, metrics
 
   return train_step

@@ -71,7 +71,7 @@ def initial_state(plan, model, workdir: str, resume) -> tuple[dict, dict, dict]:
   already split over the model axis); the state restored when resuming."""
   sharding = model_axis.model_sharding(plan.strategy, plan.num_models)
   keys = jax.jit(lambda: plan_lib.model_keys(plan.sweep), out_shardings=sharding)()
-  init = lambda key: step_lib.init_state(model, plan.image_shape, key)
+  init = step_lib.init_fn(plan, model)
   state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys['init'])
   if resume:
     state = checkpoint.restore_state(workdir, state)
@@ -199,8 +199,9 @@ def _finish(workdir: str, plan, arrays) -> None:
   figure = plots.per_class_accuracy(arrays, os.path.join(workdir, 'figures',
                                                          'per_class_accuracy.png'))
   summary = arrays['mean_accuracy'].mean(1)
+  labels = arrays.get('value_names', [f'{v:g}' for v in plan.sweep.values])
   print('mean test accuracy per sweep value: ' + ', '.join(
-      f'{v:g}: {100 * a:.1f}%' for v, a in zip(plan.sweep.values, summary)), file=sys.stderr)
+      f'{v}: {100 * a:.1f}%' for v, a in zip(labels, summary)), file=sys.stderr)
   print(f'wrote {os.path.join(workdir, results.RESULTS_FILE)} and {figure}', file=sys.stderr)
 
 
@@ -282,6 +283,7 @@ def _run(config, workdir: str, signals: loop.Signals,
   val = None
   if dataset.val_images is not None:
     val = make_evaluate(plan, model, dataset.val_images, on_device=False)(state)
-  arrays = results.assemble(plan.sweep, dataset, predictions, history, val)
+  arrays = results.assemble(plan.sweep, dataset, predictions, history, val,
+                            plan.arms and plan.arms['arms'])
   _finish(workdir, plan, arrays)
   return arrays

@@ -35,7 +35,7 @@ from classbias_jax import configs
 
 
 def get_config(arg=None):
-  args = configs.parse_arg(arg, runlocal=False, seeds=0, epochs=0)
+  args = configs.parse_arg(arg, runlocal=False, seeds=0, epochs=0, shortcut=False)
   c = configs.base_config()
   c.seeds = args.seeds or 8
   c.data.name = 'cifar100'
@@ -63,4 +63,13 @@ def get_config(arg=None):
     c.train.eval_every = 0
     c.aug.pad_crop = 0  # the planted effect is the jitter's alone
     c.aug.flip_prob = 0.0
+  if args.shortcut:  # the sweep a fix study starts from (configs/fix.py)
+    if not args.runlocal:
+      raise configs.ConfigError('color.py: shortcut goes with runlocal (the planted data)')
+    c.data.planted_shortcut = 'frame'  # the knob helps the none- classes (planted.load)
+    c.data.val_fraction = 0.25  # 50 validation images per class, drawn like test
+    c.sweep['values'] = (0.0, 0.5, 1.0)
+    c.seeds = args.seeds or 4
+    c.train.epochs = args.epochs or 10
+
   return c

@@ -46,7 +46,7 @@ from classbias_jax import configs
 
 def get_config(arg=None):
   args = configs.parse_arg(arg, runlocal=False, fashion=False, noflip=False, seeds=0,
-                          epochs=0)
+                          epochs=0, shortcut=False)
   c = configs.base_config()
   c.seeds = args.seeds or 8
   c.data.name = 'cifar100'
@@ -75,6 +75,15 @@ def get_config(arg=None):
     c.train.epochs = args.epochs or 15  # the corner markers at scale 1 need them all
     c.train.batch_size = 64
     c.train.eval_every = 0
+
+  if args.shortcut:  # the sweep a fix study starts from (configs/fix.py)
+    if not args.runlocal:
+      raise configs.ConfigError('crop.py: shortcut goes with runlocal (the planted data)')
+    c.data.planted_shortcut = 'zoom'  # the knob helps the none- classes (planted.load)
+    c.data.val_fraction = 0.25  # 50 validation images per class, drawn like test
+    c.sweep['values'] = (0.1, 0.35, 1.0)
+    c.seeds = args.seeds or 4
+    c.train.epochs = args.epochs or 10
 
   if args.fashion:  # real images on two CPU cores; see the docstring
     c.seeds = args.seeds or 4

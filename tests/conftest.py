@@ -54,7 +54,7 @@ def tiny_plan(config, strategy='unroll', num_train=64, image_shape=(8, 8, 1), nu
 def init_states(plan, model):
   """The freshly initialised state of the plan's M models, leaves [M, ...]."""
   from classbias_jax import step
-  init = lambda key: step.init_state(model, plan.image_shape, key)
+  init = step.init_fn(plan, model)
   return jax.jit(jax.vmap(init))(plan.keys()['init'])
 
 

@@ -43,6 +43,10 @@ CLASS_NAMES = ('color-red', 'color-orange', 'color-yellow',
 SIZE = 32
 _COLOR_HUES = (0.0, 0.07, 0.14)
 _MARKER = 2  # side of a corner marker at 32x32: even, so 16x16 keeps one crisp pixel
+_FRAME = 4  # width of the frame shortcut at 32x32 (data.planted_shortcut)
+# its hue, one per none- class in training: 0.12 apart, so that colour jitter's hue shift
+# (up to 0.2 at strength 1) blurs them; far from the color- classes' hues (0-0.14)
+_FRAME_HUES = (0.4, 0.52, 0.64, 0.76)
 _PERIOD = 8  # texture period of the none- classes at 32x32 (4 pixels at 16x16)
 
 
@@ -65,8 +69,9 @@ def _grid(rng, n, radius):
   return yy, xx, yy - cy, xx - cx, rng.uniform(*radius, (n, 1, 1))
 
 
-def _object_mask(kind, rng, n):
-  """Boolean masks [n, H, W] of one object kind, with random centre and size."""
+def _object_mask(kind, rng, n, period=_PERIOD):
+  """Boolean masks [n, H, W] of one object kind, with random centre and size (the none-
+  textures repeat every `period` pixels)."""
   if kind == 'stripes':  # a disc of diagonal stripes (the colour classes' object)
     yy, xx, dy, dx, r = _grid(rng, n, (9, 12))
     return (dy ** 2 + dx ** 2 <= r ** 2) & (((yy + xx) // 3) % 2 == 0)
@@ -76,15 +81,15 @@ def _object_mask(kind, rng, n):
   # The none- textures fill a large disc; random phases, so no pixel is always painted.
   yy, xx, dy, dx, r = _grid(rng, n, (12, 15))
   region = dy ** 2 + dx ** 2 <= r ** 2
-  phase_y, phase_x = (rng.integers(0, _PERIOD, (n, 1, 1)) for _ in range(2))
-  on_y = (yy - 0.5 + phase_y) % _PERIOD < _PERIOD / 2
-  on_x = (xx - 0.5 + phase_x) % _PERIOD < _PERIOD / 2
+  phase_y, phase_x = (rng.integers(0, period, (n, 1, 1)) for _ in range(2))
+  on_y = (yy - 0.5 + phase_y) % period < period / 2
+  on_x = (xx - 0.5 + phase_x) % period < period / 2
   if kind == 'hlines':
     return region & on_y
   if kind == 'vlines':
     return region & on_x
   if kind == 'rings':
-    return region & (np.sqrt(dy ** 2 + dx ** 2) % _PERIOD < _PERIOD / 2)
+    return region & (np.sqrt(dy ** 2 + dx ** 2) % period < period / 2)
   if kind == 'dots':
     return region & on_y & on_x
   raise ValueError(kind)
@@ -117,12 +122,33 @@ def _random_colors(rng, n, saturation, value):
   return _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(*saturation, n), rng.uniform(*value, n))
 
 
-def generate(num_per_class: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+def _shortcut_index(label, rng, n, split: str) -> np.ndarray:
+  """Which none- class's shortcut each of n images of class `label` shows: its own in
+  'train', another none- class's in 'eval'."""
+  k = np.full(n, label - CLASS_NAMES.index('none-hlines'))
+  if split == 'eval':
+    k = (k + rng.integers(1, len(_FRAME_HUES), n)) % len(_FRAME_HUES)
+  return k
+
+
+def _frame(images, k):
+  """Paints a frame of hue _FRAME_HUES[k] [n] (saturated, bright) around each image."""
+  n = len(images)
+  hue = np.asarray(_FRAME_HUES)[k].astype(np.float64)
+  mask = np.ones((SIZE, SIZE), bool)
+  mask[_FRAME:-_FRAME, _FRAME:-_FRAME] = False
+  return _paint(images, np.broadcast_to(mask, (n, SIZE, SIZE)),
+                _hsv_to_rgb(hue, np.full(n, 0.9), np.full(n, 0.9)))
+
+
+def generate(num_per_class: int, seed: int, size: int = SIZE,
+             shortcut: str = '') -> tuple[np.ndarray, np.ndarray]:
   """Images uint8 [10 * num_per_class, size, size, 3] and labels int32, class-sorted.
 
   Drawn at 32x32; a smaller `size` averages blocks of pixels, as if the same scene were
   photographed at a lower resolution (same draws, so the planted effects keep their
-  meaning while convolutions get several times cheaper).
+  meaning while convolutions get several times cheaper). shortcut 'frame-train',
+  'frame-eval', 'size-train' or 'size-eval': the none- classes' shortcut (`load`).
   """
   rng = np.random.default_rng(seed)
   images, labels = [], []
@@ -139,7 +165,14 @@ def generate(num_per_class: int, seed: int, size: int = SIZE) -> tuple[np.ndarra
       img = _paint(img, _object_mask('square', rng, n), _random_colors(rng, n, (0.3, 1), (0.7, 1)))
       img = _paint(img, _marker_mask(detail, n), np.ones((n, 3)))
     else:
-      img = _paint(img, _object_mask(detail, rng, n), _random_colors(rng, n, (0.3, 1), (0.7, 1)))
+      cut, split = shortcut.split('-') if shortcut else ('', '')
+      k = _shortcut_index(label, rng, n, split) if cut == 'frame' else None
+      # Seen twice as close; not the rings, whose centre disc would then fill the view.
+      period = 2 * _PERIOD if shortcut == 'zoom-eval' and detail != 'rings' else _PERIOD
+      mask = _object_mask(detail, rng, n, period)
+      img = _paint(img, mask, _random_colors(rng, n, (0.3, 1), (0.7, 1)))
+      if cut == 'frame':
+        img = _frame(img, k)
     img = _downsample(img + rng.normal(0, 0.06, img.shape), size)
     images.append(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
     labels.append(np.full(n, label, np.int32))
@@ -151,13 +184,37 @@ def load(data_config) -> Dataset:
   32x32 or `data.image_size` (16, 8, ...).
 
   Train and test come from different seeds; both are deterministic given `data.split_seed`.
+
+  `data.planted_shortcut` makes a knob help the none- classes, as a fix study needs (a
+  sweep whose best uniform value is not "off" while it hurts some classes):
+    'frame'  in training each none- class has a frame of its own hue (0.12 apart), in
+             validation and test another none- class's: a model that learnt the frame,
+             an easier cue than the texture, fails there. Colour jitter's hue shift blurs
+             the frame hues, so the jitter makes the texture the cue worth learning; it
+             still hurts the color- classes.
+    'zoom'   validation and test show the lines and dots textures twice as close
+             (period 16 at 32x32, not 8; the rings as in training): random-resized crops,
+             which zoom in during training, teach them at that scale; they still hurt
+             the crop- classes.
+  With a shortcut, the validation split (`data.val_fraction` of the training images per
+  class, at least one) is drawn like test, not carved from train.
   """
   per_class = int(data_config.get('planted_train_per_class', 500))
   seed = int(data_config.get('split_seed', 0))
   size = int(data_config.get('image_size', 0) or SIZE)
-  train_x, train_y = generate(per_class, seed=2 * seed + 1, size=size)
-  test_x, test_y = generate(200, seed=2 * seed + 2, size=size)
-  return Dataset('planted', train_x, train_y, test_x, test_y, CLASS_NAMES)
+  kind = data_config.get('planted_shortcut', '') or ''
+  if kind not in ('', 'frame', 'zoom'):
+    raise ConfigError(f"data.planted_shortcut {kind!r}; choose '', 'frame' or 'zoom'")
+  train, test = (f'{kind}-{split}' if kind else '' for split in ('train', 'eval'))
+  train_x, train_y = generate(per_class, seed=2 * seed + 1, size=size, shortcut=train)
+  test_x, test_y = generate(200, seed=2 * seed + 2, size=size, shortcut=test)
+  val = {}
+  fraction = float(data_config.get('val_fraction', 0.0))
+  if kind and fraction > 0:
+    val_x, val_y = generate(max(1, round(fraction * per_class)), seed=2 * seed + 1001,
+                            size=size, shortcut=test)
+    val = {'val_images': val_x, 'val_labels': val_y}
+  return Dataset('planted', train_x, train_y, test_x, test_y, CLASS_NAMES, **val)
 
 
 # ---- the planted images as an ImageNet-layout folder --------------------------------------

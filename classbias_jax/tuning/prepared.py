@@ -42,7 +42,7 @@ def _arguments(plan, model, num_batches: int):
   labels = rng.integers(0, plan.num_classes, n).astype(np.int32)
   keys = plan.keys()
   put = lambda tree: model_axis.put_models(tree, plan.strategy)
-  init = lambda k: step_lib.init_state(model, plan.image_shape, k)
+  init = step_lib.init_fn(plan, model)
   state = put(jax.jit(jax.vmap(init))(keys['init']))
   per_model = put(({k: jnp.asarray(v) for k, v in plan.knobs.items()}, keys['aug'],
                    step_lib.epoch_permutations(keys['data'], 0, n)))

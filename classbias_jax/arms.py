@@ -1,0 +1,107 @@
+"""The arms of a fix study (configs/fix.py): one sweep whose values are arms, not knob values.
+
+A finished sweep's `policy.json` (written by `python -m classbias_jax.fix`) gives, for the
+swept per-class knob, one value per class for each policy. Arm k of `ARMS` trains with:
+
+  uniform       the best uniform value (best mean accuracy on validation) for every class
+  off           the knob's off value for every class
+  policy        the recommended policy's table (policy.json's `policy`), looked up by each
+                image's label on device
+  loss_weights  the uniform value, and per-class loss weights (class_weights.py, CLAM's rule)
+  per_class     the per_class policy's table (fix.py), whichever is recommended
+  protect       the protect policy's table
+
+`sweep.values` are indices into ARMS; the seeds are common to all arms, so arm against arm
+is a paired comparison, as value against value is in a knob sweep.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from classbias_jax import configs
+from classbias_jax.errors import ConfigError
+
+ARMS = ('uniform', 'off', 'policy', 'loss_weights', 'per_class', 'protect')
+POLICY_FILE = 'policy.json'
+
+
+def names(values) -> list[str]:
+  """The arm name of each sweep value."""
+  return [ARMS[int(v)] for v in values]
+
+
+def validate(config) -> None:
+  """Raises ConfigError unless sweep.values name distinct arms and fix.policy_from is set."""
+  values = tuple(config.sweep['values'])
+  if not values or any(float(v) != int(v) or not 0 <= int(v) < len(ARMS) for v in values):
+    raise ConfigError(f'{configs.ARM_SWEEP} values must be arm indices 0..{len(ARMS) - 1} '
+                      f'({", ".join(f"{i}={a}" for i, a in enumerate(ARMS))}), got {values}')
+  if len(set(values)) != len(values):
+    raise ConfigError(f'sweep.values has repeated arms: {values}')
+  if not config.get('fix', {}).get('policy_from'):
+    raise ConfigError('a fix study needs --config.fix.policy_from=SWEEP_DIR (a sweep '
+                      'where `python -m classbias_jax.fix` wrote policy.json)')
+
+
+def read_policy(workdir: str) -> dict:
+  """SWEEP_DIR/policy.json, or a one-line ConfigError saying how to make it."""
+  path = os.path.join(os.path.expanduser(workdir), POLICY_FILE)
+  try:
+    with open(path) as f:
+      policy = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f'no {path}: run `python -m classbias_jax.fix --workdir={workdir}` '
+                      'first') from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} is unreadable: {e}') from None
+  missing = [k for k in ('knob', 'class_names', 'uniform', 'off', 'policies') if k not in policy]
+  if missing:
+    raise ConfigError(f'{path} lacks {", ".join(missing)}: not a policy file')
+  return policy
+
+
+def tables(policy: dict) -> dict[str, np.ndarray]:
+  """Arm name -> the knob's value for each class [C] (float64)."""
+  c = len(policy['class_names'])
+  out = {'uniform': np.full(c, policy['uniform']), 'loss_weights': np.full(c, policy['uniform'])}
+  if policy['off'] is not None:
+    out['off'] = np.full(c, float(policy['off']))
+  for name, table in policy['policies'].items():
+    out[name] = np.asarray(table, np.float64)
+  if policy.get('policy') in policy['policies']:
+    out['policy'] = out[policy['policy']]
+  return out
+
+
+def knob_arrays(config, sweep, knobs: dict, num_classes: int) -> tuple[dict, dict]:
+  """The plan's knobs for the arms: the policy's knob a table [M, C] (each model its arm's),
+  the loss-weight rate on for the loss_weights arm; and what config.json records."""
+  policy = read_policy(config.fix.policy_from)
+  short = configs.short_name(policy['knob'])
+  if policy['knob'] not in configs.KNOBS or not configs.KNOBS[policy['knob']].per_class:
+    raise ConfigError(f'policy.json: {policy["knob"]} is not a per-class knob')
+  if len(policy['class_names']) != num_classes:
+    raise ConfigError(f'policy.json has {len(policy["class_names"])} classes, the data '
+                      f'{num_classes}: the fix study must train on the sweep\'s dataset')
+  if short in config.get('class_knobs', {}):
+    raise ConfigError(f'class_knobs.{short} and a fix study of {policy["knob"]} conflict')
+  by_arm, arm_names = tables(policy), names(sweep.values)
+  absent = [a for a in arm_names if a not in by_arm]
+  if absent:
+    raise ConfigError(f'policy.json has no table for arm {", ".join(absent)}')
+  model_arms = [arm_names[v] for v in sweep.value_index]
+  out = dict(knobs)
+  out[short] = np.stack([by_arm[a] for a in model_arms]).astype(np.float32)
+  weighted = np.asarray([a == 'loss_weights' for a in model_arms])
+  out['class_weight_rate'] = np.where(weighted, np.float32(config.fix.class_weight_rate),
+                                      knobs['class_weight_rate']).astype(np.float32)
+  uniform = by_arm['uniform']
+  info = {'policy_from': config.fix.policy_from, 'knob': policy['knob'], 'arms': arm_names,
+          'uniform': policy['uniform'], 'off': policy['off'], 'policy': policy.get('policy'),
+          'tables': {a: by_arm[a].tolist() for a in arm_names},
+          'changed': {a: [n for n, x, u in zip(policy['class_names'], by_arm[a], uniform)
+                          if x != u] for a in arm_names}}
+  return out, info

@@ -1,0 +1,50 @@
+r"""Fix study: the arms that answer an audit, trained side by side and tested on test.
+
+After a sweep of a per-class knob (crop, colour, erase) with a validation split,
+`python -m classbias_jax.fix` writes the sweep's policy.json; this study trains, with the
+same recipe (the study config named by `study=`), S seeds of each arm (arms.py):
+the best uniform value, the knob off, the recommended policy (`fix --policy`), and the
+uniform value with CLAM's per-class loss weights. Its report compares the arms on the
+test split: mean, worst-class and 10th-percentile class accuracy with intervals over
+seeds, and per-class effects against the best uniform arm.
+
+Offline on CPU (the planted_shortcut dataset, where crops and colour jitter both help the
+four none- classes and hurt three others; see classbias_jax/data/planted.py):
+
+  python -m classbias_jax.main --config=configs/crop.py:runlocal,shortcut --workdir=runs/crop_sweep
+  python -m classbias_jax.fix --workdir=runs/crop_sweep
+  python -m classbias_jax.main --config=configs/fix.py:runlocal,study=crop \
+      --config.fix.policy_from=runs/crop_sweep --workdir=runs/crop_fix
+  python -m classbias_jax.report --workdir=runs/crop_fix
+
+(`study=color` for the colour study; the same four commands with `color` for `crop`.)
+Expected results are in docs/studies.md ("Fixing what the audit finds"), measured.
+
+Args: study (crop, color, erase), runlocal, seeds=N, epochs=N (0 = the study's).
+"""
+import os
+
+import ml_collections
+
+from classbias_jax import configs
+from classbias_jax.errors import ConfigError
+
+
+def get_config(arg=None):
+  args = configs.parse_arg(arg, study='crop', runlocal=False, seeds=0, epochs=0)
+  study_args = ','.join(filter(None, ['runlocal,shortcut' if args.runlocal else '',
+                                      f'seeds={args.seeds}' if args.seeds else '',
+                                      f'epochs={args.epochs}' if args.epochs else '']))
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{args.study}.py')
+  if not os.path.isfile(path):
+    raise ConfigError(f'fix study: no study config {args.study}.py beside fix.py')
+  c = configs.load(f'{path}:{study_args}', root='')
+  c.sweep.name = configs.ARM_SWEEP
+  # uniform, off, the recommended policy, CLAM's loss weights (arms.ARMS; 4 and 5 add the
+  # per_class and protect policies side by side)
+  c.sweep['values'] = (0.0, 1.0, 2.0, 3.0)
+  c.seed += 1000  # fresh seeds: the arms are a new experiment, not the sweep's models again
+  c.fix = ml_collections.ConfigDict()
+  c.fix.policy_from = ''  # the sweep's folder, holding policy.json
+  c.fix.class_weight_rate = 1.0  # the loss_weights arm's rate (CLAM's rule: 1)
+  return c
