@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ROOT, host_devices_env
 
 from classbias_jax import results
@@ -55,6 +56,8 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   assert sorted(os.listdir(workdir)) == sorted(os.listdir(tmp_path / 'one'))
 
 
+@pytest.mark.skipif(not os.environ.get('CLASSBIAS_SLOW_TESTS'),
+                    reason='three more processes (minutes on two cores); CLASSBIAS_SLOW_TESTS=1')
 def test_two_streaming_processes_each_read_half_of_each_batch(tmp_path):
   # mesh 1x4: the data axis spans both processes, so each reads the rows of its two
   # devices (half of each global batch: tests/test_stream_rows.py) and the global batch
