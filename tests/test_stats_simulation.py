@@ -111,3 +111,37 @@ def test_planted_ten_point_drop_is_found_at_eight_seeds():
   false_any, recall = rates(8, 100, drop=0.10, seed=11)
   assert recall >= 0.8
   assert false_any <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 100)
+
+
+def policy_changes(seeds: int, sweeps: int, gain: float = 0.0, seed: int = 0):
+  """(share of sweeps whose per_class policy moves a class other than PLANTED away from the
+  best uniform value, share of the sweeps whose uniform value is 1.0 where PLANTED gets
+  the value that helps it, 0.4); the simulated
+  sweep stands for a validation split, and `gain` raises PLANTED at 0.4."""
+  from classbias_jax import policy
+  rng = np.random.default_rng(seed)
+  shift = _class_logits(ACCURACY[PLANTED] + gain) - OFFSET[PLANTED] if gain else 0.0
+  wrong = found = uniform_off = 0
+  for _ in range(sweeps):
+    correct = simulate_correct(rng, seeds, shift)[::-1]  # the shifted value first
+    predictions = np.where(correct, LABELS, (LABELS + 1) % CLASSES).astype(np.int32)
+    acc = analysis.class_accuracy(correct, LABELS, CLASSES)
+    r = {'sweep_name': np.asarray('aug.crop_scale_min'), 'sweep_values': np.asarray([0.4, 1.0]),
+         'seeds': np.arange(seeds), 'class_names': np.asarray([str(c) for c in range(CLASSES)]),
+         'mean_accuracy': acc.mean(-1), 'val_labels': LABELS, 'val_predictions': predictions}
+    chosen = policy.choose(r)
+    per_class = np.asarray(chosen['policies']['per_class'])
+    if chosen['uniform'] == 1.0:  # else PLANTED has 0.4 with everyone
+      uniform_off += 1
+      found += bool(per_class[PLANTED] == 0.4)
+    changed = per_class != chosen['uniform']
+    changed[PLANTED] = False if gain else changed[PLANTED]
+    wrong += bool(changed.any())
+  return wrong / sweeps, found / max(uniform_off, 1)
+
+
+def test_policy_changes_no_class_on_noise_and_finds_a_real_gain():
+  wrong, _ = policy_changes(4, 200, seed=21)
+  assert wrong <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+  wrong, found = policy_changes(8, 100, gain=0.05, seed=22)
+  assert found >= 0.8 and wrong <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 100)
