@@ -63,6 +63,42 @@ def read_policy(workdir: str) -> dict:
   return policy
 
 
+# Fields that may differ between a sweep and its fix study: how the models are laid out
+# and checkpointed, never what they train on or with.
+_LAYOUT = ('strategy', 'mesh_models', 'mesh_data', 'chunk_size', 'loop', 'eval_every',
+           'eval_batch_size', 'checkpoint_every', 'checkpoint_every_steps',
+           'checkpoint_minutes', 'compile_cache')
+
+
+def _recipe(config: dict, knob: str) -> dict:
+  """The sections of a JSON config that define how each model trains, less the knob."""
+  out = {k: config.get(k) for k in ('data', 'model', 'train', 'optim', 'aug', 'loss',
+                                     'class_knobs')}
+  out['train'] = {k: v for k, v in (out['train'] or {}).items() if k not in _LAYOUT}
+  out['data'] = {k: v for k, v in (out['data'] or {}).items() if k != 'workers'}
+  section, name = knob.split('.')
+  out[section] = {k: v for k, v in (out[section] or {}).items() if k != name}
+  return out
+
+
+def check_recipe(config, policy: dict) -> None:
+  """Raises ConfigError when the fix study would train otherwise than the sweep its policy
+  came from (data, model, epochs, optimiser, other knobs); seeds may differ."""
+  path = os.path.join(os.path.expanduser(config.fix.policy_from), 'config.json')
+  try:
+    with open(path) as f:
+      sweep = json.load(f)
+  except (OSError, ValueError):
+    return  # a policy.json without its sweep's config: nothing to compare
+  from classbias_jax import checkpoint
+  fields = checkpoint.differing_fields(_recipe(sweep, policy['knob']),
+                                       _recipe(checkpoint.config_json(config), policy['knob']))
+  if fields:
+    raise ConfigError(f'the fix study must train as the sweep in {config.fix.policy_from} '
+                      f'did; it differs in {", ".join(fields[:4])}'
+                      f'{", ..." * (len(fields) > 4)}')
+
+
 def tables(policy: dict) -> dict[str, np.ndarray]:
   """Arm name -> the knob's value for each class [C] (float64)."""
   c = len(policy['class_names'])
@@ -80,6 +116,7 @@ def knob_arrays(config, sweep, knobs: dict, num_classes: int) -> tuple[dict, dic
   """The plan's knobs for the arms: the policy's knob a table [M, C] (each model its arm's),
   the loss-weight rate on for the loss_weights arm; and what config.json records."""
   policy = read_policy(config.fix.policy_from)
+  check_recipe(config, policy)
   short = configs.short_name(policy['knob'])
   if policy['knob'] not in configs.KNOBS or not configs.KNOBS[policy['knob']].per_class:
     raise ConfigError(f'policy.json: {policy["knob"]} is not a per-class knob')

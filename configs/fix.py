@@ -20,7 +20,11 @@ four none- classes and hurt three others; see classbias_jax/data/planted.py):
 (`study=color` for the colour study; the same four commands with `color` for `crop`.)
 Expected results are in docs/studies.md ("Fixing what the audit finds"), measured.
 
-Args: study (crop, color, erase), runlocal, seeds=N, epochs=N (0 = the study's).
+The fix study must train as its sweep did (data, model, epochs, optimiser, other knobs;
+checked against the sweep's config.json): give it the overrides the sweep had, e.g.
+`fashion` and --config.data.val_fraction=0.1 for a sweep of configs/crop.py:fashion.
+
+Args: study (crop, color, erase), runlocal, fashion, seeds=N, epochs=N (0 = the study's).
 """
 import os
 
@@ -31,8 +35,9 @@ from classbias_jax.errors import ConfigError
 
 
 def get_config(arg=None):
-  args = configs.parse_arg(arg, study='crop', runlocal=False, seeds=0, epochs=0)
+  args = configs.parse_arg(arg, study='crop', runlocal=False, fashion=False, seeds=0, epochs=0)
   study_args = ','.join(filter(None, ['runlocal,shortcut' if args.runlocal else '',
+                                      'fashion' if args.fashion else '',
                                       f'seeds={args.seeds}' if args.seeds else '',
                                       f'epochs={args.epochs}' if args.epochs else '']))
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{args.study}.py')

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import init_states, tiny_config, tiny_plan
 
-from classbias_jax import arms, class_weights, configs, fix_report, policy as policy_lib, report, results
-from classbias_jax import trainer
+from classbias_jax import arms, checkpoint, class_weights, configs, fix_report, report, results
+from classbias_jax import policy as policy_lib, trainer
 from classbias_jax import step as step_lib
 from classbias_jax.errors import ConfigError, ResultsError
 from classbias_jax.models import create_model
@@ -124,6 +124,10 @@ def test_arms_are_tables_on_the_model_axis(tmp_path):
   assert (table[6:] == 0.5).all() and plan.class_weights  # loss_weights: uniform + CLAM
   assert plan.knobs['class_weight_rate'].tolist() == [0] * 6 + [1] * 2
   assert plan.resolved()['fix']['changed']['policy'] == [str(i) for i in range(10)]
+  with open(tmp_path / 'config.json', 'w') as f:  # the sweep's recipe, another model
+    json.dump(dict(checkpoint.config_json(config), model={'name': 'resnet8'}), f)
+  with pytest.raises(ConfigError, match='must train as the sweep'):
+    tiny_plan(config, image_shape=(8, 8, 3))
   config.sweep['values'] = (0.0, 9.0)
   with pytest.raises(ConfigError, match='arm indices'):
     configs.validate(config)
