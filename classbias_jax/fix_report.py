@@ -92,7 +92,9 @@ def section(fix: Mapping[str, Any], class_names: list[str], values: list[dict]) 
   lines = ['## The fix: arms on the test split', '',
            f'Each arm over its seeds, with {level} t intervals over seeds; "vs uniform" is the '
            'paired difference against the best uniform arm (same seeds), in points. The '
-           'per-class effects below are against the uniform arm.', '',
+           'per-class effects below are against the uniform arm. In the sections below, '
+           'the values of `fix.arm` are the arms: ' + ', '.join(
+               f'{e["value"]:g} = {e["arm"]}' for e in fix['arms']) + '.', '',
            '| arm | mean acc | worst class | 10th-pct class | mean vs uniform | '
            'worst class vs uniform | 10th-pct vs uniform | |', '|' + '---|' * 8]
   for e in fix['arms']:

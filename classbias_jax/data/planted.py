@@ -44,9 +44,9 @@ SIZE = 32
 _COLOR_HUES = (0.0, 0.07, 0.14)
 _MARKER = 2  # side of a corner marker at 32x32: even, so 16x16 keeps one crisp pixel
 _FRAME = 4  # width of the frame shortcut at 32x32 (data.planted_shortcut)
-# its hue, one per none- class in training: 0.12 apart, so that colour jitter's hue shift
-# (up to 0.2 at strength 1) blurs them; far from the color- classes' hues (0-0.14)
-_FRAME_HUES = (0.4, 0.52, 0.64, 0.76)
+# its hue, one per none- class in training: 0.07 apart like the color- classes' hues, so
+# that colour jitter blurs them as it blurs those; far from those (0-0.14)
+_FRAME_HUES = (0.45, 0.52, 0.59, 0.66)
 _PERIOD = 8  # texture period of the none- classes at 32x32 (4 pixels at 16x16)
 
 
@@ -167,8 +167,9 @@ def generate(num_per_class: int, seed: int, size: int = SIZE,
     else:
       cut, split = shortcut.split('-') if shortcut else ('', '')
       k = _shortcut_index(label, rng, n, split) if cut == 'frame' else None
-      # Seen twice as close; not the rings, whose centre disc would then fill the view.
-      period = 2 * _PERIOD if shortcut == 'zoom-eval' and detail != 'rings' else _PERIOD
+      # The lines seen twice as close (period 16 at 32x32, not 8).
+      zoom = 2 if shortcut == 'zoom-eval' and detail.endswith('lines') else 1
+      period = zoom * _PERIOD
       mask = _object_mask(detail, rng, n, period)
       img = _paint(img, mask, _random_colors(rng, n, (0.3, 1), (0.7, 1)))
       if cut == 'frame':
@@ -185,17 +186,18 @@ def load(data_config) -> Dataset:
 
   Train and test come from different seeds; both are deterministic given `data.split_seed`.
 
-  `data.planted_shortcut` makes a knob help the none- classes, as a fix study needs (a
-  sweep whose best uniform value is not "off" while it hurts some classes):
-    'frame'  in training each none- class has a frame of its own hue (0.12 apart), in
+  `data.planted_shortcut` makes a knob help some none- classes while it hurts others, as
+  a fix study needs (a sweep where a per-class choice can beat every uniform value):
+    'frame'  in training each none- class has a frame of its own hue (0.07 apart), in
              validation and test another none- class's: a model that learnt the frame,
              an easier cue than the texture, fails there. Colour jitter's hue shift blurs
              the frame hues, so the jitter makes the texture the cue worth learning; it
              still hurts the color- classes.
-    'zoom'   validation and test show the lines and dots textures twice as close
-             (period 16 at 32x32, not 8; the rings as in training): random-resized crops,
-             which zoom in during training, teach them at that scale; they still hurt
-             the crop- classes.
+    'zoom'   validation and test show none-hlines and none-vlines twice as close
+             (stripes of period 16 at 32x32, not 8): random-resized crops, which zoom in
+             during training, teach the stripes at that scale; they still hurt the
+             crop- classes more than they help these two, so the best uniform value
+             is "no crop" and the fix is to crop the two classes alone.
   With a shortcut, the validation split (`data.val_fraction` of the training images per
   class, at least one) is drawn like test, not carved from train.
   """
