@@ -25,8 +25,9 @@ def uniform_value(results: Mapping[str, Any]) -> float | None:
   return float(results['sweep_values'][names.index('uniform')]) if 'uniform' in names else None
 
 
-def _interval(x: np.ndarray) -> dict[str, float | None]:
-  """Mean of x [S] with a t interval (None with fewer than 2 values)."""
+def _interval(x: np.ndarray, low: float = 0.0, high: float = 1.0) -> dict[str, float | None]:
+  """Mean of x [S] with a t interval clipped to [low, high], the values x can take (None
+  with fewer than 2 values)."""
   x = x[~np.isnan(x)]
   if not x.size:
     return {'mean': None, 'low': None, 'high': None, 'seeds': 0}
@@ -34,7 +35,8 @@ def _interval(x: np.ndarray) -> dict[str, float | None]:
   if x.size < 2:
     return {'mean': mean, 'low': None, 'high': None, 'seeds': 1}
   half = scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
-  return {'mean': mean, 'low': mean - half, 'high': mean + half, 'seeds': int(x.size)}
+  return {'mean': mean, 'low': max(mean - half, low), 'high': min(mean + half, high),
+          'seeds': int(x.size)}
 
 
 def per_seed(results: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -58,7 +60,7 @@ def summarize(results: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
     for m in MEASURES:
       entry[m] = _interval(x[m][v])
       if u is not None and v != u:
-        entry[f'{m}_vs_uniform'] = _interval(x[m][v] - x[m][u])
+        entry[f'{m}_vs_uniform'] = _interval(x[m][v] - x[m][u], -1.0, 1.0)
     out.append(entry)
   fix = (config.get('resolved') or {}).get('fix') or {}
   return {'arms': out, 'uniform_index': u, 'confidence': CONFIDENCE,
