@@ -163,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 0  # 0 = native size
   c.data.split_seed = 0  # fixes generated data and data splits (not the models' seeds)
   c.data.planted_train_per_class = 500
-  c.data.planted_shortcut = ''  # 'frame' or 'size': a training-only shortcut (planted.load)
+  c.data.planted_shortcut = ''  # 'frame' or 'zoom': a knob that also helps classes (planted.load)
   # 'resident': uint8 images on device, each model its own data order; 'streamed': a grain
   # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
   # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)
