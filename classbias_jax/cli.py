@@ -84,3 +84,17 @@ def run(main, argv: list[str] | None = None) -> None:
     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
       raise
     sys.exit(f'error: cannot write {e.filename or "a file"}: no space left on device')
+
+
+def workdir_command(argv: list[str], workdir: str | None, command):
+  """The start of the CLIs that read a run folder (report, fix): no positional argument,
+  --workdir required; a UserError of command() is one line and exit 1."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not workdir:
+    raise app.UsageError('--workdir is required')
+  try:
+    return command()
+  except UserError as e:
+    print(f'error: {one_line(e)}', file=sys.stderr)
+    sys.exit(1)

@@ -227,6 +227,19 @@ def smoke(config) -> ml_collections.ConfigDict:
   return config
 
 
+def shortcut_sweep(c, study: str, args, kind: str, values: tuple, epochs: int) -> None:
+  """Makes a runlocal study the sweep a fix starts from (configs/fix.py): the planted
+  data with `kind` of shortcut (planted.load), a validation split drawn like test and
+  8 seeds, which the per-class evidence on validation needs."""
+  if not args.runlocal:
+    raise ConfigError(f'{study}.py: shortcut goes with runlocal (the planted data)')
+  c.data.planted_shortcut = kind
+  c.data.val_fraction = 0.25  # 50 validation images per class
+  c.sweep['values'] = values
+  c.seeds = args.seeds or 8
+  c.train.epochs = args.epochs or epochs
+
+
 def get_field(config, dotted: str):
   node = config
   for part in dotted.split('.'):

@@ -11,8 +11,7 @@ import sys
 
 from absl import app, flags
 
-from classbias_jax import analysis, arms, policy as policy_lib
-from classbias_jax.errors import UserError
+from classbias_jax import analysis, arms, cli, policy as policy_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A finished sweep (results.npz).')
 _POLICY = flags.DEFINE_enum('policy', 'per_class', policy_lib.POLICIES,
@@ -21,15 +20,8 @@ _ALPHA = flags.DEFINE_float('alpha', analysis.ALPHA, 'q-value threshold of the e
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _WORKDIR.value:
-    raise app.UsageError('--workdir is required')
-  try:
-    policy = policy_lib.write(_WORKDIR.value, _POLICY.value, _ALPHA.value)
-  except UserError as e:
-    print('error: ' + ' '.join(str(e).split()), file=sys.stderr)
-    sys.exit(1)
+  policy = cli.workdir_command(argv, _WORKDIR.value, lambda: policy_lib.write(
+      _WORKDIR.value, _POLICY.value, _ALPHA.value))
   print(policy_lib.summary(policy), file=sys.stderr)
   print(os.path.join(_WORKDIR.value, arms.POLICY_FILE))
 

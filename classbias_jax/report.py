@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from typing import Any
 
@@ -18,11 +17,10 @@ from absl import app
 from absl import flags
 
 from classbias_jax import analysis as analysis_lib
-from classbias_jax import configs, fix_report
+from classbias_jax import cli, configs, fix_report
 from classbias_jax import plots
 from classbias_jax import results as results_lib
 from classbias_jax.report_md import FIGURES, render, tables  # noqa: F401  (tables: notebooks)
-from classbias_jax.errors import UserError
 
 ANALYSIS_FILE = 'analysis.json'
 REPORT_FILE = 'report.md'
@@ -88,15 +86,8 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _WORKDIR.value:
-    raise app.UsageError('--workdir is required')
-  try:
-    paths = write(_WORKDIR.value, _REFERENCE.value, _TOP_K.value)
-  except UserError as e:
-    print('error: ' + ' '.join(str(e).split()), file=sys.stderr)
-    sys.exit(1)
+  paths = cli.workdir_command(argv, _WORKDIR.value, lambda: write(
+      _WORKDIR.value, _REFERENCE.value, _TOP_K.value))
   print(paths['report'])
 
 

@@ -86,13 +86,8 @@ def get_config(arg=None):
     c.train.eval_every = 0
 
   if args.shortcut:  # the sweep a fix study starts from (configs/fix.py)
-    if not args.runlocal:
-      raise configs.ConfigError('crop.py: shortcut goes with runlocal (the planted data)')
-    c.data.planted_shortcut = 'zoom'  # the knob helps the none- classes (planted.load)
-    c.data.val_fraction = 0.25  # 50 validation images per class, drawn like test
-    c.sweep['values'] = (0.1, 1.0)
-    c.seeds = args.seeds or 8  # the per-class evidence on validation needs them
-    c.train.epochs = args.epochs or 10
+    # crops help two none- classes
+    configs.shortcut_sweep(c, 'crop', args, 'zoom', (0.1, 1.0), epochs=10)
 
   if args.fashion:  # real images on two CPU cores; see the docstring
     c.seeds = args.seeds or 4
