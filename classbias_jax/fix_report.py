@@ -19,9 +19,14 @@ CONFIDENCE = analysis.CONFIDENCE
 MEASURES = ('mean', 'worst_class', 'p10_class')
 
 
+def arm_names(results: Mapping[str, Any]) -> list[str]:
+  """The arm of each sweep value (results.npz's value_names, else from the values)."""
+  return [str(n) for n in results.get('value_names', arms.names(results['sweep_values']))]
+
+
 def uniform_value(results: Mapping[str, Any]) -> float | None:
   """The sweep value of the uniform arm: the report's reference in a fix study."""
-  names = [str(n) for n in results.get('value_names', arms.names(results['sweep_values']))]
+  names = arm_names(results)
   return float(results['sweep_values'][names.index('uniform')]) if 'uniform' in names else None
 
 
@@ -51,7 +56,7 @@ def per_seed(results: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def summarize(results: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
   """The arms' summary for analysis.json's `fix` and the report's section."""
-  names = [str(n) for n in results.get('value_names', arms.names(results['sweep_values']))]
+  names = arm_names(results)
   x = per_seed(results)
   u = names.index('uniform') if 'uniform' in names else None
   out = []
