@@ -199,7 +199,7 @@ def confusion_flow(predictions: np.ndarray, labels: np.ndarray, valid: np.ndarra
 
 # ------------------------------------------------------------------------- analyze
 
-def _floats(x) -> list[float | None]:
+def json_floats(x) -> list[float | None]:
   """A JSON-able list: NaN -> None, 6 significant decimals."""
   return [None if not np.isfinite(v) else round(float(v), 6) for v in np.ravel(x)]
 
@@ -221,7 +221,7 @@ def _comparison_json(comp: Mapping[str, Any], names: list[str]) -> dict[str, Any
       'helped': _named(comp['helped'], comp['effect'], names),
       'num_hurt': int(comp['hurt'].sum()), 'num_helped': int(comp['helped'].sum()),
       'num_seeds': int(comp['seeds']),
-      'per_class': {k: _floats(x) for k, x in per_class.items()},
+      'per_class': {k: json_floats(x) for k, x in per_class.items()},
   }
 
 
@@ -257,7 +257,7 @@ def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]
   """Per sweep value: summary accuracies and per-class accuracy with bootstrap intervals."""
   acc_low, acc_high = stats.percentile_interval(boot, CONFIDENCE)
   mean_low, mean_high = stats.percentile_interval(_mean_draws(boot, images), CONFIDENCE)
-  one = lambda x: _floats(x)[0]  # noqa: E731
+  one = lambda x: json_floats(x)[0]  # noqa: E731
   return [{
       'mean_accuracy': one(curves['mean'][v]),
       'mean_accuracy_low': one(mean_low[v]), 'mean_accuracy_high': one(mean_high[v]),
@@ -265,8 +265,8 @@ def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]
       'worst_class_accuracy': one(curves['worst_class'][v]),
       'worst_class': names[curves['worst_class_index'][v]],
       'p10_class_accuracy': one(curves['p10_class'][v]),
-      'accuracy': _floats(accuracy[v]), 'accuracy_low': _floats(acc_low[v]),
-      'accuracy_high': _floats(acc_high[v]),
+      'accuracy': json_floats(accuracy[v]), 'accuracy_low': json_floats(acc_low[v]),
+      'accuracy_high': json_floats(acc_high[v]),
   } for v in range(len(accuracy))]
 
 
@@ -375,7 +375,7 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
                                        num_splits, rng)
   seeds = min([c['seeds'] for c in comps.values() if not c['self']] or [0])
   return {
-      'sweep_name': str(results['sweep_name']), 'sweep_values': _floats(values),
+      'sweep_name': str(results['sweep_name']), 'sweep_values': json_floats(values),
       'seeds': [int(s) for s in results['seeds']], 'class_names': names,
       'num_classes': len(names), 'num_test_images': int(labels.size),
       'images_per_class': [int(n) for n in images],

@@ -12,16 +12,20 @@ swept per-class knob, one value per class for each policy. Arm k of `ARMS` train
   protect       the protect policy's table
 
 `sweep.values` are indices into ARMS; the seeds are common to all arms, so arm against arm
-is a paired comparison, as value against value is in a knob sweep.
+is a paired comparison, as value against value is in a knob sweep. An arm whose models
+would be another arm's (the same table and loss: `off` when the best uniform value is the
+off value) is trained once; config.json's `resolved.fix.same_as` names it.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 
 from classbias_jax import configs
+from classbias_jax import plan as plan_lib
 from classbias_jax.errors import ConfigError
 
 ARMS = ('uniform', 'off', 'policy', 'loss_weights', 'per_class', 'protect')
@@ -112,9 +116,27 @@ def tables(policy: dict) -> dict[str, np.ndarray]:
   return out
 
 
-def knob_arrays(config, sweep, knobs: dict, num_classes: int) -> tuple[dict, dict]:
-  """The plan's knobs for the arms: the policy's knob a table [M, C] (each model its arm's),
-  the loss-weight rate on for the loss_weights arm; and what config.json records."""
+def _distinct(sweep, by_arm: dict, arm_names: list[str]):
+  """(the sweep less each arm that would train another arm's models, {dropped: kept}).
+  Two arms with the same table and loss train the same models: their seeds are common."""
+  keep, same_as, kinds = [], {}, {}
+  for value, arm in zip(sweep.values, arm_names):
+    kind = (arm == 'loss_weights', tuple(by_arm[arm]))
+    if kind in kinds:
+      same_as[arm] = kinds[kind]
+    else:
+      kinds[kind] = arm
+      keep.append(value)
+  return plan_lib.Sweep(sweep.name, np.asarray(keep, np.float64), sweep.seeds), same_as
+
+
+def plan(config, sweep, num_classes: int, base_knobs) -> tuple[Any, dict, dict]:
+  """(sweep, knobs, info) of a fix study. The sweep drops an arm that would train the
+  models of an earlier arm again (`off` when the best uniform value is the off value, a
+  policy that changes no class); info['same_as'] names it. The policy's knob becomes a
+  table [M, C] (each model its arm's), the loss-weight rate is on for the loss_weights
+  arm; `base_knobs(config, sweep, num_classes)` gives every other knob. info is what
+  config.json records."""
   policy = read_policy(config.fix.policy_from)
   check_recipe(config, policy)
   short = configs.short_name(policy['knob'])
@@ -129,16 +151,18 @@ def knob_arrays(config, sweep, knobs: dict, num_classes: int) -> tuple[dict, dic
   absent = [a for a in arm_names if a not in by_arm]
   if absent:
     raise ConfigError(f'policy.json has no table for arm {", ".join(absent)}')
+  sweep, same_as = _distinct(sweep, by_arm, arm_names)
+  knobs, arm_names = base_knobs(config, sweep, num_classes), names(sweep.values)
   model_arms = [arm_names[v] for v in sweep.value_index]
-  out = dict(knobs)
-  out[short] = np.stack([by_arm[a] for a in model_arms]).astype(np.float32)
+  knobs[short] = np.stack([by_arm[a] for a in model_arms]).astype(np.float32)
   weighted = np.asarray([a == 'loss_weights' for a in model_arms])
-  out['class_weight_rate'] = np.where(weighted, np.float32(config.fix.class_weight_rate),
-                                      knobs['class_weight_rate']).astype(np.float32)
+  knobs['class_weight_rate'] = np.where(weighted, np.float32(config.fix.class_weight_rate),
+                                        knobs['class_weight_rate']).astype(np.float32)
   uniform = by_arm['uniform']
   info = {'policy_from': config.fix.policy_from, 'knob': policy['knob'], 'arms': arm_names,
-          'uniform': policy['uniform'], 'off': policy['off'], 'policy': policy.get('policy'),
+          'same_as': same_as, 'uniform': policy['uniform'], 'off': policy['off'],
+          'policy': policy.get('policy'),
           'tables': {a: by_arm[a].tolist() for a in arm_names},
           'changed': {a: [n for n, x, u in zip(policy['class_names'], by_arm[a], uniform)
                           if x != u] for a in arm_names}}
-  return out, info
+  return sweep, knobs, info

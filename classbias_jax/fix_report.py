@@ -30,7 +30,8 @@ def uniform_value(results: Mapping[str, Any]) -> float | None:
   return float(results['sweep_values'][names.index('uniform')]) if 'uniform' in names else None
 
 
-def _interval(x: np.ndarray, low: float = 0.0, high: float = 1.0) -> dict[str, float | None]:
+def _interval(x: np.ndarray, low: float = 0.0, high: float = 1.0,
+              confidence: float = CONFIDENCE) -> dict[str, float | None]:
   """Mean of x [S] with a t interval clipped to [low, high], the values x can take (None
   with fewer than 2 values)."""
   x = x[~np.isnan(x)]
@@ -39,19 +40,51 @@ def _interval(x: np.ndarray, low: float = 0.0, high: float = 1.0) -> dict[str, f
   mean = float(x.mean())
   if x.size < 2:
     return {'mean': mean, 'low': None, 'high': None, 'seeds': 1}
-  half = scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+  half = scipy_stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
   return {'mean': mean, 'low': max(mean - half, low), 'high': min(mean + half, high),
           'seeds': int(x.size)}
 
 
-def per_seed(results: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Measure -> [V, S] test accuracies of each model (NaN for a diverged model)."""
+def per_seed(results: Mapping[str, Any], split: str = 'test') -> dict[str, np.ndarray]:
+  """Measure -> [V, S] accuracies of each model on `split` ('test' or 'val'; NaN for a
+  diverged model)."""
   valid, _ = analysis.valid_models(results)
-  acc = np.asarray(results['per_class_accuracy'], np.float64)  # [V, S, C]
+  if split == 'test':
+    acc = np.asarray(results['per_class_accuracy'], np.float64)  # [V, S, C]
+    mean = np.asarray(results['mean_accuracy'], np.float64)  # over images
+  else:
+    labels = np.asarray(results['val_labels'])
+    correct = np.asarray(results['val_predictions']) == labels
+    acc = analysis.class_accuracy(correct, labels, len(results['class_names']))
+    mean = correct.mean(-1)
   drop = lambda x: np.where(valid, x, np.nan)  # noqa: E731
-  return {'mean': drop(np.asarray(results['mean_accuracy'], np.float64)),
+  return {'mean': drop(mean),
           'worst_class': drop(np.nanmin(np.nan_to_num(acc, nan=np.inf), -1)),
           'p10_class': drop(np.percentile(np.nan_to_num(acc, nan=0.0), 10, axis=-1))}
+
+
+def recommend(results: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The arm to use, chosen on the validation split (None without one): the arm whose
+  worst class gains most over the uniform arm, among the arms whose paired gain has a
+  Bonferroni t interval (over the other arms) clear of 0 and whose mean accuracy is at
+  most 0.5 points below uniform's; the uniform arm when none is. A table that looked
+  better in the sweep's uniform models can still lose here: a knob applied to a few
+  classes alone marks their training images (docs/studies.md, Fashion-MNIST)."""
+  names = arm_names(results)
+  if 'val_predictions' not in results or 'uniform' not in names:
+    return None
+  x, u = per_seed(results, 'val'), names.index('uniform')
+  others = [v for v in range(len(names)) if v != u]
+  level = 1 - (1 - CONFIDENCE) / max(len(others), 1)
+  arms_out, best, best_gain = [], 'uniform', 0.0
+  for v in others:
+    worst = _interval(x['worst_class'][v] - x['worst_class'][u], -1.0, 1.0, level)
+    mean = _interval(x['mean'][v] - x['mean'][u], -1.0, 1.0, level)
+    arms_out.append({'arm': names[v], 'worst_class_vs_uniform': worst, 'mean_vs_uniform': mean})
+    if (worst['low'] is not None and worst['low'] > 0 and mean['mean'] >= -0.005
+        and worst['mean'] > best_gain):
+      best, best_gain = names[v], worst['mean']
+  return {'arm': best, 'confidence': level, 'arms': arms_out}
 
 
 def summarize(results: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,7 +103,8 @@ def summarize(results: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
   fix = (config.get('resolved') or {}).get('fix') or {}
   return {'arms': out, 'uniform_index': u, 'confidence': CONFIDENCE,
           'knob': fix.get('knob'), 'tables': fix.get('tables', {}),
-          'changed': fix.get('changed', {}), 'policy_from': fix.get('policy_from')}
+          'changed': fix.get('changed', {}), 'policy_from': fix.get('policy_from'),
+          'same_as': fix.get('same_as', {}), 'recommended': recommend(results)}
 
 
 def _pct(x) -> str:
@@ -110,6 +144,19 @@ def section(fix: Mapping[str, Any], class_names: list[str], values: list[dict]) 
     lines.append(f'| {e["arm"]} | ' + ' | '.join(_with_interval(e[m]) for m in MEASURES)
                  + ' | ' + ' | '.join(vs) + f' | {_verdict(e)} |')
   lines.append('')
+  rec = fix.get('recommended')
+  if rec:
+    gains = ', '.join(f'{a["arm"]} {_with_interval(a["worst_class_vs_uniform"], True)}'
+                      for a in rec['arms'])
+    lines += [f'**Recommended on the validation split: {rec["arm"]}.** The rule '
+              '(fix_report.recommend): the largest worst-class gain over the uniform arm '
+              f'whose {100 * rec["confidence"]:.1f}% paired interval (Bonferroni over the '
+              'arms) is clear of 0, at a mean accuracy at most 0.5 points below uniform\'s; '
+              f'else uniform. Worst-class gains on validation: {gains}. The test table '
+              'above is then a confirmation, not the choice.', '']
+  for arm, twin in (fix.get('same_as') or {}).items():
+    lines += [f'Arm {arm} has the {twin} arm\'s table: it would train the same models with '
+              f'the same seeds, so it was trained once, as {twin}.', '']
   tables = fix.get('tables') or {}
   if tables:
     knob = fix.get('knob') or 'knob'

@@ -137,10 +137,11 @@ def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
   batch_size = config.train.batch_size
   if num_train < batch_size:
     raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
-  knobs, arms_info = knob_arrays(config, sweep, num_classes), None
   if sweep.name == configs.ARM_SWEEP:
     from classbias_jax import arms
-    knobs, arms_info = arms.knob_arrays(config, sweep, knobs, num_classes)
+    sweep, knobs, arms_info = arms.plan(config, sweep, num_classes, knob_arrays)
+  else:
+    knobs, arms_info = knob_arrays(config, sweep, num_classes), None
   ops, erase = augment_ops(config, knobs)
   if strategy is None:
     if config.train.strategy == 'auto':

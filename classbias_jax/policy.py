@@ -78,7 +78,7 @@ def choose(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> dict[st
   protect = np.full(c, values[u])
   if off is not None and off != u:
     protect = np.where(flagged[off]['helped'], values[off], values[u])
-  q = lambda v: [None if v == u else analysis._floats(flagged[v]['q'])[k] for k in range(c)]
+  q = lambda v: [None if v == u else analysis.json_floats(flagged[v]['q'])[k] for k in range(c)]
   return {
       'knob': knob, 'class_names': names, 'sweep_values': values.tolist(),
       'uniform': float(values[u]), 'off': None if off_value is None else float(off_value),
@@ -86,10 +86,10 @@ def choose(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> dict[st
       'num_seeds': int(valid.sum(1).min()), 'warnings': notes,
       'policies': {'per_class': values[best].tolist(), 'protect': protect.tolist()},
       'evidence': {
-          'validation_mean_accuracy': analysis._floats(mean),
-          'validation_accuracy': [analysis._floats(a) for a in accuracy],
+          'validation_mean_accuracy': analysis.json_floats(mean),
+          'validation_accuracy': [analysis.json_floats(a) for a in accuracy],
           'best_value': values[best].tolist(),
-          'gain': [None if b == u else analysis._floats(flagged[b]['effect'])[k]
+          'gain': [None if b == u else analysis.json_floats(flagged[b]['effect'])[k]
                    for k, b in enumerate(best)],
           'q': {f'{values[v]:g}': q(v) for v in others}},
       'fdr': {'method': 'Benjamini-Hochberg', 'num_tests': int(sum(
@@ -136,4 +136,9 @@ def summary(policy: Mapping[str, Any]) -> str:
     lines.append(f'  {name}: ' + (', '.join(changed) if changed else f'{u:g} for every class'))
   if policy['num_seeds'] < 2:
     lines.append('  one seed: no class has evidence against the uniform value')
+  if any(x != u for values in policy['policies'].values() for x in values):
+    # the evidence comes from models that gave every class the same value
+    lines.append('  a class given its own value can fare otherwise than in the uniform '
+                 'sweep: train the arms (configs/fix.py) and use the arm its report '
+                 'recommends')
   return '\n'.join(lines)

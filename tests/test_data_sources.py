@@ -311,6 +311,20 @@ def test_train_subset_is_stratified_and_leaves_validation_alone():
       splits.apply_splits(ds, data_config(**bad))
 
 
+def test_a_source_with_its_own_validation_split_keeps_it():
+  """The planted data with a shortcut draws validation like test from val_fraction;
+  the split then carves none from train, and train_subset still applies."""
+  config = ml_collections.ConfigDict({'name': 'planted', 'planted_train_per_class': 20,
+                                      'image_size': 8, 'planted_shortcut': 'frame',
+                                      'val_fraction': 0.25, 'train_subset': 100,
+                                      'split_seed': 0})
+  ds = data.load(config)
+  assert len(ds.val_labels) == 10 * 5 and np.bincount(ds.val_labels).tolist() == [5] * 10
+  assert len(ds.train_labels) == 100 and np.bincount(ds.train_labels).tolist() == [10] * 10
+  config.train_subset = 0
+  assert len(data.load(config).train_labels) == 200  # none carved for validation
+
+
 # ---- streamed pipeline -----------------------------------------------------------------------
 
 def epoch_keys(batches):

@@ -128,6 +128,13 @@ def test_arms_are_tables_on_the_model_axis(tmp_path):
     json.dump(dict(checkpoint.config_json(config), model={'name': 'resnet8'}), f)
   with pytest.raises(ConfigError, match='must train as the sweep'):
     tiny_plan(config, image_shape=(8, 8, 3))
+  write_policy(tmp_path, [0.0] * 3 + [1.0] * 7, uniform=0.0)  # u is the off value
+  os.remove(tmp_path / 'config.json')
+  config.sweep['values'] = (0.0, 1.0, 2.0, 3.0, 5.0)
+  plan = tiny_plan(config, image_shape=(8, 8, 3))  # off and protect would repeat uniform
+  assert plan.resolved()['fix']['arms'] == ['uniform', 'policy', 'loss_weights']
+  assert plan.resolved()['fix']['same_as'] == {'off': 'uniform', 'protect': 'uniform'}
+  assert plan.sweep.values.tolist() == [0, 2, 3] and plan.knobs['color_strength'].shape == (6, 10)
   config.sweep['values'] = (0.0, 9.0)
   with pytest.raises(ConfigError, match='arm indices'):
     configs.validate(config)
@@ -153,15 +160,33 @@ def test_a_fix_study_end_to_end(tmp_path):
   config.fix = configs.ml_collections.ConfigDict({'policy_from': str(tmp_path / 'sweep'),
                                                   'class_weight_rate': 1.0})
   out = trainer.run(config, str(tmp_path / 'fix'))
-  assert out['value_names'].tolist() == ['uniform', 'off', 'policy', 'loss_weights']
+  trained = json.load(open(tmp_path / 'fix' / 'config.json'))['resolved']['fix']
+  assert out['value_names'].tolist() == trained['arms'] == [  # an arm that repeats one is not
+      a for a in ('uniform', 'off', 'policy', 'loss_weights') if a not in trained['same_as']]
   report.write(str(tmp_path / 'fix'), num_bootstrap=50)
   text = open(tmp_path / 'fix' / 'report.md').read()
   assert '## The fix: arms on the test split' in text and '| loss_weights |' in text
+  assert 'Recommended on the validation split' in text
   stats = json.load(open(tmp_path / 'fix' / 'analysis.json'))
   assert stats['reference']['chosen_by'] == 'the best uniform arm'
   assert [a['arm'] for a in stats['fix']['arms']][0] == 'uniform'
   worst = fix_report.per_seed(results.load(str(tmp_path / 'fix')))['worst_class']
-  assert worst.shape == (4, 2) and np.all((worst >= 0) & (worst <= 1))
+  assert worst.shape == (len(trained['arms']), 2) and np.all((worst >= 0) & (worst <= 1))
+
+
+def test_the_recommended_arm_is_chosen_on_validation():
+  # Arms 0 uniform, 2 policy, 3 loss_weights; class c is the worst. The policy loses class
+  # c on validation; the loss weights lift it by 15 points at a mean 0.2 points lower.
+  r = sweep_results([[0.9, 0.9, 0.6], [0.9, 0.9, 0.3], [0.89, 0.89, 0.75]], seeds=6,
+                    per_class=400)
+  r['sweep_name'], r['sweep_values'] = np.asarray(configs.ARM_SWEEP), np.asarray([0., 2., 3.])
+  rec = fix_report.recommend(r)
+  assert rec['arm'] == 'loss_weights' and rec['confidence'] == pytest.approx(0.975)
+  assert rec['arms'][0]['worst_class_vs_uniform']['high'] < 0  # the policy
+  r['val_predictions'][2] = r['val_predictions'][0]  # loss weights no better: keep uniform
+  assert fix_report.recommend(r)['arm'] == 'uniform'
+  del r['val_predictions']
+  assert fix_report.recommend(r) is None
 
 
 def test_fix_config_files_load():

@@ -90,8 +90,6 @@ def load(data_config) -> Dataset:
   if name == 'planted':
     from classbias_jax.data import planted
     ds = planted.load(data_config)
-    if ds.val_images is not None:  # a shortcut study draws its own (planted.load)
-      data_config = _without_val_fraction(data_config)
   elif name == 'digits':
     from classbias_jax.data import embedded
     ds = embedded.load_digits(data_config)
@@ -109,13 +107,6 @@ def load(data_config) -> Dataset:
     ds = tfds_source.load(data_config)
   from classbias_jax.data import splits
   return check(splits.apply_splits(check(ds), data_config))
-
-
-def _without_val_fraction(data_config):
-  import copy
-  out = copy.deepcopy(data_config)
-  out.val_fraction = 0.0
-  return out
 
 
 def _resolve(data_config):

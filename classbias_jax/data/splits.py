@@ -75,9 +75,11 @@ def _field(cfg, name: str, default):
   return default if value is None else value
 
 
-def split_indices(labels: np.ndarray, cfg, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def split_indices(labels: np.ndarray, cfg, name: str,
+                  carve_val: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
   """Indices (train, val) into a training split with `labels`, per `val_fraction` and
-  `train_subset` of `cfg` (the `data` config); val is None without a validation split.
+  `train_subset` of `cfg` (the `data` config); val is None without a validation split
+  (always when not `carve_val`: a source that drew its own has spent `val_fraction`).
 
   Only labels are needed, so a split that stays on disk (the streamed mode) is split
   without reading its images. train is in ascending order (a subset of it after the
@@ -91,7 +93,7 @@ def split_indices(labels: np.ndarray, cfg, name: str) -> tuple[np.ndarray, np.nd
   if train_subset < 0:
     raise ConfigError(f'data.train_subset must be >= 0 (0 = all), got {train_subset}')
   train, val = np.arange(len(labels)), None
-  if val_fraction > 0:
+  if val_fraction > 0 and carve_val:
     rng = np.random.default_rng([seed, _VAL_STREAM])
     val, train = stratified_take(labels, round(val_fraction * len(labels)), rng)
   if train_subset:
@@ -107,14 +109,14 @@ def split_indices(labels: np.ndarray, cfg, name: str) -> tuple[np.ndarray, np.nd
 def apply_splits(dataset, cfg):
   """Carves `val_fraction` of train into a validation split, then keeps `train_subset`.
 
-  dataset: a `Dataset` with no validation split. cfg: the `data` config. Returns a new
-  `Dataset`; the same config gives the same images on every run and machine.
+  dataset: a `Dataset`; one whose source drew a validation split of its own from
+  `val_fraction` (the planted data with a shortcut) keeps it, and only `train_subset`
+  applies. cfg: the `data` config. Returns a new `Dataset`; the same config gives the
+  same images on every run and machine.
   """
   images, labels = dataset.train_images, dataset.train_labels
-  train, val = split_indices(labels, cfg, dataset.name)
-  if val is not None and dataset.val_images is not None:
-    raise ConfigError(f'{dataset.name} already has a validation split; '
-                      'set data.val_fraction=0')
+  train, val = split_indices(labels, cfg, dataset.name,
+                             carve_val=dataset.val_images is None)
   if val is None and len(train) == len(labels):
     return dataset
   changes = {} if val is None else {'val_images': images[val], 'val_labels': labels[val]}
