@@ -1,5 +1,6 @@
 """Shared test setup: CPU only, a persistent compilation cache, tiny study configs."""
 import os
+import signal
 import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -8,6 +9,11 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# A test run started in the background (`pytest &` in a script, nohup) ignores SIGINT, and
+# so would every command the tests start: the signal tests need it as a terminal sends it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 jax.config.update('jax_compilation_cache_dir', os.path.join(ROOT, '.jax_cache'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

@@ -61,8 +61,8 @@ MESH_SCRIPT = textwrap.dedent('''
 
 
 def test_meshes_over_eight_devices_match_one_device():
-  """M = 8 models (2 values x 4 seeds), batch 64: every mesh shape trains the models one
-  device trains, up to the order of floating-point sums (BatchNorm statistics, the loss
+  """M = 8 models (2 values x 4 seeds), batch 64: every mesh shape (all data, both axes,
+  all models) trains the models one device trains, up to the order of floating-point sums (BatchNorm statistics, the loss
   and the gradients are summed across the data axis in another order). Two epochs of
   training amplify those last-bit differences into a few test images classified
   otherwise: at most 10% of a class's ~45 test images, 3% of all."""
@@ -70,7 +70,7 @@ def test_meshes_over_eight_devices_match_one_device():
   procs = [subprocess.Popen([sys.executable, '-c', MESH_SCRIPT, *strategies], cwd=ROOT,
                             env=host_devices_env(8), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-           for strategies in (('vmap', 'mesh:1x8', 'mesh:2x4'), ('mesh:4x2', 'mesh:8x1'))]
+           for strategies in (('vmap', 'mesh:1x8'), ('mesh:2x4', 'mesh:8x1'))]
   runs = {}
   for proc in procs:
     stdout, stderr = proc.communicate(timeout=600)
