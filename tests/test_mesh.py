@@ -62,8 +62,9 @@ MESH_SCRIPT = textwrap.dedent('''
 
 def test_meshes_over_eight_devices_match_one_device():
   """M = 8 models (2 values x 4 seeds), batch 64: every mesh shape (all data, both axes,
-  all models) trains the models one device trains, up to the order of floating-point sums (BatchNorm statistics, the loss
-  and the gradients are summed across the data axis in another order). Two epochs of
+  all models) trains the models one device trains, up to the order of floating-point sums
+  (BatchNorm statistics, the loss and the gradients are summed across the data axis in
+  another order). Two epochs of
   training amplify those last-bit differences into a few test images classified
   otherwise: at most 10% of a class's ~45 test images, 3% of all."""
   # Two processes, each a share of the shapes, so their compilations overlap.
