@@ -169,11 +169,11 @@ def recommendations(seeds: int, sweeps: int, gain: float = 0.0, seed: int = 0) -
 
 
 def test_the_recommended_arm_is_uniform_on_noise_and_finds_a_real_gain():
-  # Three arms against uniform, each at a one-sided 1.25% level (Bonferroni): at most 5%
+  # Three arms against uniform, each with a 98.3% interval (Bonferroni): at most 5%
   # of null studies recommend another arm.
   for seeds, sweeps, sim_seed in ((4, 200, 31), (8, 150, 32)):
     assert recommendations(seeds, sweeps, seed=sim_seed) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / sweeps)
   # Eight points more in the two hardest classes (the worst class gains about five) are
   # recommended in most 8-seed studies; at 4 seeds only far larger gains are (t with 3
-  # degrees of freedom at 98.75%: docs/statistics.md).
+  # degrees of freedom at 98.3%: docs/statistics.md).
   assert recommendations(8, 50, gain=0.08, seed=33) >= 0.8
