@@ -130,13 +130,13 @@ def _distinct(sweep, by_arm: dict, arm_names: list[str]):
   return plan_lib.Sweep(sweep.name, np.asarray(keep, np.float64), sweep.seeds), same_as
 
 
-def plan(config, sweep, num_classes: int, base_knobs) -> tuple[Any, dict, dict]:
+def plan(config, sweep, num_classes: int) -> tuple[Any, dict, dict]:
   """(sweep, knobs, info) of a fix study. The sweep drops an arm that would train the
   models of an earlier arm again (`off` when the best uniform value is the off value, a
   policy that changes no class); info['same_as'] names it. The policy's knob becomes a
   table [M, C] (each model its arm's), the loss-weight rate is on for the loss_weights
-  arm; `base_knobs(config, sweep, num_classes)` gives every other knob. info is what
-  config.json records."""
+  arm; every other knob is as in any plan (plan.knob_arrays). info is what config.json
+  records."""
   policy = read_policy(config.fix.policy_from)
   check_recipe(config, policy)
   short = configs.short_name(policy['knob'])
@@ -152,7 +152,7 @@ def plan(config, sweep, num_classes: int, base_knobs) -> tuple[Any, dict, dict]:
   if absent:
     raise ConfigError(f'policy.json has no table for arm {", ".join(absent)}')
   sweep, same_as = _distinct(sweep, by_arm, arm_names)
-  knobs, arm_names = base_knobs(config, sweep, num_classes), names(sweep.values)
+  knobs, arm_names = plan_lib.knob_arrays(config, sweep, num_classes), names(sweep.values)
   model_arms = [arm_names[v] for v in sweep.value_index]
   knobs[short] = np.stack([by_arm[a] for a in model_arms]).astype(np.float32)
   weighted = np.asarray([a == 'loss_weights' for a in model_arms])

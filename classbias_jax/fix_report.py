@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats as scipy_stats
 
-from classbias_jax import analysis, arms
+from classbias_jax import analysis, arms, policy
 
 CONFIDENCE = analysis.CONFIDENCE
 MEASURES = ('mean', 'worst_class', 'p10_class')
@@ -53,8 +53,7 @@ def per_seed(results: Mapping[str, Any], split: str = 'test') -> dict[str, np.nd
     acc = np.asarray(results['per_class_accuracy'], np.float64)  # [V, S, C]
     mean = np.asarray(results['mean_accuracy'], np.float64)  # over images
   else:
-    labels = np.asarray(results['val_labels'])
-    correct = np.asarray(results['val_predictions']) == labels
+    labels, correct = policy.validation_correct(results)
     acc = analysis.class_accuracy(correct, labels, len(results['class_names']))
     mean = correct.mean(-1)
   drop = lambda x: np.where(valid, x, np.nan)  # noqa: E731

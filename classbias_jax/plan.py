@@ -139,7 +139,7 @@ def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
     raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
   if sweep.name == configs.ARM_SWEEP:
     from classbias_jax import arms
-    sweep, knobs, arms_info = arms.plan(config, sweep, num_classes, knob_arrays)
+    sweep, knobs, arms_info = arms.plan(config, sweep, num_classes)
   else:
     knobs, arms_info = knob_arrays(config, sweep, num_classes), None
   ops, erase = augment_ops(config, knobs)

@@ -29,7 +29,9 @@ POLICIES = ('per_class', 'protect')
 
 
 
-def _validation(results: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def validation_correct(results: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """(val_labels, whether each model got each validation image right [V, S, Nv]); a
+  ResultsError naming the fix when the run had no validation split."""
   if 'val_predictions' not in results:
     raise ResultsError('the sweep has no validation predictions: a policy is chosen on '
                        'validation, never on test; rerun the sweep with '
@@ -51,7 +53,7 @@ def _knob(results: Mapping[str, Any]) -> tuple[str, float | None]:
 def choose(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> dict[str, Any]:
   """Both policies for a finished sweep (see the module docstring), with their evidence."""
   knob, off_value = _knob(results)
-  labels, correct = _validation(results)
+  labels, correct = validation_correct(results)
   names = [str(n) for n in results['class_names']]
   values = np.asarray(results['sweep_values'], np.float64)
   c = len(names)
