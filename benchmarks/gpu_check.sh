@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 "$python" -c '
 import jax, flax, optax, ml_collections
 print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())
-import classbias_jax.trainer
+import classbias_jax.train.trainer
 ' 2>&1 | tee -a "$log" || exit 1
 
 bench() {  # bench LIMIT_S ARGS...: one benchmark, its JSON record appended

@@ -10,7 +10,7 @@ log="$out/gpu_profile.log"
 export PYTHONUNBUFFERED=1 CLASSBIAS_CACHE_DIR="$out" XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
 python=${PYTHON:-python}
 say() { echo "== $(date +%T) $*" | tee -a "$log"; }
-"$python" -c 'import jax, classbias_jax.trainer; print(jax.__version__, jax.devices())' 2>&1 \
+"$python" -c 'import jax, classbias_jax.train.trainer; print(jax.__version__, jax.devices())' 2>&1 \
     | tee -a "$log" || exit 1
 bench() {  # bench LIMIT_S ARGS...
   local limit=$1 tmp

@@ -230,9 +230,9 @@ def prepare(args):
   """(the sweep's PreparedStep, runners by name, resolved settings for the record)."""
   import jax
   import jax.numpy as jnp
-  from classbias_jax import model_axis
+  from classbias_jax.train import model_axis
   from classbias_jax.models import create_model
-  from classbias_jax.tuning import prepared as prepared_lib
+  from classbias_jax.tuning.prepared import prepared_step
   from classbias_jax.tuning import strategy as tuning
   config = study_config(args)
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
@@ -244,7 +244,7 @@ def prepare(args):
   own = model.materializes() if hasattr(model, 'materializes') else False
   materialize = {'auto': own, 'on': True, 'off': False}[args.materialize]
   loop = model_axis.resolve_loop(args.loop, strategy=strategy)
-  prepared = lambda config, strategy, materialize, model=model: prepared_lib.prepared_step(
+  prepared = lambda config, strategy, materialize, model=model: prepared_step(
       model, config, strategy=strategy, materialize=materialize, loop=loop, **shape_args)
   step = prepared(config, strategy, materialize)
   print(f'compiled the {strategy} step of {args.models} models in {step.compile_s:.1f} s',
@@ -285,12 +285,12 @@ def augment_alone(config, args):
   measured directly rather than as the difference of two noisy step times."""
   import jax
   import numpy as np
-  from classbias_jax import step as step_lib
+  from classbias_jax.train import one_model
   from classbias_jax.tuning import prepared
   plan = prepared.stand_in_plan(config, image_shape=(args.image_size, args.image_size, 3),
                                 num_classes=args.num_classes, strategy='unroll',
                                 loop='python', num_batches=1)
-  preprocess = step_lib.make_preprocess(plan)
+  preprocess = one_model.make_preprocess(plan)
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (args.batch, args.image_size, args.image_size,
                                                 3), np.uint8))

@@ -20,7 +20,7 @@ class Knob:
   off: the value at which the knob does nothing (None: no such value); an augmentation op
   is compiled when any model has one of its knobs away from `off`, and the analysis uses
   `off` as the "knob off" reference. op: what consumes it: an augmentation op of
-  augment.py ('pad_crop', 'crop', 'flip', 'color', 'erase') or 'optimizer' (step.py).
+  augment.py ('pad_crop', 'crop', 'flip', 'color', 'erase') or 'optimizer' (train/one_model.py).
   low, high: the range of values that mean something (a value outside, NaN or inf is an
   error before anything runs).
   """
@@ -34,7 +34,7 @@ class Knob:
 
 
 # The one table of knobs. A new traced knob is one row here (plus its kernel when it feeds
-# a new op); step.py and augment.py read each value by its short name (the last part).
+# a new op); train/one_model.py and augment.py read each value by its short name (the last part).
 KNOBS = {
     'optim.learning_rate': Knob(0.1, 'optimizer', low=1e-12),  # peak, for batch_size
     'optim.weight_decay': Knob(5e-4, 'optimizer', off=0.0),  # L2 added to the gradient
@@ -67,7 +67,7 @@ STRATEGIES = ('rule', 'auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard'
 
 
 def short_name(dotted: str) -> str:
-  """'aug.color_strength' -> 'color_strength', the name step.py and augment.py read."""
+  """'aug.color_strength' -> 'color_strength', the name train/one_model.py and augment.py read."""
   return dotted.rsplit('.', 1)[-1]
 
 
@@ -137,7 +137,7 @@ def _train_config() -> ml_collections.ConfigDict:
   t.mesh_data = 0
   t.chunk_size = 4  # models per vmapped chunk for strategy 'chunked'
   t.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
-  # Checkpoints in WORKDIR/checkpoint, from which the same command resumes (loop.py): after
+  # Checkpoints in WORKDIR/checkpoint, from which the same command resumes (train/epochs.py): after
   # every k-th epoch, every n-th step, and at the first step boundary t minutes after the
   # last save (0: off). They never change results; SIGTERM/SIGINT also save one.
   t.checkpoint_every = 0
@@ -265,11 +265,32 @@ def _check_knobs(config) -> None:
       raise ConfigError(f'aug.{low} {config.aug[low]} exceeds aug.{high} {config.aug[high]}')
 
 
-def validate(config) -> None:
-  """Raises ConfigError when the resolved config cannot run."""
+# A fix study (configs/fix.py, train/arms.py) sweeps arms, not a knob's values.
+ARMS = ('uniform', 'off', 'policy', 'loss_weights', 'per_class', 'protect')
+POLICY_FILE = 'policy.json'  # written into a sweep's workdir by `python -m classbias_jax.fix`
+
+
+def arm_names(values) -> list[str]:
+  """The arm name of each sweep value of a fix study."""
+  return [ARMS[int(v)] for v in values]
+
+
+def _validate_arms(config) -> None:
+  """Raises ConfigError unless sweep.values name distinct arms and fix.policy_from is set."""
+  values = tuple(config.sweep['values'])
+  if not values or any(float(v) != int(v) or not 0 <= int(v) < len(ARMS) for v in values):
+    raise ConfigError(f'{ARM_SWEEP} values must be arm indices 0..{len(ARMS) - 1} '
+                      f'({", ".join(f"{i}={a}" for i, a in enumerate(ARMS))}), got {values}')
+  if len(set(values)) != len(values):
+    raise ConfigError(f'sweep.values has repeated arms: {values}')
+  if not config.get('fix', {}).get('policy_from'):
+    raise ConfigError('a fix study needs --config.fix.policy_from=SWEEP_DIR (a sweep '
+                      'where `python -m classbias_jax.fix` wrote policy.json)')
+
+
+def _validate_sweep(config) -> None:
   if config.sweep.name == ARM_SWEEP:
-    from classbias_jax import arms
-    arms.validate(config)
+    _validate_arms(config)
   elif config.sweep.name not in traced_knobs():
     raise ConfigError(f'sweep.name {config.sweep.name!r} cannot be swept inside one program; '
                       f'choose one of {", ".join(traced_knobs())}')
@@ -280,6 +301,9 @@ def validate(config) -> None:
     raise ConfigError(f'sweep.values has repeated values: {values}')
   if config.seeds < 1:
     raise ConfigError(f'seeds must be >= 1, got {config.seeds}')
+
+
+def _validate_train(config) -> None:
   if config.train.strategy not in STRATEGIES and not config.train.strategy.startswith('mesh:'):
     raise ConfigError(f'train.strategy {config.train.strategy!r}; choose one of '
                       f'{", ".join(STRATEGIES)}')
@@ -288,14 +312,20 @@ def validate(config) -> None:
       raise ConfigError(f'train.{name} must be >= 1, got {config.train[name]}')
   if config.train.loop not in ('auto', 'scan', 'python'):
     raise ConfigError(f'train.loop {config.train.loop!r}; choose auto, scan or python')
+  for name in ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes'):
+    if not config.train[name] >= 0:  # also refuses NaN
+      raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
+
+
+def validate(config) -> None:
+  """Raises ConfigError when the resolved config cannot run."""
+  _validate_sweep(config)
+  _validate_train(config)
   if config.data.input_mode not in ('auto', 'resident', 'streamed'):
     raise ConfigError(f'data.input_mode {config.data.input_mode!r}; choose auto, resident or '
                       'streamed')
   if config.data.workers < 0:
     raise ConfigError(f'data.workers must be >= 0, got {config.data.workers}')
-  for name in ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes'):
-    if not config.train[name] >= 0:  # also refuses NaN
-      raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
   if not config.model.width > 0:
     raise ConfigError(f'model.width must be > 0, got {config.model.width}')
   _check_knobs(config)

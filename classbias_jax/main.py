@@ -7,6 +7,7 @@ deletes that study's files first). SIGTERM or SIGINT during training saves a
 checkpoint, prints one line saying how to resume and exits with 128 + the signal number
 (143, 130); Ctrl-C before training exits with 130 and one line.
 """
+import os
 import sys
 
 from absl import flags, logging
@@ -27,16 +28,28 @@ _PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, "This process's index.")
 
 
+def _draw(arrays, workdir: str) -> None:
+  """The run's one figure, drawn on the audit side: training never imports matplotlib."""
+  from classbias_jax.audit import figures  # matplotlib: only once the results exist
+  path = figures.per_class_accuracy(arrays, os.path.join(workdir, 'figures',
+                                                         'per_class_accuracy.png'))
+  print(f'wrote {path}', file=sys.stderr)
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
-  from classbias_jax import distributed, trainer  # after hostmem.setup (JAX's threads)
+  # JAX starts its threads on import: after hostmem.setup (below), which may re-execute.
+  from classbias_jax import train
+  from classbias_jax.train import distributed, trainer
   try:
     distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value)
     trainer.setup_compile_cache(_CONFIG.value)
-    trainer.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    arrays = train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    if distributed.is_lead():
+      _draw(arrays, _WORKDIR.value)
   except UserError as e:
     sys.exit(f'error: {cli.one_line(e)}')
   except trainer.Interrupted as e:

@@ -16,11 +16,12 @@ from typing import Any
 from absl import app
 from absl import flags
 
-from classbias_jax import analysis as analysis_lib
-from classbias_jax import cli, configs, fix_report
-from classbias_jax import plots
-from classbias_jax import results as results_lib
-from classbias_jax.report_md import FIGURES, render, tables  # noqa: F401  (tables: notebooks)
+from classbias_jax import cli, configs, files
+from classbias_jax.audit import figures
+from classbias_jax.audit.analysis import analyze
+from classbias_jax.fix import report as fix_report
+from classbias_jax.results import load_results
+from classbias_jax.audit.markdown import FIGURES, render, tables  # noqa: F401  (tables: notebooks)
 
 ANALYSIS_FILE = 'analysis.json'
 REPORT_FILE = 'report.md'
@@ -44,11 +45,11 @@ def _read_config(workdir: str) -> dict[str, Any]:
 def draw(results, stats, folder: str, top_k: int) -> dict[str, str]:
   """Draws every figure into `folder`; returns {key: PNG file name} for those drawn."""
   makers = {
-      'per_class_accuracy': lambda p: plots.per_class_accuracy(results, p, top_k, stats),
-      'class_effects': lambda p: plots.class_effects(stats, p, top_k),
-      'summary_curves': lambda p: plots.summary_curves(stats, p),
-      'confusion_flow': lambda p: plots.confusion_flow(stats, p, top_k),
-      'training_curves': lambda p: plots.training_curves(results, p),
+      'per_class_accuracy': lambda p: figures.per_class_accuracy(results, p, top_k, stats),
+      'class_effects': lambda p: figures.class_effects(stats, p, top_k),
+      'summary_curves': lambda p: figures.summary_curves(stats, p),
+      'confusion_flow': lambda p: figures.confusion_flow(stats, p, top_k),
+      'training_curves': lambda p: figures.training_curves(results, p),
   }
   drawn = {key: make(os.path.join(folder, key + '.png')) for key, make in makers.items()}
   return {key: os.path.basename(p) for key, p in drawn.items() if p}
@@ -61,12 +62,12 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
   Raises UserError (nothing written) on missing or bad results or a bad reference.
   Returns {'analysis': path, 'report': path, 'figures': folder}.
   """
-  results = results_lib.load(workdir)
+  results = load_results(workdir)
   config = _read_config(workdir)
   fix = str(results['sweep_name']) == configs.ARM_SWEEP  # a fix study: arms, not values
   if fix and reference is None:
     reference = fix_report.uniform_value(results)
-  stats = analysis_lib.analyze(results, reference=reference, num_bootstrap=num_bootstrap)
+  stats = analyze(results, reference=reference, num_bootstrap=num_bootstrap)
   if fix:
     stats['fix'] = fix_report.summarize(results, config)
     if reference == fix_report.uniform_value(results):
@@ -74,14 +75,16 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
   figures_dir = os.path.join(workdir, FIGURES)
   with tempfile.TemporaryDirectory(dir=workdir, prefix='.tmp-report-') as tmp:
     figures = draw(results, stats, tmp, top_k)
-    text = render(stats, figures, config, top_k)
+    arms = (fix_report.section(stats['fix'], stats['class_names'], stats['values'])
+            if fix else [])
+    text = render(stats, figures, config, top_k, arms)
     os.makedirs(figures_dir, exist_ok=True)
     for name in sorted(os.listdir(tmp)):
       os.replace(os.path.join(tmp, name), os.path.join(figures_dir, name))
   analysis_path = os.path.join(workdir, ANALYSIS_FILE)
   report_path = os.path.join(workdir, REPORT_FILE)
-  results_lib.write_json(analysis_path, stats)
-  results_lib.write_bytes(report_path, text.encode())
+  files.write_json(analysis_path, stats)
+  files.write_bytes(report_path, text.encode())
   return {'analysis': analysis_path, 'report': report_path, 'figures': figures_dir}
 
 

@@ -17,78 +17,32 @@ reader sees a whole file or none.
 """
 from __future__ import annotations
 
-import dataclasses
-import errno
-import json
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
-from classbias_jax.errors import ResultsError, WriteError
+from classbias_jax import files
+from classbias_jax.errors import ResultsError
 
 RESULTS_FILE = 'results.npz'
 REQUIRED = ('per_class_accuracy', 'mean_accuracy', 'test_labels', 'test_predictions',
             'sweep_name', 'sweep_values', 'seeds', 'class_names')
 
 
-def _atomic_write(path: str, write_fn, mode: str = 'wb') -> None:
-  """Calls write_fn(file) on a temporary file beside `path`, then renames it to `path`.
-  An OSError (a full disk, no permission) is a WriteError naming `path`; the temporary
-  file is removed whatever fails."""
-  folder = os.path.dirname(os.path.abspath(path))
-  tmp = None
-  try:
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
-    with os.fdopen(fd, mode) as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp makes the file private (0600); results are shared like any other file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException as e:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
-    if isinstance(e, OSError):
-      raise WriteError(f'cannot write {path}: {os_reason(e)}') from None
-    raise
-
-
-def os_reason(e: OSError) -> str:
-  """The reason of an OSError in words: 'no space left on device', 'permission denied'."""
-  if e.errno in (errno.ENOSPC, errno.EDQUOT):
-    return 'no space left on device'
-  return (e.strerror or str(e)).lower()
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented JSON, atomically."""
-  _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode='w')
-
-
-def write_bytes(path: str, data: bytes) -> None:
-  _atomic_write(path, lambda f: f.write(data))
-
-
-def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray,
-                       num_classes: int) -> np.ndarray:
-  """Accuracy of each class: labels [N], predictions [..., N] -> float32 [..., C].
-
-  A class without test examples gets NaN.
-  """
-  labels = np.asarray(labels)
-  predictions = np.asarray(predictions)
-  correct = (predictions == labels).reshape(-1, labels.shape[0])
-  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  hits = np.stack([np.bincount(labels, weights=row, minlength=num_classes) for row in correct])
+def class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Accuracy of each class: correct bool [..., N] (model right on test image i), labels [N]
+  -> float64 [..., C]. A class without test images gets NaN."""
+  labels, correct = np.asarray(labels), np.asarray(correct)
+  lead = correct.shape[:-1]
+  flat = correct.reshape(-1, labels.size).astype(np.float64)
+  rows = flat.shape[0]
+  index = (np.arange(rows)[:, None] * num_classes + labels[None, :]).ravel()
+  hits = np.bincount(index, weights=flat.ravel(), minlength=rows * num_classes)
   with np.errstate(invalid='ignore', divide='ignore'):
-    return (hits / counts).astype(np.float32).reshape(*predictions.shape[:-1], num_classes)
+    accuracy = hits.reshape(rows, num_classes) / np.bincount(labels, minlength=num_classes)
+  return accuracy.reshape(lead + (num_classes,))
 
 
 def confusion_matrices(labels: np.ndarray, predictions: np.ndarray,
@@ -105,41 +59,28 @@ def confusion_matrices(labels: np.ndarray, predictions: np.ndarray,
   return out.reshape(*lead, num_classes, num_classes)
 
 
-def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
-  """Raises ResultsError when required arrays are missing or their shapes disagree."""
-  missing = [k for k in REQUIRED if k not in arrays]
-  if missing:
-    raise ResultsError(f'{source} lacks {", ".join(missing)}: not a classbias_jax results file')
-  acc = arrays['per_class_accuracy']
-  if acc.ndim != 3:
-    raise ResultsError(f'{source}: per_class_accuracy must be [V, S, C], got shape {acc.shape}')
-  v, s, c = acc.shape
+def _expected_shapes(arrays: dict[str, np.ndarray], source: str) -> dict[str, tuple]:
+  """The shape each array present must have, from per_class_accuracy [V, S, C] and
+  test_labels [N]."""
+  v, s, c = arrays['per_class_accuracy'].shape
   n = arrays['test_labels'].shape
-  expected = {
-      'mean_accuracy': (v, s),
-      'test_predictions': (v, s) + n,
-      'sweep_values': (v,),
-      'seeds': (s,),
-      'class_names': (c,),
-  }
+  expected = {'mean_accuracy': (v, s), 'test_predictions': (v, s) + n, 'sweep_values': (v,),
+              'seeds': (s,), 'class_names': (c,)}
   if 'val_labels' in arrays or 'val_predictions' in arrays:
     expected['val_predictions'] = (v, s) + arrays['val_labels'].shape
-  if 'diverged' in arrays:
-    expected['diverged'] = (v, s)
-  if 'value_names' in arrays:
-    expected['value_names'] = (v,)
+  for key in ('diverged', 'value_names'):
+    if key in arrays:
+      expected[key] = (v, s) if key == 'diverged' else (v,)
   for key, epochs in (('train_loss', 'curve_epochs'), ('train_accuracy', 'curve_epochs'),
                       ('test_accuracy_at_eval', 'eval_epochs')):
     if key in arrays:
       if epochs not in arrays:
         raise ResultsError(f'{source}: {key} without {epochs}')
       expected[key] = (v, s) + arrays[epochs].shape
-  for key, shape in expected.items():
-    if arrays[key].shape != shape:
-      raise ResultsError(f'{source}: {key} has shape {arrays[key].shape}, expected {shape} '
-                         f'(V={v} sweep values, S={s} seeds, C={c} classes)')
-  if len(n) != 1:
-    raise ResultsError(f'{source}: test_labels must be [N], got shape {n}')
+  return expected
+
+
+def _check_class_indices(arrays: dict[str, np.ndarray], source: str, c: int) -> None:
   for key in ('test_labels', 'test_predictions', 'val_labels', 'val_predictions'):
     values = arrays.get(key)
     if values is None or not values.size:
@@ -151,16 +92,35 @@ def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
                          f'{values.min() if values.min() < 0 else values.max()}')
 
 
-def save(workdir: str, arrays: dict[str, Any]) -> str:
+def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
+  """Raises ResultsError when required arrays are missing or their shapes disagree."""
+  missing = [k for k in REQUIRED if k not in arrays]
+  if missing:
+    raise ResultsError(f'{source} lacks {", ".join(missing)}: not a classbias_jax results file')
+  acc = arrays['per_class_accuracy']
+  if acc.ndim != 3:
+    raise ResultsError(f'{source}: per_class_accuracy must be [V, S, C], got shape {acc.shape}')
+  v, s, c = acc.shape
+  for key, shape in _expected_shapes(arrays, source).items():
+    if arrays[key].shape != shape:
+      raise ResultsError(f'{source}: {key} has shape {arrays[key].shape}, expected {shape} '
+                         f'(V={v} sweep values, S={s} seeds, C={c} classes)')
+  if arrays['test_labels'].ndim != 1:
+    raise ResultsError(f'{source}: test_labels must be [N], got shape '
+                       f'{arrays["test_labels"].shape}')
+  _check_class_indices(arrays, source, c)
+
+
+def save_results(workdir: str, arrays: dict[str, Any]) -> str:
   """Validates and writes WORKDIR/results.npz atomically; returns its path."""
   arrays = {k: np.asarray(v) for k, v in arrays.items()}
   validate(arrays, 'results to save')
   path = os.path.join(workdir, RESULTS_FILE)
-  _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+  files.atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
   return path
 
 
-def load(workdir: str) -> dict[str, np.ndarray]:
+def load_results(workdir: str) -> dict[str, np.ndarray]:
   """Loads and validates WORKDIR/results.npz (no pickles); scalars come back as 0-d arrays.
 
   Adds `num_classes` (int); confusion matrices come from `confusion_matrices` on demand
@@ -180,57 +140,20 @@ def load(workdir: str) -> dict[str, np.ndarray]:
   return arrays
 
 
-@dataclasses.dataclass
-class History:
-  """What the train loop collects per epoch, per model [M] (and a checkpoint keeps)."""
-  diverged: np.ndarray  # bool [M]: the loss became non-finite at some step
-  curve_epochs: list = dataclasses.field(default_factory=list)
-  eval_epochs: list = dataclasses.field(default_factory=list)
-  curves: dict = dataclasses.field(default_factory=lambda: {
-      'train_loss': [], 'train_accuracy': [], 'test_accuracy_curve': []})
-  # A checkpoint taken inside an epoch: that epoch's per-step metrics so far, name ->
-  # [steps, M], so the resumed epoch's means are those of an uninterrupted run.
-  epoch_steps: dict = dataclasses.field(default_factory=dict)
-
-  def to_json(self) -> dict[str, Any]:
-    # float32, bfloat16 and float64 values survive JSON exactly.
-    return {'diverged': np.asarray(self.diverged).tolist(),
-            'curve_epochs': list(self.curve_epochs), 'eval_epochs': list(self.eval_epochs),
-            'curves': {k: [np.asarray(a).tolist() for a in v] for k, v in self.curves.items()},
-            'epoch_steps': {k: {'dtype': np.asarray(a).dtype.name, 'values': np.asarray(
-                a).tolist()} for k, a in self.epoch_steps.items()}}
-
-  @classmethod
-  def from_json(cls, meta: dict[str, Any]) -> 'History':
-    steps = {k: np.asarray(v['values'], _dtype(v['dtype']))
-             for k, v in meta.get('epoch_steps', {}).items()}
-    return cls(np.asarray(meta['diverged'], bool), meta['curve_epochs'], meta['eval_epochs'],
-               {k: [np.asarray(a) for a in v] for k, v in meta['curves'].items()}, steps)
-
-
-def _dtype(name: str) -> np.dtype:
-  """numpy's dtype of `name`, or ml_dtypes' (bfloat16, which numpy does not name)."""
-  try:
-    return np.dtype(name)
-  except TypeError:
-    import ml_dtypes
-    return np.dtype(getattr(ml_dtypes, name))
-
-
-def assemble(sweep, dataset, predictions: np.ndarray, history: History,
+def assemble(sweep, dataset, predictions: np.ndarray, history,
              val_predictions: np.ndarray | None = None,
              value_names: list[str] | None = None) -> dict[str, np.ndarray]:
   """The arrays of results.npz from a finished run: sweep (plan.Sweep), dataset (test and
   validation labels, class names), predictions int32 [M, N] on the test split, the loop's
-  history, validation predictions [M, Nv] when the dataset has a validation split, and
+  history (train.history.History), validation predictions [M, Nv] when the dataset has a validation split, and
   the names of the sweep values (a fix study's arms)."""
   labels, unflatten = dataset.test_labels, sweep.unflatten
   stack = lambda key: unflatten(np.stack(history.curves[key], 1)).astype(np.float32)
   arrays = {
       'test_labels': labels.astype(np.int32),
       'test_predictions': unflatten(predictions),
-      'per_class_accuracy': unflatten(per_class_accuracy(labels, predictions,
-                                                         dataset.num_classes)),
+      'per_class_accuracy': unflatten(class_accuracy(
+          predictions == labels, labels, dataset.num_classes).astype(np.float32)),
       'mean_accuracy': unflatten((predictions == labels).mean(1)).astype(np.float32),
       'sweep_name': np.asarray(sweep.name),
       'sweep_values': sweep.values,

@@ -58,17 +58,17 @@ def host_devices_env(devices: int) -> dict:
 def tiny_plan(config, strategy='unroll', num_train=64, image_shape=(8, 8, 1), num_classes=10):
   """The plan of `config` on stand-in data of this shape (channel mean 0.5, std 0.25)."""
   import numpy as np
-  from classbias_jax import plan
+  from classbias_jax.train.plan import build_plan
   channels = image_shape[-1]
-  return plan.build(config, num_train=num_train, num_classes=num_classes,
+  return build_plan(config, num_train=num_train, num_classes=num_classes,
                     image_shape=image_shape, mean=np.full(channels, 0.5, np.float32),
                     std=np.full(channels, 0.25, np.float32), strategy=strategy)
 
 
 def init_states(plan, model):
   """The freshly initialised state of the plan's M models, leaves [M, ...]."""
-  from classbias_jax import step
-  init = step.init_fn(plan, model)
+  from classbias_jax.train import one_model
+  init = one_model.init_fn(plan, model)
   return jax.jit(jax.vmap(init))(plan.keys()['init'])
 
 
@@ -83,7 +83,7 @@ class Interrupted(Exception):
 
 def run_until_first_checkpoint(config, workdir: str, monkeypatch) -> None:
   """Runs trainer.run(config, workdir) and interrupts it just after its first checkpoint."""
-  from classbias_jax import checkpoint, trainer
+  from classbias_jax.train import checkpoint, trainer
   real_save = checkpoint.save
 
   def save_then_crash(*args, **kwargs):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from classbias_jax import analysis
+from classbias_jax.audit import analysis
 from classbias_jax.errors import ConfigError
 
 

@@ -7,7 +7,8 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import Interrupted, tiny_config
 
-from classbias_jax import checkpoint, trainer
+from classbias_jax.train import checkpoint
+from classbias_jax.train import trainer
 from classbias_jax.data import stream
 from classbias_jax.errors import ConfigError
 

@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config, tiny_plan, init_states
 
-from classbias_jax import checkpoint, plots, results, trainer, workdir as workdir_lib
+from classbias_jax import results
+from classbias_jax.train import checkpoint
+from classbias_jax.audit import figures as plots
+from classbias_jax.train import trainer
+from classbias_jax.train import study_dir
 from classbias_jax.data import idx
 from classbias_jax.errors import ConfigError, DataUnavailable, ResultsError, WriteError
 
@@ -39,7 +43,7 @@ def one_error_line(process: subprocess.Popen) -> str:
 def tiny_arrays(v=2, s=1, c=3, n=6):
   labels = np.arange(n, dtype=np.int32) % c
   predictions = np.tile(labels, (v, s, 1))
-  acc = results.per_class_accuracy(labels, predictions, c)
+  acc = results.class_accuracy(predictions == labels, labels, c)
   return {'per_class_accuracy': acc, 'mean_accuracy': acc.mean(-1),
           'test_labels': labels, 'test_predictions': predictions,
           'sweep_name': np.asarray('optim.weight_decay'), 'sweep_values': np.arange(v, dtype=float),
@@ -70,11 +74,11 @@ def test_a_workdir_is_locked_for_the_run(tmp_path):
   finally:
     holder.kill()  # SIGKILL: the kernel drops the lock with the process
     holder.wait()
-  with workdir_lib.lock(workdir):  # free again; the .lock file names this process now
-    assert f'pid {os.getpid()} ' in open(os.path.join(workdir, workdir_lib.LOCK_FILE)).read()
+  with study_dir.lock(workdir):  # free again; the .lock file names this process now
+    assert f'pid {os.getpid()} ' in open(os.path.join(workdir, study_dir.LOCK_FILE)).read()
   assert os.listdir(workdir) == []
   fresh = str(tmp_path / 'fresh')
-  with workdir_lib.lock(fresh):
+  with study_dir.lock(fresh):
     pass
   assert not os.path.exists(fresh)  # a run stopped before writing anything leaves no folder
 
@@ -89,14 +93,14 @@ def test_results_of_another_config_are_kept_unless_overwrite(tmp_path):
   # What never changes results may differ: the same study (a rerun trains again).
   same = tiny_config(seeds=1, train__epochs=1, train__eval_every=0, data__workers=3,
                      train__checkpoint_every=2, train__compile_cache='')
-  workdir_lib.guard_results(workdir, same, overwrite=False)
+  study_dir.guard_results(workdir, same, overwrite=False)
   other = tiny_config(seeds=2, train__epochs=1, train__eval_every=0, optim__momentum=0.5)
   with pytest.raises(ConfigError, match=r'finished results of another config \(differs in '
                                         r'optim.momentum, seeds\); .* --overwrite'):
     trainer.run(other, workdir)  # refused before anything runs or is written
   assert sorted(os.listdir(workdir)) == files
 
-  workdir_lib.guard_results(workdir, other, overwrite=True)
+  study_dir.guard_results(workdir, other, overwrite=True)
   assert os.listdir(workdir) == ['notes.txt']  # that study's files only
 
 
@@ -106,7 +110,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatc
   full_disk(monkeypatch)
   with pytest.raises(WriteError, match=rf'^cannot write {tmp_path}/results.npz: no space '
                                        'left on device$'):
-    results.save(str(tmp_path), tiny_arrays())
+    results.save_results(str(tmp_path), tiny_arrays())
   figure = str(tmp_path / 'figures' / 'per_class_accuracy.png')
   with pytest.raises(WriteError, match=rf'^cannot write {figure}: no space left on device$'):
     plots.per_class_accuracy(tiny_arrays(), figure)

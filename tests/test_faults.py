@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_until_first_checkpoint, tiny_config
 
-from classbias_jax import checkpoint, loop, plan as plan_lib, results, trainer
+from classbias_jax import results
+from classbias_jax.train import checkpoint
+from classbias_jax.train import epochs as loop
+from classbias_jax.train import model_axis
+from classbias_jax.train.history import History
+from classbias_jax.train import trainer
 
 # The CLI run of the tests below: 2 models, 3 epochs of 84 steps (about a second each).
 COMMAND = [sys.executable, '-m', 'classbias_jax.main',
@@ -39,7 +44,7 @@ def logged_epochs(workdir: str) -> list[dict]:
 
 
 def assert_same_results(workdir: str, reference: str) -> None:
-  got, want = results.load(workdir), results.load(reference)
+  got, want = results.load_results(workdir), results.load_results(reference)
   assert sorted(got) == sorted(want)
   for key in want:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
@@ -120,7 +125,7 @@ def test_inside_an_epoch_under_scan_the_epoch_finishes_step_by_step(tmp_path, mo
   whole = trainer.run(config, str(tmp_path / 'whole'))
   workdir = str(tmp_path / 'resumed')
   run_until_first_checkpoint(config, workdir, monkeypatch)
-  monkeypatch.setattr(plan_lib.model_axis, 'resolve_loop', lambda *args, **kwargs: 'scan')
+  monkeypatch.setattr(model_axis, 'resolve_loop', lambda *args, **kwargs: 'scan')
   resumed = trainer.run(config, workdir)
   assert json.load(open(os.path.join(workdir, 'config.json')))['resolved']['loop'] == 'scan'
   for key in ('test_predictions', 'val_predictions', 'train_loss', 'train_accuracy'):
@@ -149,7 +154,7 @@ def checkpointer(loop_kind='python', epochs=3, steps=10, **rules):
                                             checkpoint_minutes=0.0, epochs=epochs), **rules))
   saved, clock = [], Clock()
   c = loop.Checkpointer(train, steps, loop_kind, lambda e, s, state: saved.append((e, s)),
-                        loop.Signals(), results.History(np.zeros(1, bool)), 'DIR', clock)
+                        loop.Signals(), History(np.zeros(1, bool)), 'DIR', clock)
   return c, saved, clock
 
 
@@ -194,7 +199,7 @@ def test_a_signal_saves_at_the_next_step_and_stops():
     while c.signals.received is None:  # the handler runs in the main thread, soon after
       time.sleep(0.001)
     c.signals._handle(signal.SIGINT, None)  # a second signal changes nothing
-    with pytest.raises(loop.Interrupted) as stop:
+    with pytest.raises(epochs.Interrupted) as stop:
       c.at_step(1, 4, None, [{'loss': np.zeros(1, np.float32)}] * 4)
   assert saved == [(1, 4)] and stop.value.code == 143
   assert str(stop.value) == ('interrupted (SIGTERM) after step 4/10 of epoch 2/3: checkpoint '
@@ -205,7 +210,7 @@ def test_signals_before_training_stop_at_once_and_handlers_come_back():
   before = signal.getsignal(signal.SIGINT)
   with loop.Signals() as signals:
     assert signals.caught == ['SIGTERM', 'SIGINT']
-    with pytest.raises(loop.Interrupted) as stop:
+    with pytest.raises(epochs.Interrupted) as stop:
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(1)  # the handler runs in the main thread, between bytecodes
   assert stop.value.code == 130 and 'before training began' in str(stop.value)

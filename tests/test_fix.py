@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 from conftest import init_states, tiny_config, tiny_plan
 
-from classbias_jax import arms, checkpoint, class_weights, configs, fix_report, report, results
-from classbias_jax import policy as policy_lib, trainer
-from classbias_jax import step as step_lib
+from classbias_jax import configs, report, results
+from classbias_jax.train import arms
+from classbias_jax.train import checkpoint
+from classbias_jax.train import class_weights
+from classbias_jax.fix import report as fix_report
+from classbias_jax.fix.policy import choose_policy
+from classbias_jax.fix import policy
+from classbias_jax.train import trainer
+from classbias_jax.train import one_model
 from classbias_jax.errors import ConfigError, ResultsError
 from classbias_jax.models import create_model
 
@@ -28,7 +34,7 @@ def sweep_results(accuracy, seeds=4, per_class=80, seed=0):
   p = np.asarray(accuracy)[:, None, labels]  # [V, 1, N]
   correct = rng.random((len(values), seeds, labels.size)) < p
   predictions = np.where(correct, labels, (labels + 1) % len(NAMES)).astype(np.int32)
-  acc = results.per_class_accuracy(labels, predictions, len(NAMES))
+  acc = results.class_accuracy(predictions == labels, labels, len(NAMES))
   return {'sweep_name': np.asarray('aug.crop_scale_min'), 'sweep_values': values,
           'seeds': np.arange(seeds), 'class_names': np.asarray(NAMES),
           'test_labels': labels, 'test_predictions': predictions, 'per_class_accuracy': acc,
@@ -38,7 +44,7 @@ def sweep_results(accuracy, seeds=4, per_class=80, seed=0):
 def test_policies_follow_the_validation_evidence():
   # 0.35 is the best uniform value; class a does best at 0.1, class c at 1.0 (off).
   r = sweep_results([[0.97, 0.5, 0.5], [0.8, 0.8, 0.8], [0.5, 0.5, 0.99]])
-  policy = policy_lib.choose(r)
+  policy = choose_policy(r)
   assert policy['uniform'] == 0.35 and policy['off'] == 1.0
   assert policy['policies']['per_class'] == [0.1, 0.35, 1.0]
   assert policy['policies']['protect'] == [0.35, 0.35, 1.0]  # only the class u hurts vs off
@@ -50,9 +56,9 @@ def test_weak_evidence_keeps_the_uniform_value():
   r = sweep_results([[0.8, 0.8, 0.82], [0.8, 0.8, 0.8], [0.8, 0.8, 0.8]])
   r['mean_accuracy'][1] += 0.1  # 0.35 the best uniform value
   r['val_predictions'][1] = r['val_predictions'][2]
-  assert policy_lib.choose(r)['policies']['per_class'] == [0.35] * 3
+  assert choose_policy(r)['policies']['per_class'] == [0.35] * 3
   one = sweep_results([[0.99, 0.5, 0.5], [0.8, 0.8, 0.8], [0.5, 0.5, 0.99]], seeds=1)
-  policy = policy_lib.choose(one)
+  policy = choose_policy(one)
   assert policy['policies']['per_class'] == [policy['uniform']] * 3
   assert policy['num_seeds'] == 1
 
@@ -61,11 +67,11 @@ def test_the_policy_needs_validation_and_a_per_class_knob(tmp_path):
   r = sweep_results([[0.9] * 3] * 3)
   del r['val_predictions'], r['val_labels']
   with pytest.raises(ResultsError, match='val_fraction'):
-    policy_lib.choose(r)
+    choose_policy(r)
   r = sweep_results([[0.9] * 3] * 3)
   r['sweep_name'] = np.asarray('optim.weight_decay')
   with pytest.raises(ConfigError, match='cannot take a value per class'):
-    policy_lib.choose(r)
+    choose_policy(r)
 
 
 def test_class_weights_follow_clams_rule():
@@ -93,7 +99,7 @@ def test_unit_weights_train_exactly_as_the_plain_loss():
   labels = jnp.asarray(np.arange(64) % 10, jnp.int32)
   outs = []
   for p in (plain, weighted):
-    step = jax.vmap(step_lib.make_train_step(p, model), in_axes=((0, 0, 0, 0), None))
+    step = jax.vmap(one_model.make_train_step(p, model), in_axes=((0, 0, 0, 0), None))
     state, keys = init_states(p, model), p.keys()
     perms = jnp.tile(jnp.arange(64), (p.num_models, 1))
     outs.append(step((state, p.knobs, perms, keys['aug']), (images, labels, 0, 0))[0])
@@ -153,8 +159,8 @@ def test_a_fix_study_end_to_end(tmp_path):
   sweep.data.planted_train_per_class = 40
   sweep.data.image_size = 8
   trainer.run(sweep, str(tmp_path / 'sweep'))
-  policy = policy_lib.write(str(tmp_path / 'sweep'))
-  assert len(policy['policies']['per_class']) == 10 and policy['table'][0].startswith('| class')
+  written = policy.write_policy(str(tmp_path / 'sweep'))
+  assert len(written['policies']['per_class']) == 10 and written['table'][0].startswith('| class')
   config = sweep.copy_and_resolve_references()
   config.sweep.name, config.sweep['values'] = configs.ARM_SWEEP, (0.0, 1.0, 2.0, 3.0)
   config.fix = configs.ml_collections.ConfigDict({'policy_from': str(tmp_path / 'sweep'),
@@ -170,7 +176,7 @@ def test_a_fix_study_end_to_end(tmp_path):
   stats = json.load(open(tmp_path / 'fix' / 'analysis.json'))
   assert stats['reference']['chosen_by'] == 'the best uniform arm'
   assert [a['arm'] for a in stats['fix']['arms']][0] == 'uniform'
-  worst = fix_report.per_seed(results.load(str(tmp_path / 'fix')))['worst_class']
+  worst = fix_report.per_seed(results.load_results(str(tmp_path / 'fix')))['worst_class']
   assert worst.shape == (len(trained['arms']), 2) and np.all((worst >= 0) & (worst <= 1))
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classbias_jax import configs, data, trainer
+from classbias_jax import configs, data
+from classbias_jax.train import trainer
 from classbias_jax.data import planted
 from classbias_jax.errors import ConfigError, DataUnavailable
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from conftest import run_until_first_checkpoint, tiny_config
 
-from classbias_jax import checkpoint, configs, data, plan as plan_lib, results, trainer
-from classbias_jax import step as step_lib
+from classbias_jax import configs, data, results
+from classbias_jax.train import checkpoint
+from classbias_jax.train import design
+from classbias_jax.train import trainer
+from classbias_jax.train import one_model
 from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
 
@@ -29,11 +32,11 @@ def test_resident_and_streamed_see_the_same_examples_each_epoch():
   dataset = data.load(config.data)
   n, steps = 640, 640 // config.train.batch_size
   want = examples(dataset.train_images, dataset.train_labels)
-  keys = plan_lib.model_keys(plan_lib.sweep_from_config(config))
+  keys = design.model_keys(design.sweep_from_config(config))
   batches = modes.train_stream(config, dataset, epochs=2)
   orders = []
   for epoch in range(2):
-    perms = np.asarray(step_lib.epoch_permutations(keys['data'], epoch, n))
+    perms = np.asarray(one_model.epoch_permutations(keys['data'], epoch, n))
     for perm in perms:  # each model's resident epoch
       used = perm[:steps * config.train.batch_size]
       assert examples(dataset.train_images[used], dataset.train_labels[used]) == want
@@ -80,7 +83,7 @@ def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, mode
   for key in ('test_predictions', 'val_predictions', 'train_loss', 'train_accuracy',
               'test_accuracy_at_eval', 'diverged', 'curve_epochs', 'eval_epochs'):
     np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
-  loaded = results.load(workdir)
+  loaded = results.load_results(workdir)
   np.testing.assert_array_equal(loaded['test_predictions'], whole['test_predictions'])
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
   assert [json.loads(line)['epoch'] for line in lines] == [1, 2]

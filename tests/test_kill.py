@@ -9,7 +9,7 @@ import time
 from test_faults import COMMAND, ENV, ROOT, assert_same_results, finish
 from test_faults import uninterrupted  # noqa: F401 (the fixture)
 
-from classbias_jax import checkpoint
+from classbias_jax.train import checkpoint
 
 EVERY_STEPS = 20  # the run has 3 epochs of 84 steps; a save takes about 0.3 s
 # The kill point is random but reproducible: set CLASSBIAS_KILL_SEED to replay a run.

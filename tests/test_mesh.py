@@ -8,7 +8,8 @@ import textwrap
 import pytest
 from conftest import ROOT, host_devices_env, tiny_config
 
-from classbias_jax import configs, model_axis
+from classbias_jax import configs
+from classbias_jax.train import model_axis
 from classbias_jax.errors import ConfigError
 
 
@@ -46,7 +47,7 @@ MESH_SCRIPT = textwrap.dedent('''
   sys.path.insert(0, 'tests')
   import jax, numpy as np
   from conftest import tiny_config
-  from classbias_jax import trainer
+  from classbias_jax.train import trainer
   out = {}
   for strategy in sys.argv[1:]:
     config = tiny_config(**{'train__strategy': strategy, 'train__epochs': 2, 'seeds': 4,

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, host_devices_env, init_states, tiny_config, tiny_plan
 
-from classbias_jax import model_axis, step as step_lib, trainer
+from classbias_jax.train import model_axis
+from classbias_jax.train import one_model
+from classbias_jax.train import trainer
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
 from classbias_jax.tuning import strategy as tuning
@@ -33,8 +35,8 @@ def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None, materialize=No
   put = lambda tree: model_axis.put_models(tree, strategy)
   state = put(init_states(plan, model))
   knobs = put({k: jnp.asarray(v) for k, v in plan.knobs.items()})
-  perms = put(step_lib.epoch_permutations(keys['data'], 0, 64))
-  one = step_lib.make_train_step(plan, model)
+  perms = put(one_model.epoch_permutations(keys['data'], 0, 64))
+  one = one_model.make_train_step(plan, model)
   step = model_axis.jit(model_axis.lift_train_step(one, strategy, config.train.chunk_size),
                         strategy)
   images, labels = model_axis.put_shared((images, labels), strategy, plan.num_models)
@@ -113,7 +115,7 @@ SHARD_SCRIPT = textwrap.dedent('''
   kernel = shard[0]['params']['Conv_0']['kernel']
   # The whole study, evaluation included, with the model axis over both devices.
   import tempfile
-  from classbias_jax import trainer
+  from classbias_jax.train import trainer
   config = t.tiny_config(**{'train__strategy': 'shard', 'train__epochs': 1, 'seeds': 1})
   with tempfile.TemporaryDirectory() as workdir:
     accuracy = trainer.run(config, workdir)['mean_accuracy']

@@ -49,7 +49,7 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   assert 'mesh:2x2' in outs[0][1] and 'wrote' in outs[0][1] and 'wrote' not in outs[1][1]
   resolved = json.loads((workdir / 'config.json').read_text())['resolved']
   assert (resolved['processes'], resolved['strategy']) == (2, 'mesh:2x2')
-  a, b = results.load(str(tmp_path / 'one')), results.load(str(workdir))
+  a, b = results.load_results(str(tmp_path / 'one')), results.load_results(str(workdir))
   assert (a['test_predictions'] == b['test_predictions']).mean() > 0.99
   np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-4)
   np.testing.assert_allclose(a['per_class_accuracy'], b['per_class_accuracy'], atol=0.03)
@@ -66,6 +66,6 @@ def test_two_streaming_processes_each_read_half_of_each_batch(tmp_path):
                   '--config.train.strategy=mesh:1x4')
   assert 'mesh:1x4, input streamed' in outs[0][1] and 'wrote' in outs[0][1]
   assert 'reads its rows of every batch of 64 (process 0: rows 0:32)' in outs[0][1]
-  a, b = results.load(str(tmp_path / 'one')), results.load(str(tmp_path / 'two'))
+  a, b = results.load_results(str(tmp_path / 'one')), results.load_results(str(tmp_path / 'two'))
   assert (a['test_predictions'] == b['test_predictions']).mean() > 0.99
   np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-4)

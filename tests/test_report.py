@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from classbias_jax import plots
+from classbias_jax.audit import figures as plots
 from classbias_jax import report
-from classbias_jax import results as results_lib
+from classbias_jax import results
 from test_analysis import make_results, planted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def listing(folder):
 
 
 def test_write_produces_analysis_figures_and_report(tmp_path):
-  results_lib.save(str(tmp_path), with_curves(planted()))
+  results.save_results(str(tmp_path), with_curves(planted()))
   os.makedirs(tmp_path / 'figures')
   (tmp_path / 'figures' / 'from_training.png').write_bytes(b'kept')
   paths = report.write(str(tmp_path), reference=0.0, top_k=3, num_bootstrap=50)
@@ -66,7 +66,7 @@ def test_write_produces_analysis_figures_and_report(tmp_path):
 
 
 def test_cli_end_to_end(tmp_path):
-  results_lib.save(str(tmp_path), planted())
+  results.save_results(str(tmp_path), planted())
   out = run_cli(f'--workdir={tmp_path}', '--reference=0', '--top_k=2')
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == str(tmp_path / 'report.md')
@@ -82,7 +82,7 @@ def _write_bad(folder, kind):
   path = folder / 'results.npz'
   good = planted()
   if kind == 'truncated':
-    results_lib.save(str(folder), good)
+    results.save_results(str(folder), good)
     path.write_bytes(path.read_bytes()[:200])
   elif kind == 'foreign':
     np.savez(path, weights=np.zeros(3))
@@ -90,7 +90,7 @@ def _write_bad(folder, kind):
     good['test_predictions'] = good['test_predictions'][:, :, :-1]
     np.savez(path, **good)
   elif kind == 'reference':
-    results_lib.save(str(folder), good)
+    results.save_results(str(folder), good)
 
 
 @pytest.mark.parametrize('kind, args', [
@@ -110,7 +110,7 @@ def test_many_classes_figures_stay_drawable(tmp_path):
   rng = np.random.default_rng(0)
   acc = np.clip(rng.uniform(0.4, 0.95, 60) + rng.normal(0, 0.03, (3, 2, 60)), 0, 1)
   acc[2, :, :6] -= 0.35
-  results_lib.save(str(tmp_path), make_results(acc, images_per_class=20, binomial=True))
+  results.save_results(str(tmp_path), make_results(acc, images_per_class=20, binomial=True))
   report.write(str(tmp_path), top_k=4, num_bootstrap=20)
   stats = json.loads((tmp_path / 'analysis.json').read_text())
   assert set(stats['values'][2]['hurt']) <= {f'c{c}' for c in range(6)}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classbias_jax import analysis, report, stats
+from classbias_jax import report
+from classbias_jax.audit import analysis
+from classbias_jax.audit import stats
 from test_analysis import make_results, planted
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats as sps
 
-from classbias_jax import analysis
+from classbias_jax.audit import analysis
 
 CLASSES = 10
 IMAGES = 1000  # per class, as in CIFAR-10
@@ -118,7 +118,7 @@ def policy_changes(seeds: int, sweeps: int, gain: float = 0.0, seed: int = 0):
   best uniform value, share of the sweeps whose uniform value is 1.0 where PLANTED gets
   the value that helps it, 0.4); the simulated
   sweep stands for a validation split, and `gain` raises PLANTED at 0.4."""
-  from classbias_jax import policy
+  from classbias_jax.fix import policy
   rng = np.random.default_rng(seed)
   shift = _class_logits(ACCURACY[PLANTED] + gain) - OFFSET[PLANTED] if gain else 0.0
   wrong = found = uniform_off = 0
@@ -129,7 +129,7 @@ def policy_changes(seeds: int, sweeps: int, gain: float = 0.0, seed: int = 0):
     r = {'sweep_name': np.asarray('aug.crop_scale_min'), 'sweep_values': np.asarray([0.4, 1.0]),
          'seeds': np.arange(seeds), 'class_names': np.asarray([str(c) for c in range(CLASSES)]),
          'mean_accuracy': acc.mean(-1), 'val_labels': LABELS, 'val_predictions': predictions}
-    chosen = policy.choose(r)
+    chosen = policy.choose_policy(r)
     per_class = np.asarray(chosen['policies']['per_class'])
     if chosen['uniform'] == 1.0:  # else PLANTED has 0.4 with everyone
       uniform_off += 1
@@ -151,7 +151,8 @@ def recommendations(seeds: int, sweeps: int, gain: float = 0.0, seed: int = 0) -
   """Share of simulated fix studies (arms uniform, off, policy, loss_weights on a
   validation split) whose report recommends an arm other than uniform; `gain` raises the
   two hard classes (the worst ones) in the policy arm."""
-  from classbias_jax import configs, fix_report
+  from classbias_jax import configs
+  from classbias_jax.fix import report as fix_report
   rng = np.random.default_rng(seed)
   hard = np.arange(CLASSES - 2, CLASSES)
   other = 0

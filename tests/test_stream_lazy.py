@@ -8,7 +8,8 @@ import pytest
 from conftest import run_until_first_checkpoint, tiny_config
 from test_data_sources import build_tfds, image_keys, png_bytes, write_folder
 
-from classbias_jax import data, trainer
+from classbias_jax import data
+from classbias_jax.train import trainer
 from classbias_jax.data import modes
 from classbias_jax.data import folder, splits, stream
 

@@ -3,7 +3,7 @@ rows are the global batch's, and a process's rows are those its devices hold."""
 import numpy as np
 import pytest
 
-from classbias_jax import distributed
+from classbias_jax.train import distributed
 from classbias_jax.data import stream
 
 

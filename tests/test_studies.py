@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from classbias_jax import configs, plan as plan_lib, results, step as step_lib, trainer
+from classbias_jax import configs, results
+from classbias_jax.train.plan import augment_ops, build_plan
+from classbias_jax.train import design
+from classbias_jax.train import one_model
+from classbias_jax.train import trainer
 from classbias_jax.data import planted
 from classbias_jax.errors import ConfigError
 
@@ -28,9 +32,9 @@ def load(name, arg=''):
 
 def compiled_ops(config):
   """The augmentations trainer.run would compile for this config."""
-  knobs = plan_lib.knob_arrays(config, plan_lib.sweep_from_config(config),
+  knobs = design.knob_arrays(config, design.sweep_from_config(config),
                                len(planted.CLASS_NAMES))
-  ops, erase = plan_lib.augment_ops(config, knobs)
+  ops, erase = augment_ops(config, knobs)
   return set(ops) | ({'erase'} if erase else set()), knobs
 
 
@@ -99,7 +103,7 @@ def test_study_trains_end_to_end(name, tmp_path):
   assert arrays['mean_accuracy'].shape == (2, 1)
   assert arrays['sweep_values'].tolist() == pytest.approx([values[0], values[-1]])
   assert list(arrays['class_names']) == list(planted.CLASS_NAMES)
-  assert str(results.load(str(tmp_path))['sweep_name']) == knob
+  assert str(results.load_results(str(tmp_path))['sweep_name']) == knob
   resolved = json.loads((tmp_path / 'config.json').read_text())['resolved']
   assert op in resolved['augment_ops']
 
@@ -124,13 +128,13 @@ def test_class_knob_table_reaches_the_augmentation(base, table):
   mean, std = np.full(3, 0.4, np.float32), np.full(3, 0.25, np.float32)
   model_knobs = {k: v[0] for k, v in knobs.items()}  # model 0, as the model axis gives it
   key = jax.random.key(0)
-  plan = plan_lib.build(config, num_train=config.train.batch_size,
+  plan = build_plan(config, num_train=config.train.batch_size,
                         num_classes=len(planted.CLASS_NAMES),
                         image_shape=images.shape[1:], mean=mean, std=std, strategy='unroll')
   assert plan.ops == ('color',) and not plan.erase
-  augmented = step_lib.make_preprocess(plan)(key, images, labels, model_knobs)
+  augmented = one_model.make_preprocess(plan)(key, images, labels, model_knobs)
   plain_plan = dataclasses.replace(plan, ops=())
-  plain = step_lib.make_preprocess(plain_plan)(key, images, labels, model_knobs)
+  plain = one_model.make_preprocess(plain_plan)(key, images, labels, model_knobs)
   change = np.abs(np.asarray(augmented) - np.asarray(plain)).max(axis=(1, 2, 3))
   off = strength[labels] == 0
   assert change[off].max() < 1e-4  # hue 0 is an HSV round trip: float rounding only

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 from conftest import ROOT, init_states, tiny_config, tiny_plan
 
-from classbias_jax import configs, model_axis, plan as plan_lib, results, step as step_lib
-from classbias_jax import trainer
+from classbias_jax import configs, results
+from classbias_jax.train import model_axis
+from classbias_jax.train.plan import build_plan
+from classbias_jax.train import design
+from classbias_jax.train import one_model
+from classbias_jax.train import trainer
 from classbias_jax.data import planted
 from classbias_jax.models import create_model
 from classbias_jax.tuning import hostmem
@@ -26,7 +30,7 @@ def tiny_run(tmp_path_factory):
 
 def test_results_contract(tiny_run):
   workdir, config = tiny_run
-  r = results.load(workdir)
+  r = results.load_results(workdir)
   v, s, c, n = 3, 2, 10, len(r['test_labels'])
   assert r['per_class_accuracy'].shape == (v, s, c)
   assert r['mean_accuracy'].shape == (v, s)
@@ -57,7 +61,7 @@ def test_weight_decay_differs_per_model():
   ds = data.load(config.data)
   model = create_model('tiny', 10)
   mean, std = ds.channel_stats()
-  plan = plan_lib.build(config, num_train=ds.num_train, num_classes=10,
+  plan = build_plan(config, num_train=ds.num_train, num_classes=10,
                         image_shape=ds.image_shape, mean=mean, std=std, strategy='unroll')
   epoch_fn = trainer.make_train_epoch(plan, model, trainer.ResidentInput(plan, ds))
   state, keys = init_states(plan, model), plan.keys()
@@ -89,8 +93,8 @@ def test_a_new_knob_is_one_row(tmp_path, monkeypatch):
 def test_common_random_numbers():
   """Same seed, different sweep value: same init, same data order, same aug keys."""
   config = tiny_config(**{'sweep__values': (0.0, 0.05), 'seeds': 2})
-  sweep = plan_lib.sweep_from_config(config)
-  keys = plan_lib.model_keys(sweep)
+  sweep = design.sweep_from_config(config)
+  keys = design.model_keys(sweep)
   assert sweep.value_index.tolist() == [0, 0, 1, 1]
   assert sweep.seed_index.tolist() == [0, 1, 0, 1]
   model = create_model('tiny', 10)
@@ -98,10 +102,10 @@ def test_common_random_numbers():
   kernel = np.asarray(state['params']['Conv_0']['kernel'])
   np.testing.assert_array_equal(kernel[0], kernel[2])  # seed 0 at both values
   assert not np.array_equal(kernel[0], kernel[1])  # seed 0 vs seed 1
-  perms = np.asarray(step_lib.epoch_permutations(keys['data'], 0, 100))
+  perms = np.asarray(one_model.epoch_permutations(keys['data'], 0, 100))
   np.testing.assert_array_equal(perms[0], perms[2])
   assert not np.array_equal(perms[0], perms[1])
-  assert not np.array_equal(perms[0], np.asarray(step_lib.epoch_permutations(keys['data'], 1, 100))[0])
+  assert not np.array_equal(perms[0], np.asarray(one_model.epoch_permutations(keys['data'], 1, 100))[0])
   aug = jax.random.key_data(keys['aug'])
   np.testing.assert_array_equal(aug[0], aug[2])
 
@@ -123,7 +127,7 @@ def test_strategies_agree(tmp_path, strategy):
 def test_no_recompilation_between_epochs(tmp_path, strategy):
   config = tiny_config(**{'train__epochs': 3, 'train__eval_every': 1, 'seeds': 1,
                           'train__strategy': strategy})
-  sweep = plan_lib.sweep_from_config(config)
+  sweep = design.sweep_from_config(config)
   traces = []
   original = model_axis.over_models
 
@@ -168,7 +172,7 @@ def test_main_runs_the_study(tmp_path):
   proc = _main('--config=configs/wd.py:runlocal,seeds=1,epochs=1', f'--workdir={workdir}',
                '--config.model.name=tiny', '--config.sweep.values=(0.0,0.01)')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  r = results.load(str(workdir))
+  r = results.load_results(str(workdir))
   assert r['per_class_accuracy'].shape == (2, 1, 10)
   assert 'epoch 1/1' in proc.stderr
   # The entry point puts the allocator in its default mode (hostmem.py) and records it.

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from classbias_jax.data import Dataset, splits
+from classbias_jax.data import splits
+from classbias_jax.data.dataset import Dataset
 
 TEST_FRACTION = 0.25
 

@@ -28,7 +28,8 @@ from concurrent import futures
 import numpy as np
 from PIL import Image
 
-from classbias_jax.data import Dataset
+from classbias_jax.data import splits
+from classbias_jax.data.dataset import Dataset
 from classbias_jax.errors import ConfigError, DataUnavailable
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -129,7 +130,6 @@ def _hash_order(path: str) -> bytes:
 
 def split_flat(paths: list[str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Indices (train, test) of a flat folder: per class, the first 20% by name hash is test."""
-  from classbias_jax.data import splits
   quotas = splits.class_quotas(labels, round(TEST_FRACTION * len(labels)))
   test, train = splits.take_per_class(
       labels, quotas, lambda members: sorted(members, key=lambda i: _hash_order(paths[i])))

@@ -24,7 +24,8 @@ import zlib
 import numpy as np
 from absl import logging
 
-from classbias_jax.data import Dataset, folder
+from classbias_jax.data import folder
+from classbias_jax.data.dataset import Dataset
 from classbias_jax.errors import ConfigError, DataUnavailable
 
 SYSTEM_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -143,7 +144,7 @@ def _has_idx_set(directory: str) -> bool:
 
 def load_fashion_mnist(cfg) -> Dataset:
   """`data.name = 'fashion_mnist'` -> Dataset: 60000 train / 10000 test, uint8 [28, 28, 1]."""
-  from classbias_jax.data import tfds_source
+  from classbias_jax.data import tfds_source  # tensorflow_datasets: seconds to import
   data_dir = os.path.expanduser(getattr(cfg, 'data_dir', '') or '')
   size = _image_size(cfg)
   idx_dirs = [data_dir] if data_dir else [SYSTEM_FASHION_MNIST]

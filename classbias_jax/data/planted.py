@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from classbias_jax.data import Dataset
+from classbias_jax.data.dataset import Dataset
 from classbias_jax.errors import ConfigError
 
 CLASS_NAMES = ('color-red', 'color-orange', 'color-yellow',

@@ -29,7 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from classbias_jax.data import folder
+from classbias_jax.data import folder, splits
 from classbias_jax.errors import ConfigError, DataUnavailable
 
 # Training images the channel mean/std of a streamed dataset are estimated from.
@@ -84,7 +84,7 @@ class TfdsSource:
 
   def read_labels(self) -> np.ndarray:
     """int32 [N]: every record is read, no image decoded (when `labels_from` is set)."""
-    from classbias_jax.data import tfds_source
+    from classbias_jax.data import tfds_source  # tensorflow_datasets: seconds to import
     source = self.source if self.labels_from is None else self.labels_from
     return tfds_source.read_labels(source, self.label_key)
 
@@ -170,7 +170,7 @@ def folder_sources(path: str) -> dict:
 def tfds_sources(name: str, data_dir: str = '') -> dict:
   """{'train': TfdsSource, 'test': TfdsSource, 'class_names', 'mode', 'sizes'} of a TFDS
   dataset; sizes: {(height, width)} from its metadata, empty when they do not fix one."""
-  from classbias_jax.data import tfds_source
+  from classbias_jax.data import tfds_source  # tensorflow_datasets: seconds to import
   opened = tfds_source.open_sources(name, data_dir)
   keys = opened['image_key'], opened['label_key']
   labels_from = tfds_source.label_source(opened['builder'], 'train', opened['image_key'])
@@ -237,7 +237,6 @@ class StreamedDataset:
 
   def __init__(self, name: str, train, test, class_names: Sequence[str], mode: str,
                image_size: int, sizes: set, data_config):
-    from classbias_jax.data import splits
     self.name, self.class_names, self.mode = name, tuple(class_names), mode
     self.image_size, self._test = image_size, test
     self._channels = 1 if mode == 'L' else 3

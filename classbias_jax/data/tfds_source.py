@@ -19,7 +19,8 @@ import os
 import numpy as np
 from absl import logging
 
-from classbias_jax.data import Dataset, folder
+from classbias_jax.data import folder
+from classbias_jax.data.dataset import Dataset
 from classbias_jax.errors import ConfigError, DataUnavailable
 
 _CHUNK = 1024  # Records per batched read: large enough to amortise, small in memory.

@@ -58,13 +58,13 @@ def _model(config, num_classes: int):
 def measured_epoch(config, workdir: str):
   """(plan, state, epoch seconds): the study's data, one warm-up epoch, one timed epoch."""
   import jax
-  from classbias_jax import loop, trainer
+  from classbias_jax.train import epochs, trainer
   from classbias_jax.data import modes
   dataset, _ = modes.load_dataset(config.data, 'resident')
   model = _model(config, dataset.num_classes)
   plan = trainer.make_plan(config, dataset, model)
   keys, state, knobs = trainer.initial_state(plan, model, workdir, None)
-  train_epoch = loop.make_train_epoch(plan, model, trainer.ResidentInput(plan, dataset))
+  train_epoch = epochs.make_train_epoch(plan, model, trainer.ResidentInput(plan, dataset))
   seconds = []
   for epoch in range(2):  # the first compiles
     start = time.perf_counter()
@@ -78,7 +78,7 @@ def estimated_epoch(config, size: int, classes: int, images: int, steps: int):
   """(plan, state, epoch seconds): `steps` timed steps on random images (after one
   warm-up step) times the IMAGES // batch steps of an epoch; the state freshly made."""
   import jax
-  from classbias_jax import model_axis, step as step_lib
+  from classbias_jax.train import model_axis, one_model
   from classbias_jax.tuning import prepared
   shape = (size, size, 3)
   model = _model(config, classes)
@@ -92,7 +92,7 @@ def estimated_epoch(config, size: int, classes: int, images: int, steps: int):
     timed.run()
   step_s = (time.perf_counter() - start) / steps
   del timed  # its state: one copy of the models at a time
-  state = jax.jit(jax.vmap(step_lib.init_fn(plan, model)))(plan.keys()['init'])
+  state = jax.jit(jax.vmap(one_model.init_fn(plan, model)))(plan.keys()['init'])
   state = model_axis.put_models(state, plan.strategy)
   return plan, state, step_s * (images // config.train.batch_size)
 
@@ -106,9 +106,10 @@ def time_saves(plan, state, workdir: str, saves: int) -> tuple[list[float], int]
   """Seconds of each of `saves` checkpoint.save calls of `state` at successive epochs
   (each replaces the last, as in a run), and the bytes of the last checkpoint."""
   import jax
-  from classbias_jax import checkpoint, results
+  from classbias_jax.train import checkpoint
+  from classbias_jax.train.history import History
   jax.block_until_ready(state)
-  history = results.History(np.zeros(plan.num_models, bool))
+  history = History(np.zeros(plan.num_models, bool))
   meta = dict(history.to_json(), config=checkpoint.config_json(plan.config),
               input_mode='resident')
   seconds = []
@@ -137,7 +138,7 @@ def measure(args) -> dict:
   """The record: models, state and checkpoint bytes, seconds per save, the epoch's
   seconds and how they were found, and a save as % of the epoch."""
   import jax
-  from classbias_jax import trainer
+  from classbias_jax.train import trainer
   config = load_config(args.config, args.set)
   trainer.setup_compile_cache(config)
   with tempfile.TemporaryDirectory() as scratch:

@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import model_axis, plan as plan_lib, step as step_lib
-from classbias_jax.tuning import flops as flops_lib
+from classbias_jax.train import model_axis
+from classbias_jax.train.plan import Plan, build_plan
+from classbias_jax.train import one_model
+from classbias_jax.tuning.flops import model_flops, step_flops
 
 
 class PreparedStep(NamedTuple):
@@ -23,12 +25,12 @@ class PreparedStep(NamedTuple):
 
 
 def stand_in_plan(config, *, image_shape, num_classes: int, strategy: str, loop: str,
-                  num_batches: int) -> plan_lib.Plan:
+                  num_batches: int) -> Plan:
   """The plan of `config` on num_batches batches of random images of this shape."""
   channels = image_shape[-1]
   config = config.copy_and_resolve_references()
   config.train.loop = loop
-  return plan_lib.build(config, num_train=num_batches * config.train.batch_size,
+  return build_plan(config, num_train=num_batches * config.train.batch_size,
                         num_classes=num_classes, image_shape=image_shape,
                         mean=np.full(channels, 0.5, np.float32),
                         std=np.full(channels, 0.25, np.float32), strategy=strategy)
@@ -42,10 +44,10 @@ def _arguments(plan, model, num_batches: int):
   labels = rng.integers(0, plan.num_classes, n).astype(np.int32)
   keys = plan.keys()
   put = lambda tree: model_axis.put_models(tree, plan.strategy)
-  init = step_lib.init_fn(plan, model)
+  init = one_model.init_fn(plan, model)
   state = put(jax.jit(jax.vmap(init))(keys['init']))
   per_model = put(({k: jnp.asarray(v) for k, v in plan.knobs.items()}, keys['aug'],
-                   step_lib.epoch_permutations(keys['data'], 0, n)))
+                   one_model.epoch_permutations(keys['data'], 0, n)))
   shared = model_axis.put_shared((images, labels), plan.strategy, plan.num_models)
   return state, (*per_model, *shared, jnp.int32(0))
 
@@ -66,7 +68,7 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
     model = model.clone(materialize=int(materialize))
   plan = stand_in_plan(config, image_shape=image_shape, num_classes=num_classes,
                        strategy=strategy, loop=loop, num_batches=num_batches)
-  train_step = model_axis.lift_train_step(step_lib.make_train_step(plan, model), strategy,
+  train_step = model_axis.lift_train_step(one_model.make_train_step(plan, model), strategy,
                                           config.train.chunk_size)
   state, args = _arguments(plan, model, num_batches)
   sequential = model_axis.is_sequential(strategy)
@@ -99,10 +101,10 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
 
 def _count_flops(plan, model, compiled, train_step, state, args, loop: str):
   """(model FLOPs, XLA's FLOPs) of one step of all models."""
-  flops = flops_lib.model_flops(model, plan.image_shape, plan.config.train.batch_size)
+  flops = model_flops(model, plan.image_shape, plan.config.train.batch_size)
   # XLA's cost analysis counts no loop bodies (a scanned step is costed on its own) and,
   # on GPU, no cuDNN convolutions: kept beside the model count.
-  xla = flops_lib.step_flops(compiled) if loop != 'scan' else flops_lib.step_flops(
+  xla = step_flops(compiled) if loop != 'scan' else step_flops(
       jax.jit(train_step).lower(state, *args, jnp.int32(0)))
   if model_axis.is_sequential(plan.strategy):  # the compiled program is one model's
     xla *= plan.num_models

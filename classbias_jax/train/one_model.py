@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from classbias_jax import augment, class_weights, configs, model_axis
+from classbias_jax import augment, configs
+from classbias_jax.train import class_weights
+from classbias_jax.train import model_axis
 
 
 def hyperparameter(knobs, config, dotted: str):

@@ -11,19 +11,21 @@ import sys
 
 from absl import app, flags
 
-from classbias_jax import analysis, arms, cli, policy as policy_lib
+from classbias_jax import cli, configs
+from classbias_jax.audit import analysis
+from classbias_jax.fix.policy import POLICIES, describe_policy, write_policy
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A finished sweep (results.npz).')
-_POLICY = flags.DEFINE_enum('policy', 'per_class', policy_lib.POLICIES,
+_POLICY = flags.DEFINE_enum('policy', 'per_class', POLICIES,
                             'The policy to recommend.')
 _ALPHA = flags.DEFINE_float('alpha', analysis.ALPHA, 'q-value threshold of the evidence.')
 
 
 def main(argv: list[str]) -> None:
-  policy = cli.workdir_command(argv, _WORKDIR.value, lambda: policy_lib.write(
+  policy = cli.workdir_command(argv, _WORKDIR.value, lambda: write_policy(
       _WORKDIR.value, _POLICY.value, _ALPHA.value))
-  print(policy_lib.summary(policy), file=sys.stderr)
-  print(os.path.join(_WORKDIR.value, arms.POLICY_FILE))
+  print(describe_policy(policy), file=sys.stderr)
+  print(os.path.join(_WORKDIR.value, configs.POLICY_FILE))
 
 
 if __name__ == '__main__':

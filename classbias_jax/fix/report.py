@@ -13,7 +13,9 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats as scipy_stats
 
-from classbias_jax import analysis, arms, policy
+from classbias_jax.audit import analysis
+from classbias_jax import configs
+from classbias_jax.fix import policy
 
 CONFIDENCE = analysis.CONFIDENCE
 MEASURES = ('mean', 'worst_class', 'p10_class')
@@ -21,7 +23,7 @@ MEASURES = ('mean', 'worst_class', 'p10_class')
 
 def arm_names(results: Mapping[str, Any]) -> list[str]:
   """The arm of each sweep value (results.npz's value_names, else from the values)."""
-  return [str(n) for n in results.get('value_names', arms.names(results['sweep_values']))]
+  return [str(n) for n in results.get('value_names', configs.arm_names(results['sweep_values']))]
 
 
 def uniform_value(results: Mapping[str, Any]) -> float | None:

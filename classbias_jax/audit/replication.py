@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classbias_jax.stats import bh_qvalues, crossed_effect_test
+from classbias_jax.audit.stats import bh_qvalues, crossed_effect_test
 
 ALPHA = 0.05
 

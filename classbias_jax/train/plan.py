@@ -1,75 +1,18 @@
-"""The plan of a run: everything fixed before training, built once from (config, dataset).
-
-Model m is (value index v, seed index s) with m = v * S + s. Every traced knob of
-configs.KNOBS gets an array [M] (the config's value, or the swept values for the swept
-knob), so one compiled program serves the whole sweep. Seeds are common random numbers:
-model (v, s) takes its init, data order and augmentation draws from seed s alone.
-"""
+"""The plan of a run: everything fixed before training, built once from (config, dataset):
+the design (design.py), the augmentations to compile, steps per epoch, channel statistics,
+the model-axis strategy and the loop."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import augment, configs, model_axis
+from classbias_jax import augment, configs
 from classbias_jax.errors import ConfigError
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-  name: str  # dotted config path of the swept knob
-  values: np.ndarray  # float64 [V]
-  seeds: np.ndarray  # int64 [S] seed values
-
-  @property
-  def num_models(self) -> int:
-    return len(self.values) * len(self.seeds)
-
-  @property
-  def value_index(self) -> np.ndarray:
-    """int32 [M]: the sweep value index of each model."""
-    return np.repeat(np.arange(len(self.values)), len(self.seeds)).astype(np.int32)
-
-  @property
-  def seed_index(self) -> np.ndarray:
-    """int32 [M]: the seed index of each model."""
-    return np.tile(np.arange(len(self.seeds)), len(self.values)).astype(np.int32)
-
-  def unflatten(self, x: np.ndarray) -> np.ndarray:
-    """[M, ...] -> [V, S, ...]."""
-    return np.asarray(x).reshape(len(self.values), len(self.seeds), *np.shape(x)[1:])
-
-
-def sweep_from_config(config) -> Sweep:
-  values = np.asarray(config.sweep['values'], np.float64)
-  seeds = config.seed + np.arange(config.seeds, dtype=np.int64)
-  return Sweep(config.sweep.name, values, seeds)
-
-
-def knob_arrays(config, sweep: Sweep, num_classes: int | None = None) -> dict[str, np.ndarray]:
-  """Per-model values of every traced knob: short name -> float32 [M].
-
-  A knob in `config.class_knobs` (short name -> C values, NaN = the model's own value)
-  becomes a table [M, C], looked up by each image's label on device: class-conditional
-  augmentation. Other knobs stay [M] and cost nothing extra.
-  """
-  out = {}
-  for dotted in configs.traced_knobs():
-    short = configs.short_name(dotted)
-    if dotted == sweep.name:
-      out[short] = sweep.values[sweep.value_index].astype(np.float32)
-    else:
-      out[short] = np.full(sweep.num_models, configs.get_field(config, dotted), np.float32)
-  for short, table in config.get('class_knobs', {}).items():
-    table = np.asarray(table, np.float32)
-    if num_classes is not None and table.shape != (num_classes,):
-      raise ConfigError(f'class_knobs.{short} has {table.size} values for {num_classes} classes')
-    out[short] = np.where(np.isnan(table)[None, :], out[short][:, None], table[None, :])
-  return out
+from classbias_jax.train import arms, model_axis
+from classbias_jax.train.design import Sweep, knob_arrays, model_keys, sweep_from_config
 
 
 def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[tuple[str, ...], bool]:
@@ -85,13 +28,6 @@ def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[tuple[str, ...], 
         return True
     return False
   return tuple(op for op in augment.OPS if on(op)), on('erase')
-
-
-def model_keys(sweep: Sweep) -> dict[str, jax.Array]:
-  """Per-model keys [M] for init, data order and augmentation, from the seed alone."""
-  roots = jax.vmap(jax.random.key)(jnp.asarray(sweep.seeds[sweep.seed_index], jnp.uint32))
-  fold = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(roots)
-  return {'init': fold(0), 'data': fold(1), 'aug': fold(2)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +64,7 @@ class Plan:
     return dict(out, fix=self.arms) if self.arms else out
 
 
-def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
+def build_plan(config, *, num_train: int, num_classes: int, image_shape, mean, std,
           strategy: str | None = None) -> Plan:
   """The plan for `config` on a dataset of this shape. strategy: an already resolved
   model-axis strategy (train.strategy 'auto' is measured by the caller); None resolves
@@ -138,7 +74,6 @@ def build(config, *, num_train: int, num_classes: int, image_shape, mean, std,
   if num_train < batch_size:
     raise ConfigError(f'train.batch_size {batch_size} exceeds the {num_train} training images')
   if sweep.name == configs.ARM_SWEEP:
-    from classbias_jax import arms
     sweep, knobs, arms_info = arms.plan(config, sweep, num_classes)
   else:
     knobs, arms_info = knob_arrays(config, sweep, num_classes), None

@@ -2,11 +2,11 @@
 
 Every leaf of the train state has a leading model axis [M] and every per-model knob is a
 traced array [M] (plan.py), so one compiled program serves the sweep; model_axis.py runs
-the one-model step of step.py over the M models. The data stay on device (resident
+the one-model step of train/one_model.py over the M models. The data stay on device (resident
 input) or arrive as host batches shared by all models (streamed input, data/modes.py);
 one epoch loop serves both.
 
-The run saves WORKDIR/checkpoint by the rules of loop.py (every k epochs, every n steps,
+The run saves WORKDIR/checkpoint by the rules of epochs.py (every k epochs, every n steps,
 every t minutes: default 10, and on SIGTERM/SIGINT) and, started again with the same
 config, resumes from it at the step after it; a streamed run restores its grain iterator
 too, so it continues with the same batches.
@@ -22,17 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import checkpoint, configs, distributed, loop, model_axis, plan as plan_lib
-from classbias_jax import plots
-from classbias_jax import results
-from classbias_jax import workdir as workdir_lib
-from classbias_jax import step as step_lib
-from classbias_jax import data
+from classbias_jax import configs, data, files, results
 from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
-from classbias_jax.loop import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
 from classbias_jax.models import create_model
-from classbias_jax.tuning import hostmem
+from classbias_jax.train import (checkpoint, design, distributed, epochs, model_axis, one_model,
+                                 study_dir)
+from classbias_jax.train.epochs import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
+from classbias_jax.train.history import History
+from classbias_jax.train.plan import Plan, build_plan
+from classbias_jax.tuning import hostmem, strategy as tuning_strategy
 
 ENV_COMPILE_CACHE = 'CLASSBIAS_COMPILE_CACHE'
 
@@ -52,16 +51,15 @@ def setup_compile_cache(config) -> str:
 # ----------------------------------------------------------------------------------------
 # Plan and state.
 # ----------------------------------------------------------------------------------------
-def make_plan(config, dataset, model) -> plan_lib.Plan:
+def make_plan(config, dataset, model) -> Plan:
   """The plan of `config` on `dataset`; train.strategy 'auto' measured here (opt-in)."""
   strategy = None
   if config.train.strategy == 'auto':
-    from classbias_jax.tuning import strategy as tuning_strategy
     steps = config.train.epochs * (dataset.num_train // config.train.batch_size)
     strategy = tuning_strategy.choose(config, model, image_shape=dataset.image_shape,
                                       num_classes=dataset.num_classes, total_steps=steps)
   mean, std = dataset.channel_stats()
-  return plan_lib.build(config, num_train=dataset.num_train, num_classes=dataset.num_classes,
+  return build_plan(config, num_train=dataset.num_train, num_classes=dataset.num_classes,
                         image_shape=dataset.image_shape, mean=mean, std=std,
                         strategy=strategy)
 
@@ -70,8 +68,8 @@ def initial_state(plan, model, workdir: str, resume) -> tuple[dict, dict, dict]:
   """(keys, state, knobs) placed for the strategy (under 'shard' and 'mesh' created
   already split over the model axis); the state restored when resuming."""
   sharding = model_axis.model_sharding(plan.strategy, plan.num_models)
-  keys = jax.jit(lambda: plan_lib.model_keys(plan.sweep), out_shardings=sharding)()
-  init = step_lib.init_fn(plan, model)
+  keys = jax.jit(lambda: design.model_keys(plan.sweep), out_shardings=sharding)()
+  init = one_model.init_fn(plan, model)
   state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys['init'])
   if resume:
     state = checkpoint.restore_state(workdir, state)
@@ -90,7 +88,7 @@ class ResidentInput:
     self.plan = plan
     self.images, self.labels = model_axis.put_shared(
         (dataset.train_images, dataset.train_labels), plan.strategy, plan.num_models)
-    self._perms = jax.jit(step_lib.epoch_permutations, static_argnums=(2,))
+    self._perms = jax.jit(one_model.epoch_permutations, static_argnums=(2,))
 
   def epoch(self, keys, epoch: int, first_step: int = 0) -> Iterator[tuple]:
     """(perms [M, N], images, labels) for each step of the epoch from `first_step`."""
@@ -143,7 +141,7 @@ def make_input(plan, dataset, input_mode: str, workdir: str, resume):
 def make_evaluate(plan, model, images: np.ndarray, on_device: bool) -> Callable:
   """evaluate(state) -> int32 [M, N]: every model's class for each of `images`. on_device:
   the batches are put on device once (else sent a batch per call, as large sets need)."""
-  predict = model_axis.lift_predict(step_lib.make_predict(plan, model), plan.strategy,
+  predict = model_axis.lift_predict(one_model.make_predict(plan, model), plan.strategy,
                                     plan.config.train.chunk_size)
   batches = batch_for_eval(images, plan.config.train.eval_batch_size)
   if on_device:
@@ -188,35 +186,33 @@ def _write_config(workdir: str, plan, dataset, input_mode: str, policy: dict) ->
                               host_malloc=hostmem.in_effect(), checkpoint=policy,
                               processes=jax.process_count(),
                               class_names=list(dataset.class_names))
-  results.write_json(os.path.join(workdir, 'config.json'), resolved)
+  files.write_json(os.path.join(workdir, 'config.json'), resolved)
 
 
 def _finish(workdir: str, plan, arrays) -> None:
   if not distributed.is_lead():
     return
-  results.save(workdir, arrays)
+  results.save_results(workdir, arrays)
   checkpoint.remove(workdir)  # the results hold what it was kept for
-  figure = plots.per_class_accuracy(arrays, os.path.join(workdir, 'figures',
-                                                         'per_class_accuracy.png'))
   summary = arrays['mean_accuracy'].mean(1)
   labels = arrays.get('value_names', [f'{v:g}' for v in plan.sweep.values])
   print('mean test accuracy per sweep value: ' + ', '.join(
       f'{v}: {100 * a:.1f}%' for v, a in zip(labels, summary)), file=sys.stderr)
-  print(f'wrote {os.path.join(workdir, results.RESULTS_FILE)} and {figure}', file=sys.stderr)
+  print(f'wrote {os.path.join(workdir, results.RESULTS_FILE)}', file=sys.stderr)
 
 
 def run(config, workdir: str, overwrite: bool = False) -> dict[str, np.ndarray]:
   """Trains the sweep in `config`, writes results into `workdir`, returns the results.
 
-  The lead process locks `workdir` for the run (workdir.py): a second run there fails at
+  The lead process locks `workdir` for the run (train/study_dir.py): a second run there fails at
   once. A workdir holding the finished results (or a checkpoint) of another config is an
   error, unless `overwrite`, which deletes that study's files first.
-  While it runs (in the main thread) SIGTERM and SIGINT raise loop.Interrupted: during
-  training once the current step is done and a checkpoint is saved (loop.py).
+  While it runs (in the main thread) SIGTERM and SIGINT raise epochs.Interrupted: during
+  training once the current step is done and a checkpoint is saved (epochs.py).
   """
-  workdir_lib.check(workdir)
-  held = workdir_lib.lock(workdir) if distributed.is_lead() else contextlib.nullcontext()
-  with loop.Signals() as signals, held:
+  study_dir.check(workdir)
+  held = study_dir.lock(workdir) if distributed.is_lead() else contextlib.nullcontext()
+  with epochs.Signals() as signals, held:
     return _run(config, workdir, signals, overwrite)
 
 
@@ -224,18 +220,18 @@ def _resume_meta(config, workdir: str, overwrite: bool) -> dict | None:
   """The checkpoint's meta to resume from (None: start afresh), after the guard against
   another config's results; with `overwrite` another config's files are deleted."""
   lead = distributed.is_lead()  # the lead deletes; the others only check
-  workdir_lib.guard_results(workdir, config, overwrite, lead)
+  study_dir.guard_results(workdir, config, overwrite, lead)
   try:
     return checkpoint.read_meta(workdir, config)
   except ConfigError:
     if not overwrite:
       raise
   if lead:
-    workdir_lib.clear(workdir)
+    study_dir.clear(workdir)
   return None
 
 
-def _run(config, workdir: str, signals: loop.Signals,
+def _run(config, workdir: str, signals: epochs.Signals,
          overwrite: bool) -> dict[str, np.ndarray]:
   # Data: a bad config, a checkpoint of another config or a missing dataset stops the run
   # before anything is written.
@@ -252,13 +248,13 @@ def _run(config, workdir: str, signals: loop.Signals,
   plan = make_plan(config, dataset, model)
   os.makedirs(workdir, exist_ok=True)
   _write_config(workdir, plan, dataset, input_mode,
-                loop.checkpoint_policy(config.train, plan.loop, signals))
+                epochs.checkpoint_policy(config.train, plan.loop, signals))
   _announce(plan, dataset, input_mode, resume)
 
   # State.
   keys, state, knobs = initial_state(plan, model, workdir, resume)
-  history = (results.History.from_json(resume) if resume
-             else results.History(np.zeros(plan.num_models, bool)))
+  history = (History.from_json(resume) if resume
+             else History(np.zeros(plan.num_models, bool)))
   run_state = {'state': state, 'knobs': knobs, 'keys': keys, 'history': history}
   source = make_input(plan, dataset, input_mode, workdir, resume)
   streamed = isinstance(source, StreamedInput)
@@ -271,9 +267,9 @@ def _run(config, workdir: str, signals: loop.Signals,
 
   # Epochs.
   evaluate = make_evaluate(plan, model, dataset.test_images, on_device=not streamed)
-  checkpointer = loop.Checkpointer(config.train, plan.steps_per_epoch, plan.loop, save,
+  checkpointer = epochs.Checkpointer(config.train, plan.steps_per_epoch, plan.loop, save,
                                    signals, history, checkpoint.directory(workdir))
-  last = loop.train_epochs(run_state, plan, make_train_epoch(plan, model, source), evaluate,
+  last = epochs.train_epochs(run_state, plan, make_train_epoch(plan, model, source), evaluate,
                            dataset, workdir, (resume['epoch'], resume['step']) if resume
                            else (0, 0), checkpointer)
 

@@ -16,8 +16,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from classbias_jax import analysis as analysis_lib  # noqa: E402
-from classbias_jax import results as results_lib  # noqa: E402
+from classbias_jax.audit.analysis import masked_seed_mean  # noqa: E402
+from classbias_jax import files  # noqa: E402
 
 LOG_SCALE_KNOBS = ('weight_decay', 'learning_rate')
 HURT, HELPED, NEUTRAL = 'tab:red', 'tab:blue', '0.6'
@@ -55,7 +55,7 @@ def _save(fig, path: str) -> str:
                           (os.path.splitext(path)[0] + '.pdf', dict(format='pdf'))):
       image = io.BytesIO()
       fig.savefig(image, bbox_inches='tight', **options)
-      results_lib.write_bytes(name, image.getvalue())
+      files.write_bytes(name, image.getvalue())
   finally:
     plt.close(fig)
   return path
@@ -78,7 +78,7 @@ def _seed_mean(per_seed: np.ndarray, results: Mapping[str, Any]) -> np.ndarray:
   """Mean over the seeds that did not diverge: [V, S, ...] -> [V, ...]."""
   per_seed = np.asarray(per_seed, np.float64)
   keep = ~np.asarray(results.get('diverged', np.zeros(per_seed.shape[:2], bool)), bool)
-  return analysis_lib.masked_seed_mean(per_seed, keep)
+  return masked_seed_mean(per_seed, keep)
 
 
 def _pct(x) -> np.ndarray:

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import distributed, model_axis, results
-from classbias_jax import step as step_lib
+from classbias_jax import files
+from classbias_jax.train import distributed, model_axis, one_model
+from classbias_jax.train.history import History
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -100,7 +101,7 @@ class Checkpointer:
   writes the checkpoint of `epoch` whole epochs and `step` steps of the next one."""
 
   def __init__(self, train, steps_per_epoch: int, loop: str, save_fn: Callable,
-               signals: Signals, history: results.History, directory: str,
+               signals: Signals, history: History, directory: str,
                clock: Callable[[], float] = time.monotonic):
     self.every, self.every_steps = train.checkpoint_every, train.checkpoint_every_steps
     self.minutes, self.epochs = train.checkpoint_minutes, train.epochs
@@ -190,14 +191,14 @@ def make_train_epoch(plan, model, source) -> Callable:
   input): the whole epoch is one compiled call; an epoch started inside (a checkpoint of
   the python loop, resumed where 'auto' resolves to scan) finishes step by step.
   """
-  train_step = model_axis.lift_train_step(step_lib.make_train_step(plan, model),
+  train_step = model_axis.lift_train_step(one_model.make_train_step(plan, model),
                                           plan.strategy, plan.config.train.chunk_size)
   if plan.loop != 'scan':
     return _python_epoch(plan, train_step, source)
   steps = plan.steps_per_epoch
 
   def scan_epoch(state, knobs, keys, images, labels, epoch):
-    perms = step_lib.epoch_permutations(keys['data'], epoch, labels.shape[0])
+    perms = one_model.epoch_permutations(keys['data'], epoch, labels.shape[0])
     body = lambda state, step: train_step(state, knobs, keys['aug'], perms, images, labels,
                                           epoch, step)
     state, metrics = jax.lax.scan(body, state, jnp.arange(steps))
@@ -268,10 +269,10 @@ def truncate_metrics(path: str, epochs_done: int) -> None:
     return
   with open(path) as f:
     lines = [line for line in f if line.strip() and json.loads(line)['epoch'] <= epochs_done]
-  results.write_bytes(path, ''.join(lines).encode())
+  files.write_bytes(path, ''.join(lines).encode())
 
 
-def _record_epoch(history: results.History, epoch: int, metrics, seconds: float) -> dict:
+def _record_epoch(history: History, epoch: int, metrics, seconds: float) -> dict:
   """Adds an epoch's metrics to `history`; warns about newly diverged models; returns the
   epoch's metrics.jsonl record."""
   newly = ~metrics['finite'] & ~history.diverged

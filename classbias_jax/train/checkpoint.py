@@ -28,7 +28,7 @@ import os
 import shutil
 from typing import Any
 
-from classbias_jax import io_faults
+from classbias_jax.train import io_faults
 from classbias_jax.errors import ConfigError
 
 CHECKPOINT_DIR = 'checkpoint'

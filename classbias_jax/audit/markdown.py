@@ -5,8 +5,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import analysis as analysis_lib
-from classbias_jax import fix_report
+from classbias_jax.audit.analysis import off_index
 
 FIGURES = 'figures'  # the figures' folder in WORKDIR
 
@@ -99,7 +98,7 @@ def _intro(stats: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
                f'or **helped** when its q-value is below {stats["alpha"]:g}; the q-values are '
                f'Benjamini-Hochberg over one family for the whole report ({_family(stats)}). '
                'Accuracies and effects are in percent and percentage points.')
-  if off is None and analysis_lib.off_index(stats['sweep_name'], stats['sweep_values']) == ref[
+  if off is None and off_index(stats['sweep_name'], stats['sweep_values']) == ref[
       'index']:
     lines.append('The reference is also the value that turns the knob off.')
   if off is not None:
@@ -343,11 +342,11 @@ def _figure(figures: Mapping[str, str], key: str, caption: str) -> list[str]:
 
 
 def render(stats: Mapping[str, Any], figures: Mapping[str, str],
-           config: Mapping[str, Any] | None = None, top_k: int = 5) -> str:
-  """report.md's text from an analysis dict and {figure key: file name in figures/}."""
-  lines = _intro(stats, config or {}) + _conclusions(stats)
-  if 'fix' in stats:  # a fix study (configs/fix.py)
-    lines += fix_report.section(stats['fix'], stats['class_names'], stats['values'])
+           config: Mapping[str, Any] | None = None, top_k: int = 5,
+           study_section: list[str] = ()) -> str:
+  """report.md's text from an analysis dict and {figure key: file name in figures/};
+  study_section: lines placed after the conclusions (a fix study's arms, fix/report.py)."""
+  lines = _intro(stats, config or {}) + _conclusions(stats) + list(study_section)
   lines += _summary(stats) + ['## Per-class accuracy against the knob', '']
   lines += _figure(figures, 'per_class_accuracy', 'per-class accuracy')
   lines += ['## Class effects', ''] + _figure(figures, 'class_effects', 'class effects')

@@ -25,34 +25,13 @@ from typing import Any
 import numpy as np
 
 from classbias_jax import configs
-from classbias_jax import plan as plan_lib
 from classbias_jax.errors import ConfigError
-
-ARMS = ('uniform', 'off', 'policy', 'loss_weights', 'per_class', 'protect')
-POLICY_FILE = 'policy.json'
-
-
-def names(values) -> list[str]:
-  """The arm name of each sweep value."""
-  return [ARMS[int(v)] for v in values]
-
-
-def validate(config) -> None:
-  """Raises ConfigError unless sweep.values name distinct arms and fix.policy_from is set."""
-  values = tuple(config.sweep['values'])
-  if not values or any(float(v) != int(v) or not 0 <= int(v) < len(ARMS) for v in values):
-    raise ConfigError(f'{configs.ARM_SWEEP} values must be arm indices 0..{len(ARMS) - 1} '
-                      f'({", ".join(f"{i}={a}" for i, a in enumerate(ARMS))}), got {values}')
-  if len(set(values)) != len(values):
-    raise ConfigError(f'sweep.values has repeated arms: {values}')
-  if not config.get('fix', {}).get('policy_from'):
-    raise ConfigError('a fix study needs --config.fix.policy_from=SWEEP_DIR (a sweep '
-                      'where `python -m classbias_jax.fix` wrote policy.json)')
-
+from classbias_jax.train import checkpoint
+from classbias_jax.train.design import Sweep, knob_arrays
 
 def read_policy(workdir: str) -> dict:
   """SWEEP_DIR/policy.json, or a one-line ConfigError saying how to make it."""
-  path = os.path.join(os.path.expanduser(workdir), POLICY_FILE)
+  path = os.path.join(os.path.expanduser(workdir), configs.POLICY_FILE)
   try:
     with open(path) as f:
       policy = json.load(f)
@@ -94,7 +73,6 @@ def check_recipe(config, policy: dict) -> None:
       sweep = json.load(f)
   except (OSError, ValueError):
     return  # a policy.json without its sweep's config: nothing to compare
-  from classbias_jax import checkpoint
   fields = checkpoint.differing_fields(_recipe(sweep, policy['knob']),
                                        _recipe(checkpoint.config_json(config), policy['knob']))
   if fields:
@@ -127,7 +105,7 @@ def _distinct(sweep, by_arm: dict, arm_names: list[str]):
     else:
       kinds[kind] = arm
       keep.append(value)
-  return plan_lib.Sweep(sweep.name, np.asarray(keep, np.float64), sweep.seeds), same_as
+  return Sweep(sweep.name, np.asarray(keep, np.float64), sweep.seeds), same_as
 
 
 def plan(config, sweep, num_classes: int) -> tuple[Any, dict, dict]:
@@ -147,12 +125,12 @@ def plan(config, sweep, num_classes: int) -> tuple[Any, dict, dict]:
                       f'{num_classes}: the fix study must train on the sweep\'s dataset')
   if short in config.get('class_knobs', {}):
     raise ConfigError(f'class_knobs.{short} and a fix study of {policy["knob"]} conflict')
-  by_arm, arm_names = tables(policy), names(sweep.values)
+  by_arm, arm_names = tables(policy), configs.arm_names(sweep.values)
   absent = [a for a in arm_names if a not in by_arm]
   if absent:
     raise ConfigError(f'policy.json has no table for arm {", ".join(absent)}')
   sweep, same_as = _distinct(sweep, by_arm, arm_names)
-  knobs, arm_names = plan_lib.knob_arrays(config, sweep, num_classes), names(sweep.values)
+  knobs, arm_names = knob_arrays(config, sweep, num_classes), configs.arm_names(sweep.values)
   model_arms = [arm_names[v] for v in sweep.value_index]
   knobs[short] = np.stack([by_arm[a] for a in model_arms]).astype(np.float32)
   weighted = np.asarray([a == 'loss_weights' for a in model_arms])

@@ -13,7 +13,7 @@ import sys
 import threading
 
 from classbias_jax.errors import WriteError
-from classbias_jax.results import os_reason
+from classbias_jax.files import os_reason
 
 _LOGGERS = ('asyncio', 'absl')
 

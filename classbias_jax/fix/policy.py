@@ -21,9 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import analysis, arms, configs, results as results_lib
+from classbias_jax import configs, files, results
+from classbias_jax.audit import analysis
 from classbias_jax.errors import ConfigError, ResultsError
-from classbias_jax.replication import paired_difference
+from classbias_jax.audit.replication import paired_difference
 
 POLICIES = ('per_class', 'protect')
 
@@ -50,7 +51,7 @@ def _knob(results: Mapping[str, Any]) -> tuple[str, float | None]:
   return name, knob.off
 
 
-def choose(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> dict[str, Any]:
+def choose_policy(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> dict[str, Any]:
   """Both policies for a finished sweep (see the module docstring), with their evidence."""
   knob, off_value = _knob(results)
   labels, correct = validation_correct(results)
@@ -119,17 +120,17 @@ def table(policy: Mapping[str, Any]) -> list[str]:
   return rows
 
 
-def write(workdir: str, recommend: str = 'per_class', alpha: float = analysis.ALPHA) -> dict:
+def write_policy(workdir: str, recommend: str = 'per_class', alpha: float = analysis.ALPHA) -> dict:
   """Chooses the policies of the sweep in WORKDIR and writes WORKDIR/policy.json whole."""
-  policy = choose(results_lib.load(workdir), alpha)
+  policy = choose_policy(results.load_results(workdir), alpha)
   policy['policy'] = recommend
   policy['sweep'] = os.path.abspath(workdir)
   policy['table'] = table(policy)
-  results_lib.write_json(os.path.join(workdir, arms.POLICY_FILE), policy)
+  files.write_json(os.path.join(workdir, configs.POLICY_FILE), policy)
   return policy
 
 
-def summary(policy: Mapping[str, Any]) -> str:
+def describe_policy(policy: Mapping[str, Any]) -> str:
   u = policy['uniform']
   lines = [f'{policy["knob"]}: best uniform value {u:g} on validation '
            f'({policy["num_seeds"]} seeds)']

@@ -21,8 +21,9 @@ import socket
 import time
 from typing import Iterator
 
-from classbias_jax import checkpoint, results
+from classbias_jax import files, results
 from classbias_jax.errors import ConfigError, WriteError
+from classbias_jax.train import checkpoint
 
 LOCK_FILE = '.lock'
 # Fields that never change results: when and where to save, compilation, input workers.
@@ -58,7 +59,7 @@ def lock(workdir: str) -> Iterator[None]:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise WriteError(f'cannot create the workdir {workdir}: {results.os_reason(e)}') from None
+    raise WriteError(f'cannot create the workdir {workdir}: {files.os_reason(e)}') from None
   path = os.path.join(workdir, LOCK_FILE)
   fd = _acquire(path, workdir)
   try:

@@ -24,10 +24,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import configs, stats
-from classbias_jax.replication import paired_difference, split_half_replication
+from classbias_jax import configs
+from classbias_jax.results import class_accuracy
+from classbias_jax.audit import stats
+from classbias_jax.audit.replication import paired_difference, split_half_replication
 from classbias_jax.errors import ConfigError
-from classbias_jax.stats import TEST_NAME, bh_qvalues, crossed_effect_test  # noqa: F401
+from classbias_jax.audit.stats import TEST_NAME, bh_qvalues, crossed_effect_test  # noqa: F401
 
 ALPHA = 0.05  # q-value threshold for hurt / helped
 CONFIDENCE = 0.95
@@ -82,15 +84,6 @@ def valid_models(results: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
   for note in notes:
     logging.warning(note)
   return ~diverged, notes
-
-
-def class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """Accuracy of each class for each model: correct bool [V, S, N] -> float [V, S, C]."""
-  lead = correct.shape[:-1]
-  sums = stats.per_class_sums(correct.reshape(-1, labels.size).astype(np.float64), labels,
-                         num_classes)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return (sums / np.bincount(labels, minlength=num_classes)).reshape(lead + (num_classes,))
 
 
 def masked_seed_mean(per_seed: np.ndarray, valid: np.ndarray) -> np.ndarray:
