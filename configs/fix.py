@@ -49,7 +49,7 @@ def get_config(arg=None):
     # differences on test show with 4 (docs/studies.md).
     c.seeds = 4
   c.sweep.name = configs.ARM_SWEEP
-  # uniform, off, the recommended policy, CLAM's loss weights (arms.ARMS; 4 and 5 add the
+  # uniform, off, the recommended policy, CLAM's loss weights (configs.ARMS; 4 and 5 add the
   # per_class and protect policies side by side)
   c.sweep['values'] = (0.0, 1.0, 2.0, 3.0)
   c.seed += 1000  # fresh seeds: the arms are a new experiment, not the sweep's models again

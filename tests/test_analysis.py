@@ -1,4 +1,4 @@
-"""Per-class statistics on small hand-built results (classbias_jax.analysis)."""
+"""Per-class statistics on small hand-built results (classbias_jax.audit.analysis)."""
 from __future__ import annotations
 
 import json

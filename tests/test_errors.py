@@ -62,8 +62,8 @@ def full_disk(monkeypatch) -> None:
 def test_a_workdir_is_locked_for_the_run(tmp_path):
   workdir = str(tmp_path / 'run')
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from classbias_jax import workdir\n'
-       'with workdir.lock(sys.argv[1]): print("held", flush=True); time.sleep(120)', workdir],
+      [sys.executable, '-c', 'import sys, time; from classbias_jax.train import study_dir\n'
+       'with study_dir.lock(sys.argv[1]): print("held", flush=True); time.sleep(120)', workdir],
       cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE)
   try:
     assert holder.stdout.readline().strip() == 'held'

@@ -14,9 +14,8 @@ from conftest import ROOT, run_until_first_checkpoint, tiny_config
 
 from classbias_jax import results
 from classbias_jax.train import checkpoint
-from classbias_jax.train import epochs as loop
+from classbias_jax.train import epochs
 from classbias_jax.train import model_axis
-from classbias_jax.train.history import History
 from classbias_jax.train import trainer
 
 # The CLI run of the tests below: 2 models, 3 epochs of 84 steps (about a second each).
@@ -60,26 +59,32 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize('name, code', [('SIGTERM', 143), ('SIGINT', 130)])
-def test_a_signal_saves_and_the_same_command_resumes(tmp_path, uninterrupted, name, code):
-  workdir = str(tmp_path / 'run')
+def interrupt(workdir: str, name: str, code: int, after_epochs: int) -> None:
+  """Runs the CLI until it has logged `after_epochs` epochs, sends signal `name`, and checks
+  the one line and the exit code: a checkpoint saved, no results."""
   process = cli(workdir)
   deadline = time.time() + 240
-  while not logged_epochs(workdir) and process.poll() is None and time.time() < deadline:
+  while (len(logged_epochs(workdir)) < after_epochs and process.poll() is None
+         and time.time() < deadline):
     time.sleep(0.01)
   assert process.poll() is None, 'the run ended before it could be signalled'
   process.send_signal(getattr(signal, name))
   returncode, err = finish(process)
-
   assert returncode == code, err
   assert 'Traceback' not in err
   about = [line for line in err.splitlines() if 'interrupted' in line or 'resume' in line]
-  assert len(about) == 1 and about[0] == err.splitlines()[-1], err
-  assert about[0].startswith(f'interrupted ({name}) after ')
-  assert f'checkpoint saved in {checkpoint.directory(workdir)}; run the same command' in about[0]
+  assert about[-1] == err.splitlines()[-1] and about[-1].startswith(f'interrupted ({name}) after ')
+  assert f'checkpoint saved in {checkpoint.directory(workdir)}; run the same command' in about[-1]
   assert checkpoint.latest(workdir) is not None
   assert not os.path.exists(os.path.join(workdir, results.RESULTS_FILE))
 
+
+def test_signals_save_and_the_same_command_resumes(tmp_path, uninterrupted):
+  """SIGTERM after the first epoch, SIGINT after the resumed run's second: each saves
+  and stops with one line; the third run finishes as if never stopped."""
+  workdir = str(tmp_path / 'run')
+  interrupt(workdir, 'SIGTERM', 143, after_epochs=1)
+  interrupt(workdir, 'SIGINT', 130, after_epochs=2)
   returncode, err = finish(cli(workdir))
   assert returncode == 0, err
   assert 'resuming from the checkpoint after epoch' in err
@@ -149,12 +154,13 @@ class Clock:
     return self.now
 
 
-def checkpointer(loop_kind='python', epochs=3, steps=10, **rules):
+def checkpointer(loop_kind='python', num_epochs=3, steps=10, **rules):
   train = types.SimpleNamespace(**dict(dict(checkpoint_every=0, checkpoint_every_steps=0,
-                                            checkpoint_minutes=0.0, epochs=epochs), **rules))
+                                            checkpoint_minutes=0.0, epochs=num_epochs), **rules))
   saved, clock = [], Clock()
-  c = loop.Checkpointer(train, steps, loop_kind, lambda e, s, state: saved.append((e, s)),
-                        loop.Signals(), History(np.zeros(1, bool)), 'DIR', clock)
+  c = epochs.Checkpointer(train, steps, loop_kind,
+                          lambda e, s, state, epoch_steps: saved.append((e, s)),
+                          epochs.Signals(), 'DIR', clock)
   return c, saved, clock
 
 
@@ -186,7 +192,7 @@ def test_the_rules_of_when_to_save():
   assert saved == [(1, 0), (2, 0)]
   train = types.SimpleNamespace(checkpoint_every=0, checkpoint_every_steps=4,
                                 checkpoint_minutes=10.0)
-  assert loop.checkpoint_policy(train, 'scan', c.signals) == {
+  assert epochs.checkpoint_policy(train, 'scan', c.signals) == {
       'every_epochs': 0, 'every_steps': 4, 'minutes': 10.0, 'saves_at': 'epoch ends',
       'on_signals': []}
 
@@ -208,7 +214,7 @@ def test_a_signal_saves_at_the_next_step_and_stops():
 
 def test_signals_before_training_stop_at_once_and_handlers_come_back():
   before = signal.getsignal(signal.SIGINT)
-  with loop.Signals() as signals:
+  with epochs.Signals() as signals:
     assert signals.caught == ['SIGTERM', 'SIGINT']
     with pytest.raises(epochs.Interrupted) as stop:
       os.kill(os.getpid(), signal.SIGINT)

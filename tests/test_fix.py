@@ -11,7 +11,6 @@ import pytest
 from conftest import init_states, tiny_config, tiny_plan
 
 from classbias_jax import configs, report, results
-from classbias_jax.train import arms
 from classbias_jax.train import checkpoint
 from classbias_jax.train import class_weights
 from classbias_jax.fix import report as fix_report
@@ -99,10 +98,11 @@ def test_unit_weights_train_exactly_as_the_plain_loss():
   labels = jnp.asarray(np.arange(64) % 10, jnp.int32)
   outs = []
   for p in (plain, weighted):
-    step = jax.vmap(one_model.make_train_step(p, model), in_axes=((0, 0, 0, 0), None))
+    step = jax.vmap(one_model.make_train_step(p, model), in_axes=(0, 0, None))
     state, keys = init_states(p, model), p.keys()
     perms = jnp.tile(jnp.arange(64), (p.num_models, 1))
-    outs.append(step((state, p.knobs, perms, keys['aug']), (images, labels, 0, 0))[0])
+    outs.append(step(state, one_model.ModelInputs(p.knobs, keys['aug'], perms),
+                     one_model.Batch(images, labels, 0, 0))[0])
   for a, b in zip(jax.tree.leaves(outs[0]['params']), jax.tree.leaves(outs[1]['params'])):
     np.testing.assert_array_equal(a, b)
 
@@ -112,7 +112,7 @@ def write_policy(folder, table, knob='aug.color_strength', uniform=0.5):
   policy = {'knob': knob, 'class_names': [str(i) for i in range(len(table))],
             'uniform': uniform, 'off': 0.0, 'policy': 'per_class',
             'policies': {'per_class': table, 'protect': [uniform] * len(table)}}
-  with open(os.path.join(folder, arms.POLICY_FILE), 'w') as f:
+  with open(os.path.join(folder, configs.POLICY_FILE), 'w') as f:
     json.dump(policy, f)
 
 

@@ -41,8 +41,8 @@ def tiny_steps(strategy, steps=2, dtype=jnp.float32, config=None, materialize=No
                         strategy)
   images, labels = model_axis.put_shared((images, labels), strategy, plan.num_models)
   for s in range(steps):
-    state, metrics = step(state, knobs, put(keys['aug']), perms, images, labels, jnp.int32(0),
-                          jnp.int32(s))
+    state, metrics = step(state, one_model.ModelInputs(knobs, put(keys['aug']), perms),
+                          one_model.Batch(images, labels, jnp.int32(0), jnp.int32(s)))
   return state, metrics
 
 

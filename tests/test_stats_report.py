@@ -1,5 +1,5 @@
 """One family per report, intervals within what accuracy allows, the power statement, and
-what 1- and 2-seed reports say (classbias_jax.stats, analysis, report)."""
+what 1- and 2-seed reports say (classbias_jax.audit.stats, analysis, report)."""
 from __future__ import annotations
 
 import numpy as np

@@ -47,7 +47,7 @@ def test_results_contract(tiny_run):
   assert r['mean_accuracy'].min() > 0.5
   assert r['train_loss'].shape == (v, s, config.train.epochs)
   assert not r['diverged'].any()
-  for name in ('config.json', 'metrics.jsonl', 'figures/per_class_accuracy.png'):
+  for name in ('config.json', 'metrics.jsonl'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
   assert [json.loads(x)['epoch'] for x in lines] == [1, 2, 3]
@@ -175,6 +175,7 @@ def test_main_runs_the_study(tmp_path):
   r = results.load_results(str(workdir))
   assert r['per_class_accuracy'].shape == (2, 1, 10)
   assert 'epoch 1/1' in proc.stderr
+  assert (workdir / 'figures' / 'per_class_accuracy.png').stat().st_size > 0  # drawn by main
   # The entry point puts the allocator in its default mode (hostmem.py) and records it.
   malloc = json.loads((workdir / 'config.json').read_text())['resolved']['host_malloc']
   assert malloc == ('hugepages' if hostmem.hugepages_available() else 'system')

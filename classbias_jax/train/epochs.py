@@ -19,6 +19,7 @@ finish its evaluation and results.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -97,16 +98,17 @@ AGREE_EVERY = 10
 
 
 class Checkpointer:
-  """Decides when the loop saves (module docstring) and saves: save_fn(epoch, step, state)
-  writes the checkpoint of `epoch` whole epochs and `step` steps of the next one."""
+  """Decides when the loop saves (module docstring) and saves: save_fn(epoch, step, state,
+  epoch_steps) writes the checkpoint of `epoch` whole epochs and `step` steps of the next
+  one, with that epoch's per-step metrics so far (name -> [step, M]; {} at an epoch end)."""
 
   def __init__(self, train, steps_per_epoch: int, loop: str, save_fn: Callable,
-               signals: Signals, history: History, directory: str,
+               signals: Signals, directory: str,
                clock: Callable[[], float] = time.monotonic):
     self.every, self.every_steps = train.checkpoint_every, train.checkpoint_every_steps
     self.minutes, self.epochs = train.checkpoint_minutes, train.epochs
     self.steps_per_epoch = steps_per_epoch
-    self.save_fn, self.signals, self.history = save_fn, signals, history
+    self.save_fn, self.signals = save_fn, signals
     self.directory, self.clock = directory, clock
     self.last_save = clock()
     self.checked = 0  # steps done at the last check of the step rule
@@ -123,10 +125,9 @@ class Checkpointer:
     return crossed or late
 
   def _save(self, epoch: int, step: int, state, per_step) -> None:
-    self.history.epoch_steps = ({k: np.stack([distributed.to_host(m[k]) for m in per_step])
-                                 for k in per_step[0]} if step else {})
-    self.save_fn(epoch, step, state)
-    self.history.epoch_steps = {}
+    epoch_steps = ({k: np.stack([distributed.to_host(m[k]) for m in per_step])
+                    for k in per_step[0]} if step else {})
+    self.save_fn(epoch, step, state, epoch_steps)
     self.last_save = self.clock()
 
   def _stop(self, where: str) -> Interrupted:
@@ -197,10 +198,11 @@ def make_train_epoch(plan, model, source) -> Callable:
     return _python_epoch(plan, train_step, source)
   steps = plan.steps_per_epoch
 
-  def scan_epoch(state, knobs, keys, images, labels, epoch):
-    perms = one_model.epoch_permutations(keys['data'], epoch, labels.shape[0])
-    body = lambda state, step: train_step(state, knobs, keys['aug'], perms, images, labels,
-                                          epoch, step)
+  def scan_epoch(state, knobs, keys, epoch, images, labels):
+    perms = source.order(keys['data'], epoch)  # the python loop's order, traced here
+    inputs = one_model.ModelInputs(knobs, keys['aug'], perms)
+    body = lambda state, step: train_step(state, inputs,
+                                          one_model.Batch(images, labels, epoch, step))
     state, metrics = jax.lax.scan(body, state, jnp.arange(steps))
     return state, _summarise(metrics)
   scanned = jax.jit(scan_epoch, donate_argnums=(0,))
@@ -209,7 +211,7 @@ def make_train_epoch(plan, model, source) -> Callable:
     if first_step:
       return _python_epoch(plan, train_step, source)(state, knobs, keys, epoch, first_step,
                                                      done)
-    return scanned(state, knobs, keys, source.images, source.labels, epoch)
+    return scanned(state, knobs, keys, epoch, *source.arrays())
   return whole_epoch
 
 
@@ -222,8 +224,9 @@ def _python_epoch(plan, train_step, source) -> Callable:
     per_step = [{k: jnp.asarray(v[i]) for k, v in done.items()} for i in range(first_step)]
     batches = source.epoch(keys, epoch, first_step)
     for step, (perms, images, labels) in enumerate(batches, start=first_step):
-      state, metrics = step_jit(state, knobs, keys['aug'], perms, images, labels,
-                                jnp.int32(epoch), jnp.int32(step))
+      state, metrics = step_jit(state, one_model.ModelInputs(knobs, keys['aug'], perms),
+                                one_model.Batch(images, labels, jnp.int32(epoch),
+                                                jnp.int32(step)))
       per_step.append(metrics)
       if at_step is not None and step + 1 < steps:
         at_step(epoch, step + 1, state, per_step)
@@ -301,15 +304,26 @@ def _evaluate_epoch(history, record, epoch: int, predictions, labels) -> str:
 # ----------------------------------------------------------------------------------------
 # The epochs.
 # ----------------------------------------------------------------------------------------
-def train_epochs(run_state: dict[str, Any], plan, train_epoch, evaluate, dataset,
+@dataclasses.dataclass
+class LoopState:
+  """What the epoch loop reads and owns: it replaces `state` after each epoch and records
+  into `history`; knobs and keys are read only."""
+  state: Any  # the train state, leaves [M, ...]
+  knobs: dict  # short name -> [M] or [M, C]
+  keys: dict  # 'init', 'data', 'aug' -> [M] keys
+  history: History
+
+
+def train_epochs(run: LoopState, plan, train_epoch, evaluate, dataset,
                  workdir: str, start: tuple[int, int],
                  checkpointer: Checkpointer) -> np.ndarray | None:
   """Trains from `start` = (epoch, step) to the last epoch, logs metrics.jsonl, evaluates
-  every train.eval_every epochs, checkpoints as `checkpointer` decides. run_state holds
-  'state', 'knobs', 'keys' and 'history' (updated). Returns the last epoch's test
+  every train.eval_every epochs, checkpoints as `checkpointer` decides; `run.state` and
+  `run.history` are updated. A resumed epoch starts from the per-step metrics its
+  checkpoint kept (history.epoch_steps). Returns the last epoch's test
   predictions when that epoch was evaluated."""
   train = plan.config.train
-  history, last = run_state['history'], None
+  history, last = run.history, None
   lead = distributed.is_lead()  # one process logs and shows progress
   progress = Progress(train.epochs, plan.num_models, first_epoch=start[0],
                       stream=sys.stderr if lead else io.StringIO())
@@ -321,20 +335,19 @@ def train_epochs(run_state: dict[str, Any], plan, train_epoch, evaluate, dataset
     for epoch in range(start[0], train.epochs):
       t0 = time.time()
       first = start[1] if epoch == start[0] else 0
-      run_state['state'], metrics = train_epoch(
-          run_state['state'], run_state['knobs'], run_state['keys'], epoch, first,
-          history.epoch_steps, checkpointer.at_step)
+      run.state, metrics = train_epoch(run.state, run.knobs, run.keys, epoch, first,
+                                       history.epoch_steps, checkpointer.at_step)
       history.epoch_steps = {}
       metrics = distributed.to_host(metrics)
       record = _record_epoch(history, epoch, metrics, time.time() - t0)
       extra, last = '', None
       if train.eval_every and ((epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs):
-        last = evaluate(run_state['state'])
+        last = evaluate(run.state)
         extra = _evaluate_epoch(history, record, epoch, last, dataset.test_labels)
       log.write(json.dumps(record) + '\n')
       log.flush()
       ok = ~history.diverged if (~history.diverged).any() else np.ones_like(history.diverged)
       progress.update(epoch, float(np.mean(metrics['loss'][ok])),
                       float(np.mean(metrics['accuracy'][ok])), extra)
-      checkpointer.at_epoch_end(epoch + 1, run_state['state'])
+      checkpointer.at_epoch_end(epoch + 1, run.state)
   return last

@@ -20,13 +20,16 @@ class History:
   # [steps, M], so the resumed epoch's means are those of an uninterrupted run.
   epoch_steps: dict = dataclasses.field(default_factory=dict)
 
-  def to_json(self) -> dict[str, Any]:
+  def to_json(self, epoch_steps: dict | None = None) -> dict[str, Any]:
+    """The history as JSON, with `epoch_steps` (a save inside an epoch: that epoch's
+    per-step metrics so far, name -> [steps, M]) in place of the field's own."""
     # float32, bfloat16 and float64 values survive JSON exactly.
+    epoch_steps = self.epoch_steps if epoch_steps is None else epoch_steps
     return {'diverged': np.asarray(self.diverged).tolist(),
             'curve_epochs': list(self.curve_epochs), 'eval_epochs': list(self.eval_epochs),
             'curves': {k: [np.asarray(a).tolist() for a in v] for k, v in self.curves.items()},
             'epoch_steps': {k: {'dtype': np.asarray(a).dtype.name, 'values': np.asarray(
-                a).tolist()} for k, a in self.epoch_steps.items()}}
+                a).tolist()} for k, a in epoch_steps.items()}}
 
   @classmethod
   def from_json(cls, meta: dict[str, Any]) -> 'History':

@@ -354,25 +354,19 @@ def resolve_loop(loop: str, backend: str | None = None, strategy: str | None = N
 # The training step and prediction of all M models.
 # ----------------------------------------------------------------------------------------
 def lift_train_step(one_step: Callable, strategy: str, chunk_size: int) -> Callable:
-  """step.make_train_step's one-model update lifted to the M models (unjitted; under
-  'sequential' a host function calling a compiled one-model program):
+  """one_model.make_train_step's one-model update lifted to the M models (unjitted; under
+  'sequential' a host function calling a compiled one-model program), same arguments:
 
-    train_step(state, knobs, aug_keys, perms, images, labels, epoch, step)
+    train_step(state, inputs: one_model.ModelInputs, batch: one_model.Batch)
         -> (state, metrics [M])
 
-  state, knobs, aug_keys and perms ([M, N], or None for streamed batches) carry the model
-  axis; images, labels, epoch and step are shared by all models.
+  state and inputs carry the model axis; the batch is shared by all models.
   """
-  step_all = over_models(one_step, strategy, chunk_size, carry=True)
-
-  def split(state, knobs, aug_keys, perms, images, labels, epoch, step):
-    return (state, knobs, perms, aug_keys), (images, labels, epoch, step)
-
-  def train_step(*args):
-    return step_all(*split(*args))
-
+  step_all = over_models(lambda per_model, batch: one_step(*per_model, batch), strategy,
+                         chunk_size, carry=True)
+  train_step = lambda state, inputs, batch: step_all((state, inputs), batch)
   if is_sequential(strategy):  # the one-model program, compiled ahead of time
-    train_step.compile = lambda *args: step_all.compile(*split(*args))
+    train_step.compile = lambda state, inputs, batch: step_all.compile((state, inputs), batch)
   return train_step
 
 

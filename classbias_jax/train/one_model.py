@@ -7,7 +7,7 @@ scalar, or a [C] per-class table), so one compiled program serves every sweep va
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,15 +83,32 @@ def epoch_permutations(data_keys, epoch, num_examples: int):
                                                    num_examples))(data_keys)
 
 
+class ModelInputs(NamedTuple):
+  """What differs between the models, besides their state: leaves [M, ...] on the model
+  axis, one model's slice inside the step."""
+  knobs: dict  # short name -> float32 [M] (or [M, C] for a per-class table)
+  aug_key: jax.Array  # [M] keys: each model's augmentation draws
+  perm: jax.Array | None  # int32 [M, N]: each model's order of the resident training set;
+  # None for streamed input, whose batches are already in the shared order
+
+
+class Batch(NamedTuple):
+  """What every model of a step shares."""
+  images: jax.Array  # uint8 [N, H, W, C] resident (perm picks the batch) or [B, ...] streamed
+  labels: jax.Array  # int32 [N] or [B]
+  epoch: jax.Array  # int32 scalar, 0-based
+  step: jax.Array  # int32 scalar, the step within the epoch
+
+
 def make_train_step(plan, model) -> Callable:
   """The update of ONE model on one batch, as model_axis lifts it:
 
-    train_step((state, knobs, perm, aug_key), (images, labels, epoch, step))
+    train_step(state, inputs: ModelInputs, batch: Batch)
         -> (state, {'loss', 'accuracy', 'finite'})
 
-  perm int32 [N]: the model's order of the resident training set, whose uint8 images
-  [N, H, W, C] and labels [N] are shared; perm None (streamed input): images [B, ...] and
-  labels [B] are the batch itself. epoch and step are traced int32 scalars.
+  inputs.perm int32 [N]: the model's order of the resident training set, whose uint8
+  images [N, H, W, C] and labels [N] are shared; perm None (streamed input): images
+  [B, ...] and labels [B] are the batch itself. epoch and step are traced int32 scalars.
   """
   config = plan.config
   batch_size = config.train.batch_size
@@ -100,17 +117,17 @@ def make_train_step(plan, model) -> Callable:
   on_data_axis = model_axis.batch_constraint(plan.strategy)  # identity off a 2-D mesh
   weighted = plan.class_weights  # static: some model has per-class loss weights
 
-  def train_step(per_model, shared):
-    state, knobs, perm, aug_key = per_model
-    images, labels, epoch, step = shared
+  def train_step(state, inputs: ModelInputs, batch: Batch):
+    knobs, aug_key, perm = inputs
+    images, labels, epoch, step = batch
     if perm is None:
-      batch, y = images, labels
+      x, y = images, labels
     else:
       idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
-      batch, y = images[idx], labels[idx]
-    batch, y = on_data_axis(batch), on_data_axis(y)
+      x, y = images[idx], labels[idx]
+    x, y = on_data_axis(x), on_data_axis(y)
     key = jax.random.fold_in(jax.random.fold_in(aug_key, epoch), step)
-    x = preprocess(key, batch, y, knobs)
+    x = preprocess(key, x, y, knobs)
 
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},

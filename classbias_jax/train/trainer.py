@@ -88,11 +88,20 @@ class ResidentInput:
     self.plan = plan
     self.images, self.labels = model_axis.put_shared(
         (dataset.train_images, dataset.train_labels), plan.strategy, plan.num_models)
-    self._perms = jax.jit(one_model.epoch_permutations, static_argnums=(2,))
+    self._order = jax.jit(self.order)
+
+  def order(self, data_keys, epoch):
+    """int32 [M, N]: each model's order of the training set in `epoch` (traceable: the
+    scan loop calls it inside its compiled epoch, the python loop through jit)."""
+    return one_model.epoch_permutations(data_keys, epoch, self.labels.shape[0])
+
+  def arrays(self) -> tuple:
+    """(images, labels) on device, shared by all models."""
+    return self.images, self.labels
 
   def epoch(self, keys, epoch: int, first_step: int = 0) -> Iterator[tuple]:
     """(perms [M, N], images, labels) for each step of the epoch from `first_step`."""
-    perms = self._perms(keys['data'], epoch, self.labels.shape[0])
+    perms = self._order(keys['data'], epoch)
     for _ in range(first_step, self.plan.steps_per_epoch):
       yield perms, self.images, self.labels
 
@@ -255,12 +264,12 @@ def _run(config, workdir: str, signals: epochs.Signals,
   keys, state, knobs = initial_state(plan, model, workdir, resume)
   history = (History.from_json(resume) if resume
              else History(np.zeros(plan.num_models, bool)))
-  run_state = {'state': state, 'knobs': knobs, 'keys': keys, 'history': history}
+  run = epochs.LoopState(state, knobs, keys, history)
   source = make_input(plan, dataset, input_mode, workdir, resume)
   streamed = isinstance(source, StreamedInput)
 
-  def save(epoch: int, step: int, state) -> None:
-    meta = dict(history.to_json(), config=checkpoint.config_json(config),
+  def save(epoch: int, step: int, state, epoch_steps: dict) -> None:
+    meta = dict(history.to_json(epoch_steps), config=checkpoint.config_json(config),
                 input_mode=input_mode)
     checkpoint.save(workdir, epoch, state, meta, batches=source.batches if streamed else None,
                     step=step, steps_per_epoch=plan.steps_per_epoch)
@@ -268,13 +277,13 @@ def _run(config, workdir: str, signals: epochs.Signals,
   # Epochs.
   evaluate = make_evaluate(plan, model, dataset.test_images, on_device=not streamed)
   checkpointer = epochs.Checkpointer(config.train, plan.steps_per_epoch, plan.loop, save,
-                                   signals, history, checkpoint.directory(workdir))
-  last = epochs.train_epochs(run_state, plan, make_train_epoch(plan, model, source), evaluate,
-                           dataset, workdir, (resume['epoch'], resume['step']) if resume
-                           else (0, 0), checkpointer)
+                                     signals, checkpoint.directory(workdir))
+  last = epochs.train_epochs(run, plan, make_train_epoch(plan, model, source), evaluate,
+                             dataset, workdir, (resume['epoch'], resume['step']) if resume
+                             else (0, 0), checkpointer)
 
   # Evaluation and results (the last epoch's evaluation already has the predictions).
-  state = run_state['state']
+  state = run.state
   predictions = last if last is not None else evaluate(state)
   val = None
   if dataset.val_images is not None:

@@ -37,7 +37,8 @@ def stand_in_plan(config, *, image_shape, num_classes: int, strategy: str, loop:
 
 
 def _arguments(plan, model, num_batches: int):
-  """(state, per-model args, shared args) of the lifted step, on device as a run has them."""
+  """(state, one_model.ModelInputs, (images, labels)) of the lifted step, on device as a
+  run has them."""
   rng = np.random.default_rng(0)
   n = num_batches * plan.config.train.batch_size
   images = rng.integers(0, 256, (n,) + tuple(plan.image_shape), np.uint8)
@@ -46,10 +47,11 @@ def _arguments(plan, model, num_batches: int):
   put = lambda tree: model_axis.put_models(tree, plan.strategy)
   init = one_model.init_fn(plan, model)
   state = put(jax.jit(jax.vmap(init))(keys['init']))
-  per_model = put(({k: jnp.asarray(v) for k, v in plan.knobs.items()}, keys['aug'],
-                   one_model.epoch_permutations(keys['data'], 0, n)))
-  shared = model_axis.put_shared((images, labels), plan.strategy, plan.num_models)
-  return state, (*per_model, *shared, jnp.int32(0))
+  inputs = put(one_model.ModelInputs({k: jnp.asarray(v) for k, v in plan.knobs.items()},
+                                     keys['aug'], one_model.epoch_permutations(
+                                         keys['data'], 0, n)))
+  images, labels = model_axis.put_shared((images, labels), plan.strategy, plan.num_models)
+  return state, inputs, (images, labels)
 
 
 def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str,
@@ -70,18 +72,22 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
                        strategy=strategy, loop=loop, num_batches=num_batches)
   train_step = model_axis.lift_train_step(one_model.make_train_step(plan, model), strategy,
                                           config.train.chunk_size)
-  state, args = _arguments(plan, model, num_batches)
+  state, inputs, data = _arguments(plan, model, num_batches)
+  args = (inputs, data)
   sequential = model_axis.is_sequential(strategy)
+  one_step = lambda state, inputs, data, step: train_step(
+      state, inputs, one_model.Batch(*data, jnp.int32(0), step))
   if loop == 'scan':
-    def scanned(state, *args):
-      return jax.lax.scan(lambda s, i: train_step(s, *args, i), state,
+    def scanned(state, inputs, data):
+      return jax.lax.scan(lambda s, i: one_step(s, inputs, data, i), state,
                           jnp.arange(num_batches, dtype=jnp.int32))
     fn, steps = scanned, [()]
   else:
-    fn, steps = train_step, [(jnp.int32(i),) for i in range(num_batches)]
+    fn, steps = one_step, [(jnp.int32(i),) for i in range(num_batches)]
   t0 = time.perf_counter()
   if sequential:  # the one-model program (the models' calls use it), and fn calls it
-    compiled = train_step.compile(state, *args, *steps[0])
+    compiled = train_step.compile(state, inputs, one_model.Batch(*data, jnp.int32(0),
+                                                                 jnp.int32(0)))
   else:
     compiled = fn = jax.jit(fn, donate_argnums=(0,)).lower(state, *args, *steps[0]).compile()
   compile_s = time.perf_counter() - t0
@@ -94,18 +100,19 @@ def prepared_step(model, config, *, image_shape, num_classes: int, strategy: str
 
   flops = xla_flops = 0.0
   if count_flops:
-    flops, xla_flops = _count_flops(plan, model, compiled, train_step, state, args, loop)
+    flops, xla_flops = _count_flops(plan, model, compiled, one_step, state, args, loop)
   return PreparedStep(run, compile_s, flops, compiled, num_batches if loop == 'scan' else 1,
                       xla_flops)
 
 
-def _count_flops(plan, model, compiled, train_step, state, args, loop: str):
-  """(model FLOPs, XLA's FLOPs) of one step of all models."""
+def _count_flops(plan, model, compiled, one_step, state, args, loop: str):
+  """(model FLOPs, XLA's FLOPs) of one step of all models; one_step(state, inputs, data,
+  step)."""
   flops = model_flops(model, plan.image_shape, plan.config.train.batch_size)
   # XLA's cost analysis counts no loop bodies (a scanned step is costed on its own) and,
   # on GPU, no cuDNN convolutions: kept beside the model count.
   xla = step_flops(compiled) if loop != 'scan' else step_flops(
-      jax.jit(train_step).lower(state, *args, jnp.int32(0)))
+      jax.jit(one_step).lower(state, *args, jnp.int32(0)))
   if model_axis.is_sequential(plan.strategy):  # the compiled program is one model's
     xla *= plan.num_models
   if model_axis.is_mesh(plan.strategy):
