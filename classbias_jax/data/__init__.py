@@ -16,6 +16,8 @@ sources are generated or read whole from a few files anyway, and come from `load
 """
 from __future__ import annotations
 
+import numpy as np
+
 from classbias_jax.data import embedded, folder, idx, planted, splits, stream
 from classbias_jax.data.dataset import Dataset, check, check_test_classes  # noqa: F401
 
@@ -64,3 +66,15 @@ def open_streamed(data_config):
   if not streams_lazily(data_config.name):
     return load(data_config)
   return stream.open_dataset(data_config)
+
+
+def read_test_images(data_config, indices) -> tuple[list[np.ndarray], np.ndarray]:
+  """The test images at `indices` of the dataset `data_config` names, in the split order
+  a run evaluates: uint8 [H, W, C] each, and their int32 labels [k]. Folder and TFDS
+  datasets decode only those images; the other sources are generated or read whole."""
+  data_config = _resolve(data_config)
+  if streams_lazily(data_config.name):
+    return stream.open_dataset(data_config).read_test(indices)
+  dataset = load(data_config)
+  indices = np.asarray(indices, np.int64)
+  return list(dataset.test_images[indices]), dataset.test_labels[indices].astype(np.int32)
