@@ -6,10 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import stats as sps
 
 from classbias_jax import configs, data, report
 from classbias_jax.audit import dependence, dependence_figures, shift
+from classbias_jax.data import class_words
+from classbias_jax.errors import DataUnavailable
 from classbias_jax.results import save_results
 from test_analysis import make_results
 
@@ -143,3 +146,27 @@ def test_the_gallery_rereads_the_run_s_test_images(tmp_path):
   images, got = data.read_test_images(cfg.data, [im['index'] for im in shown])
   assert (got == 3).all()
   np.testing.assert_array_equal(images[0], dataset.test_images[shown[0]['index']])
+
+
+def test_a_words_file_names_the_classes(tmp_path):
+  """ImageNet's two words-file layouts, a shared first synonym kept apart by its id, and a
+  folder dataset named through data.class_words in both input modes."""
+  words = tmp_path / 'words.txt'
+  words.write_text('n01440764\ttench, Tinca tinca\nn02012849 crane\nn03126707 crane\n\n')
+  table = class_words.read_words(str(words))
+  assert table == {'n01440764': 'tench', 'n02012849': 'crane', 'n03126707': 'crane'}
+  assert class_words.readable(['n01440764', 'n02012849', 'n03126707', 'n099'], table) == (
+      'tench', 'crane (n02012849)', 'crane (n03126707)', 'n099')
+  for split, count in (('train', 3), ('test', 2)):
+    for wnid in ('n01440764', 'n02012849'):
+      (tmp_path / 'images' / split / wnid).mkdir(parents=True)
+      for i in range(count):
+        Image.new('RGB', (4, 4), (i * 40, 0, 0)).save(
+            tmp_path / 'images' / split / wnid / f'{i}.png')
+  cfg = configs.base_config().data
+  cfg.update(name=f'folder:{tmp_path / "images"}', class_words=str(words))
+  assert data.load(cfg).class_names == ('tench', 'crane')  # unique here: no id needed
+  assert data.open_streamed(cfg).class_names == ('tench', 'crane')
+  cfg.class_words = str(tmp_path / 'missing.txt')
+  with pytest.raises(DataUnavailable, match='data.class_words: cannot read'):
+    data.load(cfg)
