@@ -3,6 +3,7 @@ checked by hand on tiny arrays and end to end on synthetic results."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -10,11 +11,13 @@ from PIL import Image
 from scipy import stats as sps
 
 from classbias_jax import configs, data, report
-from classbias_jax.audit import dependence, dependence_figures, shift
+from classbias_jax.audit import analysis, dependence, dependence_figures, shift
 from classbias_jax.data import class_words
 from classbias_jax.errors import DataUnavailable
-from classbias_jax.results import save_results
+from classbias_jax.results import load_results, save_results
 from test_analysis import make_results
+
+DATA = pathlib.Path(__file__).parent / 'data'
 
 
 def test_shared_shift_by_hand():
@@ -170,3 +173,20 @@ def test_a_words_file_names_the_classes(tmp_path):
   cfg.class_words = str(tmp_path / 'missing.txt')
   with pytest.raises(DataUnavailable, match='data.class_words: cannot read'):
     data.load(cfg)
+
+
+def test_the_planted_colour_study_is_class_dependent_at_full_strength():
+  """configs/color.py:runlocal's results (8 seeds, kept in tests/data): beyond the shift
+  exactly the three colour classes are hurt at full strength, no class is helped at any
+  strength, and the spread between classes is largest at full strength."""
+  results = load_results(str(DATA / 'color_runlocal'))
+  stats = analysis.analyze(results, num_bootstrap=10, num_splits=1)
+  by_value = {v['value']: v for v in stats['values']}
+  assert stats['reference']['value'] == 0.25
+  assert sorted(by_value[1.0]['beyond_shift']['hurt']) == [
+      'color-orange', 'color-red', 'color-yellow']
+  assert all(v['beyond_shift']['helped'] == [] for v in stats['values'] if v['beyond_shift'])
+  assert all(n.startswith('color-') for v in stats['values'] if v['beyond_shift']
+             for n in v['beyond_shift']['hurt'])
+  taus = {k: v['class_dependence']['tau'] for k, v in by_value.items() if v['beyond_shift']}
+  assert max(taus, key=taus.get) == 1.0 and taus[1.0] > 0.1 and taus[0.0] < 0.01

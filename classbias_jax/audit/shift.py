@@ -132,8 +132,8 @@ def between_class_spread(effect: np.ndarray, se: np.ndarray, n: np.ndarray, seed
   """How class dependent one comparison is: tau, the sd of the true class effects [fraction].
 
   effect, se [C]: the per-class test's; n [C]: images per class; seeds: S. A class with no
-  observed variance (right or wrong on every image in every run at both values) gets the
-  variance of one flip in S n cells, so that it does not take all the weight. Returns
+  observed variance (right or wrong on every image in every run at both values) gets a
+  floor of 0.25 / (S n)^2 (half a flip in its S n cells), not an infinite weight. Returns
   floats tau, low, high (Q-profile interval); NaN with one seed or fewer than 3 classes.
   """
   keep = np.isfinite(effect) & np.isfinite(se)
