@@ -19,7 +19,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from classbias_jax import cli, configs, data, files
+from classbias_jax import cli, configs, files
 from classbias_jax.audit import dependence_figures, figures
 from classbias_jax.audit.analysis import analyze
 from classbias_jax.errors import UserError
@@ -53,6 +53,8 @@ def gallery_images(results, stats, config: dict[str, Any]) -> dict[int, np.ndarr
   indices = dependence_figures.gallery_indices(stats)
   if not indices or not isinstance(config.get('data'), dict):
     return {}
+  # The data sources import grain, and through it JAX: seconds, and only for a gallery.
+  from classbias_jax import data
   try:
     images, labels = data.read_test_images(ml_collections.ConfigDict(config['data']), indices)
   except (UserError, OSError, ValueError, IndexError) as e:
