@@ -164,6 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.split_seed = 0  # fixes generated data and data splits (not the models' seeds)
   c.data.planted_train_per_class = 500
   c.data.planted_shortcut = ''  # 'frame' or 'zoom': a knob that also helps classes (planted.load)
+  c.data.class_words = ''  # a words file naming class ids ('n01440764 tench, ...'): data/class_words.py
   # 'resident': uint8 images on device, each model its own data order; 'streamed': a grain
   # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
   # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)

@@ -9,16 +9,20 @@ renamed into place, so bad input leaves WORKDIR untouched and a reader never see
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from typing import Any
 
+import ml_collections
+import numpy as np
 from absl import app
 from absl import flags
 
 from classbias_jax import cli, configs, files
-from classbias_jax.audit import figures
+from classbias_jax.audit import dependence_figures, figures
 from classbias_jax.audit.analysis import analyze
+from classbias_jax.errors import UserError
 from classbias_jax.fix import report as fix_report
 from classbias_jax.results import load_results
 from classbias_jax.audit.markdown import FIGURES, render, tables  # noqa: F401  (tables: notebooks)
@@ -42,13 +46,40 @@ def _read_config(workdir: str) -> dict[str, Any]:
   return config if isinstance(config, dict) else {}
 
 
-def draw(results, stats, folder: str, top_k: int) -> dict[str, str]:
+def gallery_images(results, stats, config: dict[str, Any]) -> dict[int, np.ndarray]:
+  """{test index: uint8 image} of the images the gallery shows, re-read from the run's
+  dataset (config.json's `data`); {} with a warning in `stats` when the dataset cannot be
+  read here or its test labels are not the run's."""
+  indices = dependence_figures.gallery_indices(stats)
+  if not indices or not isinstance(config.get('data'), dict):
+    return {}
+  # The data sources import grain, and through it JAX: seconds, and only for a gallery.
+  from classbias_jax import data
+  try:
+    images, labels = data.read_test_images(ml_collections.ConfigDict(config['data']), indices)
+  except (UserError, OSError, ValueError, IndexError) as e:
+    stats['warnings'].append(f'no gallery of flipped images: the dataset could not be read '
+                             f'({e})')
+    logging.warning(stats['warnings'][-1])
+    return {}
+  if not np.array_equal(labels, np.asarray(results['test_labels'])[indices]):
+    stats['warnings'].append('no gallery of flipped images: the dataset\'s test labels are '
+                             'not the run\'s')
+    return {}
+  return dict(zip(indices, images))
+
+
+def draw(results, stats, folder: str, top_k: int,
+         config: dict[str, Any] | None = None) -> dict[str, str]:
   """Draws every figure into `folder`; returns {key: PNG file name} for those drawn."""
   makers = {
       'per_class_accuracy': lambda p: figures.per_class_accuracy(results, p, top_k, stats),
       'class_effects': lambda p: figures.class_effects(stats, p, top_k),
       'summary_curves': lambda p: figures.summary_curves(stats, p),
+      'class_dependence': lambda p: dependence_figures.class_dependence(stats, p),
       'confusion_flow': lambda p: figures.confusion_flow(stats, p, top_k),
+      'flipped_images': lambda p: dependence_figures.flipped_images(
+          stats, gallery_images(results, stats, config or {}), p),
       'training_curves': lambda p: figures.training_curves(results, p),
   }
   drawn = {key: make(os.path.join(folder, key + '.png')) for key, make in makers.items()}
@@ -74,7 +105,7 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
       stats['reference']['chosen_by'] = 'the best uniform arm'
   figures_dir = os.path.join(workdir, FIGURES)
   with tempfile.TemporaryDirectory(dir=workdir, prefix='.tmp-report-') as tmp:
-    figures = draw(results, stats, tmp, top_k)
+    figures = draw(results, stats, tmp, top_k, config)
     arms = (fix_report.section(stats['fix'], stats['class_names'], stats['values'])
             if fix else [])
     text = render(stats, figures, config, top_k, arms)

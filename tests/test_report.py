@@ -15,8 +15,8 @@ from classbias_jax import results
 from test_analysis import make_results, planted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ('per_class_accuracy', 'class_effects', 'summary_curves', 'confusion_flow',
-           'training_curves')
+FIGURES = ('per_class_accuracy', 'class_effects', 'summary_curves', 'class_dependence',
+           'confusion_flow', 'training_curves')
 
 
 def with_curves(results, epochs=3):

@@ -26,7 +26,7 @@ import numpy as np
 
 from classbias_jax import configs
 from classbias_jax.results import class_accuracy
-from classbias_jax.audit import stats
+from classbias_jax.audit import dependence, stats
 from classbias_jax.audit.replication import paired_difference, split_half_replication
 from classbias_jax.errors import ConfigError
 from classbias_jax.audit.stats import TEST_NAME, bh_qvalues, crossed_effect_test  # noqa: F401
@@ -37,8 +37,6 @@ TARGET_DROP = 0.05  # the drop whose seed count the report states
 SEEDS_FOR_FULL_TEST = 4  # below this the report says what the run cannot conclude
 FAMILY = ('every class at every non-reference sweep value, against the reference and '
           'against the off value')
-
-# The value that turns a knob off, keyed by the last component of sweep_name.
 
 
 # ------------------------------------------------------------------ building blocks
@@ -342,7 +340,8 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   with bootstrap intervals, the effect against the reference (effect, low, high, p, q per
   class; `hurt` and `helped`: class names at q < alpha, largest effect first), the
   confusion flow of each hurt class and, when the knob has an "off" value other than the
-  reference, the same comparison against it under `against_off`.
+  reference, the same comparison against it under `against_off`; `beyond_shift`,
+  `class_dependence` and `flipped_images` from dependence.py (None at the reference).
   """
   rng = np.random.default_rng(seed)
   labels = np.asarray(results['test_labels'])
@@ -360,9 +359,11 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
             for v in range(len(values)) if not valid[v].any()]
   boot = stats.bootstrap_accuracy(correct, labels, valid, len(names), num_bootstrap, rng)
   comps, family = _flag_all(_comparisons(correct, valid, labels, len(names), ref, off), alpha)
+  dependent, beyond = dependence.analyze(results, correct, valid, comps, ref, alpha)
+  none = {'beyond_shift': None, 'class_dependence': None, 'flipped_images': []}
   values_json = [
       {'value': float(values[v]), 'index': v, 'num_models': int(valid[v].sum()), **acc,
-       **_effects_json(results, valid, v, ref, comps, top_flow)}
+       **_effects_json(results, valid, v, ref, comps, top_flow), **dependent.get(v, none)}
       for v, acc in enumerate(_accuracy_json(accuracy, curves, boot, images, names))]
   replication = split_half_replication(correct, labels, valid, ref, len(names), alpha,
                                        num_splits, rng)
@@ -377,6 +378,8 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
       'inference': {'num_seeds': int(seeds), 'status': inference(seeds),
                     'seeds_for_full_test': SEEDS_FOR_FULL_TEST},
       'fdr': {'method': 'Benjamini-Hochberg', 'family': FAMILY, **family},
+      'beyond_shift': beyond,
+      'hurt_while_mean_improves': dependence.hurt_while_mean_improves(values_json, ref),
       'power': {'power': stats.POWER, 'target_drop': TARGET_DROP, 'level': family['level']},
       'excluded_models': [{'value': float(values[v]), 'seed': int(results['seeds'][s])}
                           for v, s in zip(*np.nonzero(~valid))],

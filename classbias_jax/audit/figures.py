@@ -171,6 +171,8 @@ def _effect_panel(ax, entry: Mapping[str, Any], names: list[str], top_k: int) ->
   colors = np.where(np.isin([names[c] for c in order], entry['hurt']), HURT,
                     np.where(np.isin([names[c] for c in order], entry['helped']), HELPED, NEUTRAL))
   ax.axhline(0, color='black', lw=0.6)
+  if entry.get('beyond_shift'):  # the shift shared by all classes (audit/shift.py)
+    ax.axhline(100 * entry['beyond_shift']['shift']['effect'], color='0.35', ls='--', lw=0.9)
   if len(order) <= MAX_NAMED_TICKS:
     ax.errorbar(rank, effect[order], yerr=[effect[order] - low[order], high[order] - effect[order]],
                 fmt='none', ecolor='0.5', lw=0.8, capsize=2)
@@ -236,7 +238,8 @@ def class_effects(analysis: Mapping[str, Any], path: str, top_k: int = 5) -> str
   for ax in axes[:, 0]:
     ax.set_ylabel('effect on class accuracy (points)')
   tested = analysis.get('inference', {}).get('status') != 'conditional'
-  how = (f'red hurt, blue helped at q < {analysis["alpha"]:g}' if tested else
+  how = (f'red hurt, blue helped at q < {analysis["alpha"]:g}; dashed: the shared shift'
+         if tested else
          'one seed: conditional on these runs, nothing tested')
   fig.suptitle(f'Class effects vs {knob}={analysis["reference"]["value"]:g} (95% intervals; '
                f'{how})', fontsize=10)

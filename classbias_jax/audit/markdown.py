@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from classbias_jax.audit import dependence_markdown
 from classbias_jax.audit.analysis import off_index
 
 FIGURES = 'figures'  # the figures' folder in WORKDIR
@@ -114,7 +115,8 @@ def _summary(stats: Mapping[str, Any]) -> list[str]:
   """One row per sweep value: accuracy summaries and counts of hurt / helped classes."""
   off = stats['off_reference'] is not None
   header = ['value', 'models', 'mean acc (95% CI)', '10th-pct class', 'worst class',
-            'hurt', 'helped'] + (['hurt / helped vs off'] if off else [])
+            'hurt', 'helped'] + dependence_markdown.summary_header() + (
+                ['hurt / helped vs off'] if off else [])
   rows = []
   for v in stats['values']:
     is_ref = v['index'] == stats['reference']['index']
@@ -125,7 +127,8 @@ def _summary(stats: Mapping[str, Any]) -> list[str]:
            f'{_pct(v["mean_accuracy_high"])})', _pct(v['p10_class_accuracy']),
            f'{_pct(v["worst_class_accuracy"])} {v["worst_class"]}',
            v['num_hurt'] if tested and not is_ref else untested,
-           v['num_helped'] if tested and not is_ref else untested]
+           v['num_helped'] if tested and not is_ref else untested,
+           *dependence_markdown.summary_cells(stats, v)]
     if off:
       against = v['against_off']
       row.append('-' if v['index'] == stats['off_reference']['index'] else
@@ -167,6 +170,7 @@ def _effects(stats: Mapping[str, Any], top_k: int) -> list[str]:
     counts = ('not tested (one seed)' if conditional else
               f'{entry["num_hurt"]} hurt, {entry["num_helped"]} helped')
     lines += [f'### `{_knob(stats)}={entry["value"]:g}` vs `{ref["value"]:g}`: {counts}', '']
+    lines += dependence_markdown.value_lead(stats, entry, top_k)
     for key, word, sign in (('hurt', 'Most hurt', -1), ('helped', 'Most helped', 1)):
       if conditional:
         entry = {**entry, key: _largest(entry, stats['class_names'], sign, top_k)}
@@ -316,7 +320,7 @@ def _caveats(stats: Mapping[str, Any]) -> list[str]:
       'flagged class should move again in new runs on new images of the class; see '
       '`classbias_jax/stats.py` and docs/statistics.md for why this test and not a seed-only '
       'or image-only one, and for its false-flag rate and power in simulations.',
-      _seed_caveat(stats),
+      _seed_caveat(stats), *dependence_markdown.method(stats),
       f'- Accuracy intervals: two-way bootstrap ({stats["num_bootstrap"]} draws) over seeds and '
       'over test images within each class; effect intervals are the test\'s t intervals, '
       'clipped to the effects accuracy allows (from minus the reference\'s accuracy to 100 '
@@ -346,8 +350,10 @@ def render(stats: Mapping[str, Any], figures: Mapping[str, str],
            study_section: list[str] = ()) -> str:
   """report.md's text from an analysis dict and {figure key: file name in figures/};
   study_section: lines placed after the conclusions (a fix study's arms, fix/report.py)."""
-  lines = _intro(stats, config or {}) + _conclusions(stats) + list(study_section)
-  lines += _summary(stats) + ['## Per-class accuracy against the knob', '']
+  lines = (_intro(stats, config or {}) + dependence_markdown.opening(stats)
+           + _conclusions(stats) + list(study_section))
+  lines += _summary(stats) + _figure(figures, 'class_dependence', 'class dependence')
+  lines += ['## Per-class accuracy against the knob', '']
   lines += _figure(figures, 'per_class_accuracy', 'per-class accuracy')
   lines += ['## Class effects', ''] + _figure(figures, 'class_effects', 'class effects')
   lines += _effects(stats, top_k) + _power(stats)
@@ -355,6 +361,7 @@ def render(stats: Mapping[str, Any], figures: Mapping[str, str],
   lines += _replication(stats)
   lines += ['## Confusion flow', ''] + _figure(figures, 'confusion_flow', 'confusion flow')
   lines += _flows(stats, top_k)
+  lines += _figure(figures, 'flipped_images', 'images turned from right to wrong')
   if 'training_curves' in figures:
     lines += ['## Training curves', ''] + _figure(figures, 'training_curves', 'training curves')
   return '\n'.join(lines + _caveats(stats))

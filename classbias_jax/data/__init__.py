@@ -10,13 +10,16 @@
   'folder:PATH'      one subfolder per class of JPEG/PNG files (folder.py)
   other names        TFDS datasets read through `tfds.data_source` (tfds_source.py)
 
+`data.class_words` (a words file, data/class_words.py) renames classes to readable words.
 `open_streamed(data_config)` is the streamed input mode's way in: folder and TFDS datasets
 are opened without decoding their training split (stream.StreamedDataset); the other
 sources are generated or read whole from a few files anyway, and come from `load`.
 """
 from __future__ import annotations
 
-from classbias_jax.data import embedded, folder, idx, planted, splits, stream
+import numpy as np
+
+from classbias_jax.data import class_words, embedded, folder, idx, planted, splits, stream
 from classbias_jax.data.dataset import Dataset, check, check_test_classes  # noqa: F401
 
 
@@ -37,7 +40,7 @@ def load(data_config) -> Dataset:
   else:
     from classbias_jax.data import tfds_source  # tensorflow_datasets: seconds to import
     ds = tfds_source.load(data_config)
-  return check(splits.apply_splits(check(ds), data_config))
+  return class_words.apply(check(splits.apply_splits(check(ds), data_config)), data_config)
 
 
 def _resolve(data_config):
@@ -63,4 +66,16 @@ def open_streamed(data_config):
   data_config = _resolve(data_config)
   if not streams_lazily(data_config.name):
     return load(data_config)
-  return stream.open_dataset(data_config)
+  return class_words.apply(stream.open_dataset(data_config), data_config)
+
+
+def read_test_images(data_config, indices) -> tuple[list[np.ndarray], np.ndarray]:
+  """The test images at `indices` of the dataset `data_config` names, in the split order
+  a run evaluates: uint8 [H, W, C] each, and their int32 labels [k]. Folder and TFDS
+  datasets decode only those images; the other sources are generated or read whole."""
+  data_config = _resolve(data_config)
+  if streams_lazily(data_config.name):
+    return stream.open_dataset(data_config).read_test(indices)
+  dataset = load(data_config)
+  indices = np.asarray(indices, np.int64)
+  return list(dataset.test_images[indices]), dataset.test_labels[indices].astype(np.int32)

@@ -318,6 +318,13 @@ class StreamedDataset:
   def test_images(self) -> np.ndarray:
     return self._test_split[0]
 
+  def read_test(self, indices) -> tuple[list[np.ndarray], np.ndarray]:
+    """Only the test items at `indices`, decoded: uint8 images [H, W, C] (as the split
+    would hold them) and int32 labels [k]; nothing else is read."""
+    decode = Decode(self.mode, self.image_size).map
+    items = [decode(self._test[int(i)]) for i in indices]
+    return [image for image, _ in items], np.array([label for _, label in items], np.int32)
+
   @property
   def test_labels(self) -> np.ndarray:
     return self._test_split[1]
