@@ -57,6 +57,13 @@ KNOBS = {
     # Per-class loss weights (class_weights.py): the rate of the multiplicative update
     # w_c <- w_c exp(-rate * training accuracy of c) each epoch; 1 is CLAM's rule.
     'loss.class_weight_rate': Knob(0.0, 'loss', off=0.0),
+    # Gradual magnitude pruning (train/prune.py): each model's target fraction of zero
+    # convolution and dense weights, in [0, 1); the ramp's first and last epoch (may be
+    # fractions; the last at most train.epochs) and the steps between mask updates.
+    'prune.sparsity': Knob(0.0, 'prune', off=0.0, high=0.999),
+    'prune.start_epoch': Knob(10.0, 'prune', traced=False),
+    'prune.end_epoch': Knob(20.0, 'prune', traced=False),
+    'prune.every_steps': Knob(100, 'prune', traced=False, low=1),
 }
 # The sweep over the arms of a fix study (arms.py), in place of a knob.
 ARM_SWEEP = 'fix.arm'
@@ -190,6 +197,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.aug = ml_collections.ConfigDict()
   c.loss = ml_collections.ConfigDict()
+  c.prune = ml_collections.ConfigDict()
   for dotted, knob in KNOBS.items():
     section, name = dotted.split('.')
     c[section][name] = knob.default
@@ -318,6 +326,18 @@ def _validate_train(config) -> None:
       raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
 
 
+def _validate_prune(config) -> None:
+  """The pruning ramp inside training, when some model prunes."""
+  sparsities = [config.prune.sparsity]
+  if config.sweep.name == 'prune.sparsity':
+    sparsities += list(config.sweep['values'])
+  start, end = config.prune.start_epoch, config.prune.end_epoch
+  if not any(sparsities) or start <= end <= config.train.epochs:
+    return
+  raise ConfigError(f'prune.start_epoch {start:g} <= prune.end_epoch {end:g} <= '
+                    f'train.epochs {config.train.epochs} must hold for pruning')
+
+
 def validate(config) -> None:
   """Raises ConfigError when the resolved config cannot run."""
   _validate_sweep(config)
@@ -330,6 +350,7 @@ def validate(config) -> None:
   if not config.model.width > 0:
     raise ConfigError(f'model.width must be > 0, got {config.model.width}')
   _check_knobs(config)
+  _validate_prune(config)
   if config.model.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'model.dtype {config.model.dtype!r}; choose float32 or bfloat16')
   per_class = [short_name(n) for n, k in KNOBS.items() if k.per_class]

@@ -10,6 +10,8 @@ optional:
   val_labels int32 [Nv], val_predictions int32 [V, S, Nv]
   value_names str [V]                    (a fix study: each sweep value's arm, arms.py)
   diverged bool [V, S]                   (a model whose loss became non-finite)
+  sparsity float32 [V, S]                (a run that prunes: each model's fraction of
+                                          its conv and dense weights that are exactly 0)
   curve_epochs int32 [E]; train_loss, train_accuracy float32 [V, S, E] (per-epoch means)
   eval_epochs int32 [E']; test_accuracy_at_eval float32 [V, S, E'] (when train.eval_every)
 Files are written to a temporary name in the same folder and renamed into place, so a
@@ -68,9 +70,9 @@ def _expected_shapes(arrays: dict[str, np.ndarray], source: str) -> dict[str, tu
               'seeds': (s,), 'class_names': (c,)}
   if 'val_labels' in arrays or 'val_predictions' in arrays:
     expected['val_predictions'] = (v, s) + arrays['val_labels'].shape
-  for key in ('diverged', 'value_names'):
+  for key in ('diverged', 'sparsity', 'value_names'):
     if key in arrays:
-      expected[key] = (v, s) if key == 'diverged' else (v,)
+      expected[key] = (v,) if key == 'value_names' else (v, s)
   for key, epochs in (('train_loss', 'curve_epochs'), ('train_accuracy', 'curve_epochs'),
                       ('test_accuracy_at_eval', 'eval_epochs')):
     if key in arrays:

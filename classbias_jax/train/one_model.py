@@ -16,6 +16,7 @@ import optax
 from classbias_jax import augment, configs
 from classbias_jax.train import class_weights
 from classbias_jax.train import model_axis
+from classbias_jax.train import prune
 
 
 def hyperparameter(knobs, config, dotted: str):
@@ -40,20 +41,24 @@ def lr_shape(optim_config, steps_per_epoch: int, epochs: int) -> Callable:
                                             end_value=0.0)
 
 
-def init_state(model, image_shape, key, weighted_classes: int = 0) -> dict[str, Any]:
+def init_state(model, image_shape, key, weighted_classes: int = 0,
+               pruned: bool = False) -> dict[str, Any]:
   """One model's {'params', 'batch_stats', 'opt_state'}, plus the per-class loss weights
-  of class_weights.py for `weighted_classes` classes when that is not 0."""
+  of class_weights.py for `weighted_classes` classes when that is not 0, and the pruning
+  masks of prune.py when `pruned`."""
   variables = model.init(key, jnp.zeros((1,) + tuple(image_shape)), train=False)
   opt_state = make_optimizer(0.0, 0.0, 0.0).init(variables['params'])
   state = {'params': variables['params'], 'batch_stats': variables['batch_stats'],
            'opt_state': opt_state}
+  if pruned:
+    state.update(prune.init(variables['params']))
   return {**state, **class_weights.init(weighted_classes)} if weighted_classes else state
 
 
 def init_fn(plan, model) -> Callable:
   """init(key) -> one model's state for this plan (init_state with the plan's classes)."""
   weighted = plan.num_classes if plan.class_weights else 0
-  return lambda key: init_state(model, plan.image_shape, key, weighted)
+  return lambda key: init_state(model, plan.image_shape, key, weighted, plan.prune)
 
 
 def make_preprocess(plan) -> Callable:
@@ -109,6 +114,8 @@ def make_train_step(plan, model) -> Callable:
   inputs.perm int32 [N]: the model's order of the resident training set, whose uint8
   images [N, H, W, C] and labels [N] are shared; perm None (streamed input): images
   [B, ...] and labels [B] are the batch itself. epoch and step are traced int32 scalars.
+  When the plan prunes (prune.py), the gradient and the updated kernels are masked and
+  the state carries the masks.
   """
   config = plan.config
   batch_size = config.train.batch_size
@@ -116,6 +123,7 @@ def make_train_step(plan, model) -> Callable:
   preprocess = make_preprocess(plan)
   on_data_axis = model_axis.batch_constraint(plan.strategy)  # identity off a 2-D mesh
   weighted = plan.class_weights  # static: some model has per-class loss weights
+  mask_gradients, finish_pruning = prune.step_hooks(plan)  # identities without pruning
 
   def train_step(state, inputs: ModelInputs, batch: Batch):
     knobs, aug_key, perm = inputs
@@ -138,12 +146,15 @@ def make_train_step(plan, model) -> Callable:
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'])
+    grads = mask_gradients(grads, state)
     value = lambda dotted: hyperparameter(knobs, config, dotted)
     lr = value('optim.learning_rate') * shape(epoch * plan.steps_per_epoch + step)
     tx = make_optimizer(value('optim.momentum'), value('optim.weight_decay'), lr)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = {'params': optax.apply_updates(state['params'], updates),
                  'batch_stats': batch_stats, 'opt_state': opt_state}
+    new_state = finish_pruning(new_state, state, value('prune.sparsity'),
+                               epoch * plan.steps_per_epoch + step + 1)
     correct = jnp.argmax(logits, -1) == y
     if weighted:
       new_state.update(class_weights.update(state, y, correct,

@@ -11,7 +11,7 @@ import numpy as np
 
 from classbias_jax import augment, configs
 from classbias_jax.errors import ConfigError
-from classbias_jax.train import arms, model_axis
+from classbias_jax.train import arms, model_axis, prune
 from classbias_jax.train.design import Sweep, knob_arrays, model_keys, sweep_from_config
 
 
@@ -47,6 +47,7 @@ class Plan:
   loop: str  # 'python' or 'scan', resolved
   class_weights: bool = False  # some model has per-class loss weights (class_weights.py)
   arms: dict | None = None  # a fix study's arms and their tables (arms.py)
+  prune: bool = False  # some model prunes its weights (prune.py)
 
   @property
   def num_models(self) -> int:
@@ -61,6 +62,8 @@ class Plan:
            'erase': self.erase, 'num_models': self.num_models,
            'seeds': self.sweep.seeds.tolist(), 'steps_per_epoch': self.steps_per_epoch,
            'backend': jax.default_backend(), 'class_weights': self.class_weights}
+    if self.prune:
+      out['prune'] = dataclasses.asdict(prune.schedule(self.config.prune, self.steps_per_epoch))
     return dict(out, fix=self.arms) if self.arms else out
 
 
@@ -90,4 +93,5 @@ def build_plan(config, *, num_train: int, num_classes: int, image_shape, mean, s
                       "step: it needs train.loop 'python'")
   return Plan(config, sweep, knobs, ops, erase, num_train // batch_size, tuple(image_shape),
               num_classes, np.asarray(mean, np.float32), np.asarray(std, np.float32),
-              strategy, loop, bool(np.any(knobs['class_weight_rate'] != 0)), arms_info)
+              strategy, loop, bool(np.any(knobs['class_weight_rate'] != 0)), arms_info,
+              prune=bool(np.any(knobs['sparsity'] != 0)))

@@ -27,7 +27,7 @@ from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
 from classbias_jax.train import (checkpoint, design, distributed, epochs, model_axis, one_model,
-                                 study_dir)
+                                 prune, study_dir)
 from classbias_jax.train.epochs import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
 from classbias_jax.train.history import History
 from classbias_jax.train.plan import Plan, build_plan
@@ -290,5 +290,8 @@ def _run(config, workdir: str, signals: epochs.Signals,
     val = make_evaluate(plan, model, dataset.val_images, on_device=False)(state)
   arrays = results.assemble(plan.sweep, dataset, predictions, history, val,
                             plan.arms and plan.arms['arms'])
+  if plan.prune:  # each model's fraction of zero prunable weights
+    arrays['sparsity'] = plan.sweep.unflatten(distributed.to_host(
+        jax.jit(jax.vmap(prune.measured_sparsity))(state['params'])))
   _finish(workdir, plan, arrays)
   return arrays
