@@ -1,0 +1,89 @@
+r"""Pruning study: how gradual magnitude pruning changes the accuracy of each class.
+
+Each model prunes its convolution and dense kernels to its target sparsity (the fraction
+of those weights at zero: 0 ... 0.9), ramping as Zhu & Gupta 2017 (s_f (1 - (1 - t)^3))
+between `prune.start_epoch` and `prune.end_epoch`, masks recomputed every
+`prune.every_steps` steps from the global magnitude ranking of all the model's kernels,
+pruned weights held at zero (classbias_jax/train/prune.py). results.npz records each
+model's measured sparsity (`sparsity` [V, S]).
+
+Real study, the setting of Hooker et al. 2019 ("What do compressed deep neural networks
+forget?"): ResNet-50 on ImageNet, sparsity 0, 0.3, 0.5, 0.7, 0.9, 30 models per level
+(150 ResNet-50 runs: 1.25 x configs/imagenet.py's crop study, whose cost it states), the
+standard recipe of configs/imagenet.py (90 epochs, SGD 0.1 per 256 images, wd 1e-4,
+bf16), pruning from epoch 30 to epoch 70 with masks every 2,000 steps (about 40% of an
+epoch at batch 256 is 2,000 steps: 5,005 steps per epoch). Hooker et al. follow the
+schedule of Gale et al. 2019; the epochs here are this project's choice (ramp over the
+middle of training, the last 20 epochs to recover), not a transcription of theirs:
+
+  python -m classbias_jax.main --config=configs/prune.py \
+      --config.data.data_dir=/data/tensorflow_datasets --workdir=runs/prune_imagenet
+  python -m classbias_jax.main --config=configs/prune.py:folder=/data/imagenet --workdir=...
+
+Expected result, following Hooker et al.: mean top-1 barely moves up to 70-90% sparsity,
+while a subset of classes loses far more than the mean; the images whose predictions
+change are the atypical, ambiguous ones. Not run here: no ImageNet on this machine.
+
+Offline on CPU (`runlocal`): the planted dataset at 16x16, 200 training images per class,
+ResNet-8 at half width (18,872 prunable weights), sparsity 0, 0.5, 0.7, 0.9 x 4 seeds,
+12 epochs of 31 steps, pruning from epoch 2 to epoch 8, masks every 8 steps:
+
+  python -m classbias_jax.main --config=configs/prune.py:runlocal --workdir=runs/prune
+  python -m classbias_jax.report --workdir=runs/prune
+
+Args: runlocal, seeds=N, epochs=N (0 = the study's default), folder=PATH.
+"""
+from classbias_jax import configs
+
+VALUES = (0.0, 0.3, 0.5, 0.7, 0.9)
+SEEDS, EPOCHS = 30, 90
+
+
+def get_config(arg=None):
+  args = configs.parse_arg(arg, runlocal=False, seeds=0, epochs=0, folder='')
+  c = configs.base_config()
+  c.data.name = f'folder:{args.folder}' if args.folder else 'imagenet2012'
+  c.data.image_size = 224
+  c.data.input_mode = 'streamed'
+  c.data.workers = 8
+  c.model.name = 'resnet50'
+  c.model.dtype = 'bfloat16'
+  c.seeds = args.seeds or SEEDS
+  c.train.epochs = args.epochs or EPOCHS
+  c.train.batch_size = 256
+  c.optim.learning_rate = 0.1
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_epochs = 5.0
+  c.aug.crop_scale_min = 0.08
+  c.aug.flip_prob = 0.5
+  c.sweep.name = 'prune.sparsity'
+  c.sweep['values'] = VALUES
+  c.prune.start_epoch = c.train.epochs / 3
+  c.prune.end_epoch = c.train.epochs * 7 / 9
+  c.prune.every_steps = 2000
+  if args.runlocal:
+    _runlocal(c, args)
+  return c
+
+
+def _runlocal(c, args) -> None:
+  """Shrinks the study to two CPU cores on the planted dataset (see the docstring)."""
+  c.seeds = args.seeds or 4  # a null result is one only with >= 4 seeds
+  c.data.name = 'planted'
+  c.data.planted_train_per_class = 200
+  c.data.image_size = 16
+  c.data.input_mode = 'auto'
+  c.data.workers = 0
+  c.model.name = 'resnet8'
+  c.model.width = 0.5
+  c.model.dtype = 'float32'
+  c.train.epochs = args.epochs or 12
+  c.train.batch_size = 64
+  c.optim.weight_decay = 5e-4
+  c.optim.warmup_epochs = 1.0
+  c.aug.crop_scale_min = 1.0  # no crop: the crop- classes' corner markers stay in view
+  c.aug.flip_prob = 0.5
+  c.sweep['values'] = (0.0, 0.5, 0.7, 0.9)
+  c.prune.start_epoch = c.train.epochs / 6
+  c.prune.end_epoch = c.train.epochs * 2 / 3
+  c.prune.every_steps = 8
