@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_until_first_checkpoint, tiny_config
 
 from classbias_jax import configs, data, results
 from classbias_jax.errors import ConfigError, ResultsError
@@ -88,13 +88,20 @@ def test_exact_sparsity_and_zeros_over_the_model_axis(strategy):
   assert np.isfinite(np.asarray(metrics['loss'])).all()
 
 
-def test_sparsity_zero_trains_as_no_pruning(tmp_path):
+def test_sparsity_zero_trains_as_no_pruning(tmp_path, monkeypatch):
   """The sparsity-0 model of a pruning sweep is the model trained with pruning off, bit
-  for bit; results.npz records each model's measured sparsity."""
+  for bit; results.npz records each model's measured sparsity; a run stopped mid-ramp
+  resumes from its checkpoint (masks included) to the same results."""
   overrides = {'seeds': 1, 'train__epochs': 2, 'train__eval_every': 0,
                'sweep__name': 'prune.sparsity', 'prune__start_epoch': 0.0,
                'prune__end_epoch': 1.0, 'prune__every_steps': 3}
-  swept = trainer.run(tiny_config(**overrides, sweep__values=(0.0, 0.8)), str(tmp_path / 'a'))
+  config = tiny_config(**overrides, sweep__values=(0.0, 0.8))
+  swept = trainer.run(config, str(tmp_path / 'a'))
+  stopped = tiny_config(**overrides, sweep__values=(0.0, 0.8), train__checkpoint_every_steps=10)
+  run_until_first_checkpoint(stopped, str(tmp_path / 'c'), monkeypatch)
+  resumed = trainer.run(stopped, str(tmp_path / 'c'))
+  for key in ('sparsity', 'train_loss', 'test_predictions'):
+    np.testing.assert_array_equal(resumed[key], swept[key], err_msg=key)
   plain = trainer.run(tiny_config(**overrides, sweep__values=(0.0,)), str(tmp_path / 'b'))
   assert 'sparsity' not in plain
   np.testing.assert_array_equal(swept['train_loss'][0], plain['train_loss'][0])
