@@ -25,7 +25,7 @@ while a subset of classes loses far more than the mean; the images whose predict
 change are the atypical, ambiguous ones. Not run here: no ImageNet on this machine.
 
 Offline on CPU (`runlocal`): the planted dataset at 16x16, 200 training images per class,
-ResNet-8 at half width (18,872 prunable weights), sparsity 0, 0.5, 0.7, 0.9 x 4 seeds,
+ResNet-8 at half width (18,968 prunable weights), sparsity 0, 0.5, 0.7, 0.9 x 4 seeds,
 12 epochs of 31 steps, pruning from epoch 2 to epoch 8, masks every 8 steps:
 
   python -m classbias_jax.main --config=configs/prune.py:runlocal --workdir=runs/prune
