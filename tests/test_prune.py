@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import run_until_first_checkpoint, tiny_config
+from conftest import ROOT, run_until_first_checkpoint, tiny_config
 
 from classbias_jax import configs, data, results
 from classbias_jax.errors import ConfigError, ResultsError
@@ -132,3 +132,24 @@ def test_results_sparsity_shape_is_checked():
   results.validate(arrays)
   with pytest.raises(ResultsError, match='sparsity has shape'):
     results.validate(dict(arrays, sparsity=np.zeros(6, np.float32)))
+
+
+@pytest.mark.parametrize('arg', ['', 'runlocal'])
+def test_the_study_sweeps_sparsity(arg):
+  config = configs.load(f'configs/prune.py:{arg}', root=ROOT)
+  configs.validate(config)
+  assert config.sweep.name == 'prune.sparsity' and max(config.sweep['values']) == 0.9
+  assert min(config.sweep['values']) == 0.0  # the reference: no pruning
+  if arg:
+    assert config.data.name == 'planted' and config.seeds == 4
+  else:  # Hooker et al.'s setting
+    assert (config.model.name, config.seeds, config.data.name) == ('resnet50', 30, 'imagenet2012')
+
+
+def test_the_study_runs(tmp_path):
+  """The runlocal study shrunk to seconds (tiny model, one epoch, the sweep's ends) trains
+  and records each model's sparsity."""
+  config = configs.smoke(configs.load('configs/prune.py:runlocal', root=ROOT))
+  config.prune.start_epoch, config.prune.end_epoch = 0.0, 1.0  # the ramp inside one epoch
+  out = trainer.run(config, str(tmp_path))
+  np.testing.assert_allclose(out['sparsity'][:, 0], [0.0, 0.9], atol=1e-3)
