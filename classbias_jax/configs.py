@@ -172,6 +172,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.planted_train_per_class = 500
   c.data.planted_shortcut = ''  # 'frame' or 'zoom': a knob that also helps classes (planted.load)
   c.data.class_words = ''  # a words file naming class ids ('n01440764 tench, ...'): data/class_words.py
+  c.data.planted_rare = 0  # > 0: training images of the rare classes (planted.load)
   # 'resident': uint8 images on device, each model its own data order; 'streamed': a grain
   # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
   # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)

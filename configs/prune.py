@@ -71,6 +71,7 @@ def _runlocal(c, args) -> None:
   c.seeds = args.seeds or 4  # a null result is one only with >= 4 seeds
   c.data.name = 'planted'
   c.data.planted_train_per_class = 200
+  c.data.planted_rare = 20  # none-rings and none-dots: 20 training images each
   c.data.image_size = 16
   c.data.input_mode = 'auto'
   c.data.workers = 0

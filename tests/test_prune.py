@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT, run_until_first_checkpoint, tiny_config
 
 from classbias_jax import configs, data, results
+from classbias_jax.data import planted
 from classbias_jax.errors import ConfigError, ResultsError
 from classbias_jax.models import create_model
 from classbias_jax.train import one_model, prune, trainer
@@ -141,7 +142,7 @@ def test_the_study_sweeps_sparsity(arg):
   assert config.sweep.name == 'prune.sparsity' and max(config.sweep['values']) == 0.9
   assert min(config.sweep['values']) == 0.0  # the reference: no pruning
   if arg:
-    assert config.data.name == 'planted' and config.seeds == 4
+    assert config.data.name == 'planted' and config.seeds == 4 and config.data.planted_rare
   else:  # Hooker et al.'s setting
     assert (config.model.name, config.seeds, config.data.name) == ('resnet50', 30, 'imagenet2012')
 
@@ -153,3 +154,22 @@ def test_the_study_runs(tmp_path):
   config.prune.start_epoch, config.prune.end_epoch = 0.0, 1.0  # the ramp inside one epoch
   out = trainer.run(config, str(tmp_path))
   np.testing.assert_allclose(out['sparsity'][:, 0], [0.0, 0.9], atol=1e-3)
+
+
+def test_planted_rare_family():
+  """data.planted_rare keeps the first n training images of none-rings and none-dots, and
+  nothing else changes; n outside 1..planted_train_per_class is a one-line error."""
+  full = ml_collections.ConfigDict({'name': 'planted', 'planted_train_per_class': 12,
+                                    'image_size': 8})
+  rare = ml_collections.ConfigDict(dict(full.to_dict(), planted_rare=3))
+  a, b = planted.load(full), planted.load(rare)
+  counts = np.bincount(b.train_labels, minlength=10)
+  rare_ids = [planted.CLASS_NAMES.index(n) for n in planted.RARE_CLASSES]
+  assert counts[rare_ids].tolist() == [3, 3] and np.delete(counts, rare_ids).tolist() == [12] * 8
+  for c in range(10):
+    n = counts[c]
+    np.testing.assert_array_equal(b.train_images[b.train_labels == c],
+                                  a.train_images[a.train_labels == c][:n])
+  np.testing.assert_array_equal(b.test_images, a.test_images)
+  with pytest.raises(ConfigError, match='planted_rare 13 must be in 0..12'):
+    planted.load(ml_collections.ConfigDict(dict(full.to_dict(), planted_rare=13)))

@@ -13,6 +13,11 @@ Ten classes, three kinds; the kind is the prefix of the class name:
       (horizontal or vertical stripes, concentric rings, a lattice of dots) in a random
       colour: every part of the image shows the class, whatever its hue, so these classes
       are robust to colour jitter and to cropping.
+`data.planted_rare = n` (0: off) leaves none-rings and none-dots only n training images
+each (test keeps 200): a rare family, easy textures learnt from few images. Pruning hurts
+it (configs/prune.py): features that serve few training images get small weights, which
+magnitude pruning removes first (Hooker et al. 2020 find compression hurts the
+underrepresented most; Tran et al. 2022 tie pruning's disparate impact to group size).
 Every image has a random background colour and pixel noise; objects are placed with a
 random offset and size. Images are drawn at 32x32; `data.image_size` 16 (or 8) averages
 blocks of pixels. Generation is vectorised numpy and deterministic given the seed.
@@ -51,6 +56,7 @@ _FRAME = 4  # width of the frame shortcut at 32x32 (data.planted_shortcut)
 # that colour jitter blurs them as it blurs those; far from those (0-0.14)
 _FRAME_HUES = (0.45, 0.52, 0.59, 0.66)
 _PERIOD = 8  # texture period of the none- classes at 32x32 (4 pixels at 16x16)
+RARE_CLASSES = ('none-rings', 'none-dots')  # data.planted_rare's family
 
 
 def _hsv_to_rgb(h, s, v) -> np.ndarray:
@@ -216,6 +222,8 @@ def load(data_config) -> Dataset:
     raise ConfigError(f"data.planted_shortcut {kind!r}; choose '', 'frame' or 'zoom'")
   train, test = (f'{kind}-{split}' if kind else '' for split in ('train', 'eval'))
   train_x, train_y = generate(per_class, seed=2 * seed + 1, size=size, shortcut=train)
+  train_x, train_y = _make_rare(train_x, train_y, int(data_config.get('planted_rare', 0)),
+                                per_class)
   test_x, test_y = generate(200, seed=2 * seed + 2, size=size, shortcut=test)
   val = {}
   fraction = float(data_config.get('val_fraction', 0.0))
@@ -224,6 +232,19 @@ def load(data_config) -> Dataset:
                             size=size, shortcut=test)
     val = {'val_images': val_x, 'val_labels': val_y}
   return Dataset('planted', train_x, train_y, test_x, test_y, CLASS_NAMES, **val)
+
+
+def _make_rare(images, labels, rare: int, per_class: int):
+  """Keeps the first `rare` training images of each RARE_CLASSES class (0: all)."""
+  if not rare:
+    return images, labels
+  if not 0 < rare <= per_class:
+    raise ConfigError(f'data.planted_rare {rare} must be in 0..{per_class} '
+                      '(data.planted_train_per_class)')
+  rank = np.arange(len(labels)) - np.searchsorted(labels, labels)  # index within its class
+  rare_class = np.isin(labels, [CLASS_NAMES.index(n) for n in RARE_CLASSES])
+  keep = ~rare_class | (rank < rare)
+  return images[keep], labels[keep]
 
 
 # ---- the planted images as an ImageNet-layout folder --------------------------------------
