@@ -492,7 +492,7 @@ def test_knob_table_parameters_are_torchvision():
   assert configs.off_values() == {'weight_decay': 0.0, 'pad_crop': 0, 'crop_scale_min': 1.0,
                                   'crop_scale_max': 1.0, 'flip_prob': 0.0,
                                   'color_strength': 0.0, 'erase_prob': 0.0,
-                                  'class_weight_rate': 0.0}
+                                  'class_weight_rate': 0.0, 'sparsity': 0.0}
 
 
 def test_augment_batch_no_ops_and_unknown_op():
