@@ -11,10 +11,11 @@ Real study, the setting of Hooker et al. 2019 ("What do compressed deep neural n
 forget?"): ResNet-50 on ImageNet, sparsity 0, 0.3, 0.5, 0.7, 0.9, 30 models per level
 (150 ResNet-50 runs: 1.25 x configs/imagenet.py's crop study, whose cost it states), the
 standard recipe of configs/imagenet.py (90 epochs, SGD 0.1 per 256 images, wd 1e-4,
-bf16), pruning from epoch 30 to epoch 70 with masks every 2,000 steps (about 40% of an
-epoch at batch 256 is 2,000 steps: 5,005 steps per epoch). Hooker et al. follow the
-schedule of Gale et al. 2019; the epochs here are this project's choice (ramp over the
-middle of training, the last 20 epochs to recover), not a transcription of theirs:
+bf16), pruning from epoch 30 to epoch 70 with masks every 2,000 steps (5,005 steps per
+epoch at batch 256). Hooker et al. follow the schedule of Gale et al. 2019; the epochs
+here are this project's choice (the ramp over the middle of training, the last 20 epochs
+to recover), not a transcription of theirs. The masks cost one sort of each model's
+25.5 million kernel weights per 2,000 steps:
 
   python -m classbias_jax.main --config=configs/prune.py \
       --config.data.data_dir=/data/tensorflow_datasets --workdir=runs/prune_imagenet
@@ -24,12 +25,31 @@ Expected result, following Hooker et al.: mean top-1 barely moves up to 70-90% s
 while a subset of classes loses far more than the mean; the images whose predictions
 change are the atypical, ambiguous ones. Not run here: no ImageNet on this machine.
 
-Offline on CPU (`runlocal`): the planted dataset at 16x16, 200 training images per class,
-ResNet-8 at half width (18,968 prunable weights), sparsity 0, 0.5, 0.7, 0.9 x 4 seeds,
-12 epochs of 31 steps, pruning from epoch 2 to epoch 8, masks every 8 steps:
+Offline on CPU (`runlocal`): the planted dataset at 16x16, 200 training images per class
+but 20 for the rare family (`data.planted_rare`: none-rings and none-dots), ResNet-8 at
+half width (18,968 prunable weights), sparsity 0, 0.5, 0.7, 0.9 x 4 seeds, 12 epochs of
+25 steps, pruning from epoch 2 to epoch 8, masks every 8 steps:
 
   python -m classbias_jax.main --config=configs/prune.py:runlocal --workdir=runs/prune
   python -m classbias_jax.report --workdir=runs/prune
+
+The planted family, and why pruning should hurt it: none-rings and none-dots are easy
+textures seen in 20 training images each against 200 for every other class. The
+reasoning: features that serve few training images get few gradient steps and stay small,
+and magnitude pruning removes the smallest weights first. Hooker et al. 2020
+("Characterising bias in compressed models") find that compression hurts the
+underrepresented most; Tran et al. 2022 ("Pruning has a disparate impact on model
+accuracy") study the same disparity between groups of different sizes.
+
+Measured with 8 seeds (`runlocal,seeds=8`, 32 models: 6.9 minutes wall, 180 CPU-seconds,
+on two cores shared with other jobs, load about 12): mean accuracy 95.8% unpruned, 95.0%,
+94.5%, 89.9% at 0.5, 0.7, 0.9; measured sparsity 0.5, 0.70002, 0.89999 in every model
+(round(s n) of the n = 18,968 weights). The report flags none-dots at every level
+(-5.6, -8.2, -28.6 points, q 0.013, 0.030, 0.006) and none-rings at 0.9 (-27.1 points,
+84.2% -> 57.1%, q 0.026), and no other class: every other class stays within 1.2 points
+on average (crop-top and crop-plain lose 10-12 points in one seed of eight). The flagged
+effects replicate on the other half of the test images (100%, shrinkage 0.99 at 0.9).
+The first four seeds of that run are the 4-seed study's models (common random numbers).
 
 Args: runlocal, seeds=N, epochs=N (0 = the study's default), folder=PATH.
 """
