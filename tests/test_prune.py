@@ -70,8 +70,8 @@ def test_exact_sparsity_and_zeros_over_the_model_axis(strategy):
   (within one weight), the zeros are where its masks are False, and they stay zero
   through the epochs after; the unpruned model has no zero weight."""
   plan, dataset = _digits_plan(strategy)
-  assert plan.prune and plan.resolved()['prune'] == {'start': 0, 'end': plan.steps_per_epoch,
-                                                     'every': 4}
+  assert plan.prune and plan.resolved()['prune'] == {
+      'start_step': 0, 'end_step': plan.steps_per_epoch, 'every_steps': 4}
   model = create_model('tiny', 10)
   epoch_fn = trainer.make_train_epoch(plan, model, trainer.ResidentInput(plan, dataset))
   state = jax.jit(jax.vmap(one_model.init_fn(plan, model)))(plan.keys()['init'])
@@ -173,3 +173,18 @@ def test_planted_rare_family():
   np.testing.assert_array_equal(b.test_images, a.test_images)
   with pytest.raises(ConfigError, match='planted_rare 13 must be in 0..12'):
     planted.load(ml_collections.ConfigDict(dict(full.to_dict(), planted_rare=13)))
+
+
+def test_the_sort_runs_only_at_mask_steps_under_vmap():
+  """Steps done are shared by the models, so under vmap the recomputation stays a
+  lax.cond (a select would sort at every step)."""
+  params = {'Conv_0': {'kernel': jnp.ones((2, 3, 3)) * jnp.arange(9.0).reshape(3, 3)}}
+  masks = jax.vmap(prune.init)(params)[prune.MASKS]
+  ramp = prune.Schedule(start=0, end=4, every=2)
+  lifted = jax.vmap(lambda p, m, s, d: prune.after_update(p, m, s, d, ramp),
+                    in_axes=(0, 0, 0, None))
+  text = str(jax.make_jaxpr(lifted)(params, masks, jnp.array([0.0, 0.5]), jnp.int32(4)))
+  assert 'cond[' in text and 'sort[' in text
+  new_params, new_masks = lifted(params, masks, jnp.array([0.0, 0.5]), jnp.int32(4))
+  kept = np.asarray(new_masks['Conv_0']['kernel']).sum(axis=(1, 2))
+  assert kept.tolist() == [9, 5]  # round(0.5 * 9) = 4 (half to even) of the 9 pruned

@@ -63,7 +63,8 @@ class Plan:
            'seeds': self.sweep.seeds.tolist(), 'steps_per_epoch': self.steps_per_epoch,
            'backend': jax.default_backend(), 'class_weights': self.class_weights}
     if self.prune:
-      out['prune'] = dataclasses.asdict(prune.schedule(self.config.prune, self.steps_per_epoch))
+      ramp = prune.schedule(self.config.prune, self.steps_per_epoch)  # in steps done
+      out['prune'] = {'start_step': ramp.start, 'end_step': ramp.end, 'every_steps': ramp.every}
     return dict(out, fix=self.arms) if self.arms else out
 
 
