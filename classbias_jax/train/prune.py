@@ -12,11 +12,12 @@ with s_f its target (`prune.sparsity`, traced per model: a sparsity sweep is one
 d0 = round(prune.start_epoch * steps per epoch), d1 = round(prune.end_epoch * steps per
 epoch) (d1 = d0: one-shot, s(d) = s_f from d0 on). The masks are recomputed after the
 steps d0, d0 + k, d0 + 2k, ... (k = prune.every_steps) and after step d1, and held fixed
-after d1. Recomputing keeps, over all n prunable weights of the model together (global
-magnitude pruning), those whose magnitude reaches the p-th smallest, p = round(s(d) n):
-one sort per model, so the p smallest go (exactly p unless magnitudes tie there; at most
-n - 1). A pruned weight stays pruned and at zero: its gradient is masked before the
-update and the kernels after it, so weight decay and momentum cannot revive it.
+after d1 (d1 is at least 1). Recomputing ranks all n prunable weights of the model
+together (global magnitude pruning) with one sort, and keeps those whose magnitude is at
+least the (p + 1)-th smallest, p = round(s(d) n): the p smallest go (exactly p unless
+magnitudes tie there; at most n - 1). A pruned weight stays pruned and at zero: its
+gradient is masked before the update and the kernels after it, so weight decay and
+momentum cannot revive it.
 
 Zhu & Gupta prune each layer to the same sparsity; here the ranking is over the whole
 model, as in the global magnitude pruning of Blalock et al. 2020, so layers with small
