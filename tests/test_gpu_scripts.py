@@ -18,7 +18,8 @@ SCRIPTS = os.path.join(ROOT, 'benchmarks')
 
 def smoke_env(out, **extra):
   cache = os.path.join(ROOT, '.jax_cache')
-  return dict(os.environ, OUT=str(out), PYTHON=sys.executable, PYTHONPATH=ROOT,
+  path = os.pathsep.join(filter(None, (ROOT, os.environ.get('PYTHONPATH'))))
+  return dict(os.environ, OUT=str(out), PYTHON=sys.executable, PYTHONPATH=path,
               JAX_COMPILATION_CACHE_DIR=cache, CLASSBIAS_COMPILE_CACHE=cache,
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5', **extra)
 
@@ -69,6 +70,10 @@ def test_device_script_smoke_runs_every_line(tmp_path):
     assert mapped['step_s'] > 0 and mapped['compile_s'] > 0
     assert mapped['ratio'] == pytest.approx(mapped['step_s'] / r['step_s'])
   assert lines[0]['profile']['op_ms_per_step'] > 0 and 'profile' not in lines[1]
+  if importlib.util.find_spec('torch') is not None:  # the PyTorch reference ran beside it
+    assert lines[0]['torch_ratio'] > 0 and 'torch_ratio' not in lines[1]
+  else:
+    assert 'torch is not importable: skipping the PyTorch reference' in output
   study = tmp_path / 'out' / 'fashion_wd'
   for name in ('results.npz', 'analysis.json', 'report.md', 'config.json'):
     assert (study / name).exists(), name
