@@ -1,5 +1,5 @@
 """The GPU scripts of benchmarks/ in their smoke mode: the same lines at tiny sizes on the
-CPU, so that a device session finds them runnable (every benchmark line prints its JSON
+CPU, so that a run on a GPU finds them runnable (every benchmark line prints its JSON
 record, every study line leaves its results, analysis and report)."""
 import gzip
 import importlib.util
