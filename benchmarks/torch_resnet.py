@@ -9,6 +9,7 @@ torch is not a dependency of the package.
 
   python benchmarks/torch_resnet.py --model=resnet20 --batch=128 --threads=2
   python benchmarks/torch_resnet.py --model=resnet20 --batch=128 --device=cuda
+  python benchmarks/torch_resnet.py --smoke   # tiny, CPU, seconds: tests/test_gpu_scripts.py
 
 prints one JSON line: model, batch, threads, step_s (median), images_per_s. With --serve
 it reads a number k per line on stdin, runs k steps and answers one JSON line
@@ -167,7 +168,12 @@ def main():
   parser.add_argument('--num-classes', type=int, default=10)
   parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
   parser.add_argument('--serve', action='store_true')
+  parser.add_argument('--smoke', action='store_true',
+                      help='the same steps at tiny sizes on the CPU: the test model, batch 8, '
+                      '8x8 images, 2 timed steps (overrides those flags)')
   args = parser.parse_args()
+  if args.smoke:
+    args.model, args.batch, args.image_size, args.steps, args.device = 'tiny', 8, 8, 2, 'cpu'
   step, images, labels = setup(args.model, args.batch, args.image_size, threads=args.threads,
                                num_classes=args.num_classes, augment_on=args.augment == 'on',
                                device=args.device)

@@ -27,7 +27,11 @@ by PyTorch with SGD, same threads; needs torch). Both are interleaved with the m
 measurement, round by round, so a busy machine slows all of them alike; the ratios are
 reported as sequential_ratio (> 1: the M-model program is faster than M runs) and
 torch_ratio (our images/s over PyTorch's, both for the whole sweep), each also by CPU
-time (*_cpu_ratio). --profile=N adds an op-level profile: where the step's time goes.
+time (*_cpu_ratio), with sequential_compile_s. --compare-strategy=NAME (repeatable) also
+times the sweep's step under another model-axis strategy (e.g. map: `lax.map` over the
+models in one program), interleaved too: compared_strategies[NAME] = {step_s, compile_s,
+ratio (> 1: the sweep's strategy is faster), steps_per_call}.
+--profile=N adds an op-level profile: where the step's time goes.
 """
 from __future__ import annotations
 
@@ -61,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--rounds', type=int, default=3,
                  help='the timed steps are split into this many interleaved rounds')
   p.add_argument('--compare-sequential', action='store_true')
+  p.add_argument('--compare-strategy', action='append', default=[], metavar='STRATEGY',
+                 help='also time the step under this model-axis strategy (repeatable; e.g. '
+                 'map: lax.map over the models), each with its own train.loop resolution')
   p.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
   p.add_argument('--host-devices', type=int, default=0,
                  help='CPU only: split the host into this many XLA devices (for shard)')
@@ -78,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  'on CPU the ResNets run in chunks of 32 images by default, models/)')
   p.add_argument('--compare-augment', action='store_true',
                  help='also time the step with the opposite --augment setting (its cost)')
+  p.add_argument('--matmul-size', type=int, default=0, metavar='N',
+                 help='side of the square matmul that measures the peak (0: 2048 on CPU, '
+                 '8192 on GPU/TPU)')
   p.add_argument('--profile', type=int, default=0, metavar='STEPS',
                  help='trace this many steps and report where the time goes, by op')
   return p.parse_args(argv)
@@ -120,12 +130,14 @@ def study_config(args):
   return c
 
 
-def matmul_peak_tflops(backend: str, calls: int = 10) -> float:
-  """Best TFLOP/s of a square matmul: f32 2048^2 on CPU, bf16 8192^2 elsewhere."""
+def matmul_peak_tflops(backend: str, calls: int = 10, size: int = 0) -> float:
+  """Best TFLOP/s of a square matmul: f32 2048^2 on CPU, bf16 8192^2 elsewhere (`size`
+  > 0: that side instead)."""
   import jax
   import jax.numpy as jnp
   from classbias_jax.tuning import strategy as tuning
   n, dtype = (2048, jnp.float32) if backend == 'cpu' else (8192, jnp.bfloat16)
+  n = size or n
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(jnp.matmul)
@@ -188,20 +200,20 @@ def benchmark(args) -> dict:
   """Runs the measurements of `args` and returns the JSON record."""
   import jax
   from classbias_jax.tuning import hostmem, strategy as tuning
-  step, runners, resolved = prepare(args)
+  step, runners, resolved, prepared = prepare(args)
   for run in runners.values():  # warm-up: first calls allocate and fill caches
     run(), run()
   times, cpu = interleaved(runners, args.steps, args.rounds)
   if 'torch' in runners:
     runners['torch'].close()
   # Seconds per training step of every runner (a 'scan' call runs several).
-  per_call = {k: 1 if k in ('torch', 'augment_alone') else step.steps_per_call
-              for k in runners}
+  per_call = {k: prepared[k].steps_per_call if k in prepared else
+              1 if k in ('torch', 'augment_alone') else step.steps_per_call for k in runners}
   times = {k: [t / per_call[k] for t in v] for k, v in times.items()}
   cpu = {k: c / per_call[k] for k, c in cpu.items()}
   step_s = tuning.median(times['sweep'])
   backend = jax.default_backend()
-  peak = matmul_peak_tflops(backend)
+  peak = matmul_peak_tflops(backend, size=args.matmul_size)
   images = args.batch * args.models
   record = {
       'model': args.model, 'batch': args.batch, 'models': args.models, **resolved,
@@ -219,6 +231,7 @@ def benchmark(args) -> dict:
       'cpu_s_per_step': cpu['sweep'],
       'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
       **ratios(times, cpu, step_s, args),
+      **compared(times, prepared, step_s),
   }
   if args.profile:
     from classbias_jax.tuning import profile
@@ -227,7 +240,8 @@ def benchmark(args) -> dict:
 
 
 def prepare(args):
-  """(the sweep's PreparedStep, runners by name, resolved settings for the record)."""
+  """(the sweep's PreparedStep, runners by name, resolved settings for the record, the
+  PreparedStep of each runner that has one besides the sweep's, by runner name)."""
   import jax
   import jax.numpy as jnp
   from classbias_jax.train import model_axis
@@ -249,7 +263,7 @@ def prepare(args):
   step = prepared(config, strategy, materialize)
   print(f'compiled the {strategy} step of {args.models} models in {step.compile_s:.1f} s',
         file=sys.stderr, flush=True)
-  runners = {'sweep': step.run}
+  runners, others = {'sweep': step.run}, {}
   if args.compare_materialize:
     runners['materialize_flipped'] = prepared(config, strategy, not materialize).run
   if args.compare_conv_chunk and hasattr(model, 'conv_batch_chunk'):  # the CPU model's
@@ -265,6 +279,10 @@ def prepare(args):
     one = prepared(study_config(argparse.Namespace(**{**vars(args), 'models': 1})), 'unroll',
                    materialize)
     runners['sequential'] = lambda: [one.run() for _ in range(args.models)]
+    others['sequential'] = one
+  for name in args.compare_strategy:
+    others['strategy:' + name] = other_strategy(args, config, model, name, materialize)
+    runners['strategy:' + name] = others['strategy:' + name].run
   threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if args.torch and args.augment not in ('on', 'off'):
     print(f'the PyTorch reference has no --augment={args.augment}: skipping it',
@@ -276,7 +294,41 @@ def prepare(args):
                                       'cuda' if jax.default_backend() == 'gpu' else 'cpu')
   resolved = {'strategy': strategy, 'loop': loop, 'materialize': materialize,
               'threads': threads}
-  return step, runners, resolved
+  return step, runners, resolved, others
+
+
+def other_strategy(args, config, model, name: str, materialize: bool):
+  """The sweep's step compiled under the model-axis strategy `name` (--compare-strategy),
+  its train.loop resolved for that strategy as a run would."""
+  from classbias_jax.train import model_axis
+  from classbias_jax.tuning.prepared import prepared_step
+  strategy = model_axis.resolve_strategy(name, args.models, args.loop)
+  step = prepared_step(model, config, strategy=strategy, materialize=materialize,
+                       loop=model_axis.resolve_loop(args.loop, strategy=strategy),
+                       image_shape=(args.image_size, args.image_size, 3),
+                       num_classes=args.num_classes, count_flops=False)
+  print(f'compiled the {strategy} step of {args.models} models in {step.compile_s:.1f} s',
+        file=sys.stderr, flush=True)
+  return step
+
+
+def compared(times: dict, prepared: dict, step_s: float) -> dict:
+  """The compile time of every compared program, and for each --compare-strategy its
+  step time and ratio (> 1: the sweep's strategy is faster)."""
+  from classbias_jax.tuning import strategy as tuning
+  out = {}
+  if 'sequential' in prepared:
+    out['sequential_compile_s'] = prepared['sequential'].compile_s
+  strategies = {}
+  for key, step in prepared.items():
+    if key.startswith('strategy:'):
+      other_s = tuning.median(times[key])
+      strategies[key.split(':', 1)[1]] = {
+          'step_s': other_s, 'compile_s': step.compile_s, 'ratio': other_s / step_s,
+          'steps_per_call': step.steps_per_call}
+  if strategies:
+    out['compared_strategies'] = strategies
+  return out
 
 
 def augment_alone(config, args):
@@ -344,6 +396,9 @@ def summary(r: dict) -> str:
   if 'sequential_ratio' in r:
     lines.append(f"vs {r['models']} models one after another: {r['sequential_ratio']:.2f}x "
                  f"(CPU time: {r['sequential_cpu_ratio']:.2f}x)")
+  for name, other in r.get('compared_strategies', {}).items():
+    lines.append(f"vs strategy {name}: {other['ratio']:.2f}x ({1e3 * other['step_s']:.1f} "
+                 f"ms/step, compile {other['compile_s']:.1f} s)")
   if 'materialize_ratio' in r:
     lines.append(f"materialize={'on' if r['materialize'] else 'off'} vs "
                  f"{'off' if r['materialize'] else 'on'}: {r['materialize_ratio']:.2f}x")

@@ -69,8 +69,8 @@ KNOBS = {
 ARM_SWEEP = 'fix.arm'
 # The model axis (model_axis.py): 'rule' is the documented per-backend rule; 'auto'
 # measures the candidates on this machine (opt-in; tuning/strategy.py).
-STRATEGIES = ('rule', 'auto', 'unroll', 'vmap', 'chunked', 'sequential', 'shard',
-              'shard:unroll', 'shard:vmap', 'shard:chunked', 'mesh')  # and 'mesh:AxB'
+STRATEGIES = ('rule', 'auto', 'unroll', 'vmap', 'chunked', 'map', 'sequential', 'shard',
+              'shard:unroll', 'shard:vmap', 'shard:chunked', 'shard:map', 'mesh')  # and 'mesh:AxB'
 
 
 def short_name(dotted: str) -> str:

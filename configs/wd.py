@@ -35,13 +35,27 @@ at 5e-2 Coat, Dress, Shirt and T-shirt/top collapse into Pullover (docs/studies.
 
   python -m classbias_jax.main --config=configs/wd.py:fashion --workdir=runs/wd_fashion
 
-Args: runlocal, fashion, seeds=N, epochs=N.
+The same study at full size on one GPU (all 60,000 training images, CIFAR ResNet-20 at full
+width, bfloat16 compute, 4 decay values x 4 seeds, 15 epochs): estimated 3-5 minutes on
+one H100 from the 16-model ResNet-20 step measured there before the redesign (25-48 ms
+per step, 469 steps per epoch); the run itself, and whether 15 epochs reach the >= 93%
+mean accuracy of published ResNets at the best value, await a device
+(benchmarks/gpu_sweep.sh runs it):
+
+  python -m classbias_jax.main --config=configs/wd.py:fashion,full --workdir=runs/wd_fashion_full
+
+Args: runlocal, fashion, full (with fashion), seeds=N, epochs=N.
 """
 from classbias_jax import configs
+from classbias_jax.errors import ConfigError
 
 
 def get_config(arg=None):
-  args = configs.parse_arg(arg, runlocal=False, fashion=False, seeds=8, epochs=30)
+  args = configs.parse_arg(arg, runlocal=False, fashion=False, full=False, seeds=8,
+                           epochs=30)
+  if args.full and not args.fashion:
+    raise ConfigError("config arg 'full' is the full Fashion-MNIST study: give it with "
+                      "'fashion' (configs/wd.py:fashion,full)")
   given = lambda key: f'{key}=' in (arg or '')
   c = configs.base_config()
   c.seeds = args.seeds
@@ -80,4 +94,12 @@ def get_config(arg=None):
     c.train.eval_every = 3
     c.aug.pad_crop = 2
     c.aug.flip_prob = 0.5
+
+  if args.full:
+    c.data.train_subset = 0  # all 60,000 training images
+    c.model.name = 'resnet20'
+    c.model.width = 1.0
+    c.model.dtype = 'bfloat16'
+    c.train.epochs = args.epochs if given('epochs') else 15
+    c.train.eval_every = 5
   return c

@@ -29,6 +29,20 @@ def test_load_by_path_and_smoke():
     configs.load('configs/nope.py', root=ROOT)
 
 
+def test_the_full_fashion_study_is_the_fashion_study_at_full_size():
+  """configs/wd.py:fashion,full (benchmarks/gpu_sweep.sh): all training images, ResNet-20
+  at full width, the same 4 x 4 sweep; 'full' without 'fashion' is refused."""
+  cpu = configs.load('configs/wd.py:fashion', root=ROOT)
+  full = configs.load('configs/wd.py:fashion,full', root=ROOT)
+  assert (full.data.name, full.data.train_subset, full.model.name, full.model.width) == (
+      'fashion_mnist', 0, 'resnet20', 1.0)
+  assert cpu.data.train_subset == 10000 and cpu.model.name == 'resnet8'
+  assert tuple(full.sweep['values']) == tuple(cpu.sweep['values']) and full.seeds == 4
+  assert configs.load('configs/wd.py:fashion,full,epochs=20', root=ROOT).train.epochs == 20
+  with pytest.raises(ConfigError, match="give it with 'fashion'"):
+    configs.load('configs/wd.py:full', root=ROOT)
+
+
 @pytest.mark.parametrize('field,value,message', [
     ('sweep.name', 'model.name', 'cannot be swept'),
     ('train.strategy', 'magic', 'train.strategy'),

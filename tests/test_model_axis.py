@@ -58,7 +58,7 @@ def unrolled():
   return tiny_steps('unroll')
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'chunked', 'sequential', 'shard', 'shard:vmap'])
+@pytest.mark.parametrize('strategy', ['vmap', 'chunked', 'map', 'sequential', 'shard', 'shard:vmap'])
 def test_strategy_matches_unroll(unrolled, strategy):
   """One device here, so 'shard' is a mesh of one: same numbers, same code path."""
   assert_same_models(unrolled, tiny_steps(strategy))

@@ -6,6 +6,8 @@ written from the measurements in docs/benchmarks.md; 'auto' measures, tuning/str
   vmap          one vmapped program; convs become grouped convs (slow on XLA:CPU)
   unroll        M independent copies of the per-model computation in one program
   chunked       vmapped chunks of `train.chunk_size` models, unrolled over chunks
+  map           `lax.map` over the models: one model's computation in a loop inside one
+                program (the models one after another without leaving the device)
   shard         the model axis split over a 1-D mesh of devices ('models'), each device
                 running its M / D models unrolled; 'shard:vmap' and 'shard:chunked' pick
                 the per-device strategy
@@ -36,7 +38,7 @@ from classbias_jax.errors import ConfigError
 MODEL_AXIS = 'models'
 DATA_AXIS = 'data'
 MESH = 'mesh'
-INNER = ('unroll', 'vmap', 'chunked')
+INNER = ('unroll', 'vmap', 'chunked', 'map')
 SEQUENTIAL = 'sequential'
 
 
@@ -93,7 +95,8 @@ def over_models(fn: Callable, strategy: str, chunk_size: int = 1,
 
   'vmap': one vmapped program (convs become grouped convs); 'unroll': the M models as M
   independent copies of the computation in one program; 'chunked': vmapped chunks of
-  `chunk_size` models, unrolled over chunks; 'shard[:inner]': the model axis split over
+  `chunk_size` models, unrolled over chunks; 'map': `lax.map`, a loop over the models
+  inside the program; 'shard[:inner]': the model axis split over
   the devices of `model_mesh(M)`, each device running its models with `inner`;
   'sequential': a `Sequential` (called from the host, not from inside a jitted function);
   carry: fn's first input and output are the state, updated in place (Sequential's carry;
@@ -120,6 +123,8 @@ def over_models(fn: Callable, strategy: str, chunk_size: int = 1,
 def _over_models_local(fn: Callable, strategy: str, chunk_size: int) -> Callable:
   if strategy == 'vmap':
     return jax.vmap(fn, in_axes=(0, None))
+  if strategy == 'map':
+    return lambda per_model, shared: jax.lax.map(lambda one: fn(one, shared), per_model)
   size = 1 if strategy == 'unroll' else chunk_size
 
   def lifted(per_model, shared):
