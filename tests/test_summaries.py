@@ -43,7 +43,7 @@ def test_event_files_hold_every_model_and_class(watched_run):
   board = summaries.directory(workdir)
   names = summaries.run_names(SimpleNamespace(name=config.sweep.name,
                                               values=r['sweep_values']))
-  assert names == ['weight_decay=0', 'weight_decay=0.05']
+  assert names == ['weight_decay=0.0', 'weight_decay=0.05']
   tags = summaries.class_tags(r['class_names'])
   assert tags[3] == 'test_per_class/3_3'
   for v, name in enumerate(names):
@@ -95,7 +95,7 @@ def test_means_skip_diverged_seeds_and_resume_drops_repeated_epochs(tmp_path):
   loss = lambda run: scalars(os.path.join(workdir, 'tensorboard', run))['train/loss']
   assert loss('crop_scale_min=0.08/seed_1') == {1: 3.0, 2: 60.0, 3: 90.0}
   assert loss('crop_scale_min=0.08/mean') == {1: 2.0, 2: 40.0, 3: 60.0}
-  assert loss('crop_scale_min=1/mean') == {1: 5.0, 2: 100.0, 3: 150.0}  # seed 1 diverged
+  assert loss('crop_scale_min=1.0/mean') == {1: 5.0, 2: 100.0, 3: 150.0}  # seed 1 diverged
 
 
 def test_profiler_steps_boundaries(tmp_path, monkeypatch):

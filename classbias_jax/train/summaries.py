@@ -68,10 +68,11 @@ def directory(workdir: str) -> str:
 
 
 def run_names(sweep, value_names: list[str] | None = None) -> list[str]:
-  """Folder name of each sweep value [V]: 'weight_decay=0.0005', or the arm's name."""
+  """Folder name of each sweep value [V]: 'weight_decay=0.0005' (the shortest digits that
+  give the value back, so two values never share a folder), or the arm's name."""
   if value_names is None:
     short = sweep.name.rsplit('.', 1)[-1]
-    value_names = [f'{short}={v:g}' for v in sweep.values]
+    value_names = [f'{short}={float(v)!r}' for v in sweep.values]
   return [str(name).replace(os.sep, '_') for name in value_names]
 
 
