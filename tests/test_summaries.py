@@ -127,7 +127,13 @@ def test_profiler_rejects_steps_past_the_run(tmp_path):
     summaries.Profiler((12, 1), steps_per_epoch=4, epochs=3, workdir=str(tmp_path))
 
 
-def test_no_summaries_when_off(tmp_path):
-  config = tiny_config(train__tensorboard=False)
-  assert summaries.open_board(config, str(tmp_path), sweep_of([1.0], [0]), ['a']) is None
-  assert not os.path.exists(summaries.directory(str(tmp_path)))
+def test_no_summaries_when_off_not_lead_or_not_installed(tmp_path, monkeypatch, capsys):
+  workdir, sweep = str(tmp_path), sweep_of([1.0], [0])
+  off = tiny_config(train__tensorboard=False)
+  assert summaries.open_board(off, workdir, sweep, ['a']) is None
+  assert summaries.open_board(tiny_config(), workdir, sweep, ['a'], lead=False) is None
+  assert capsys.readouterr().err == ''
+  monkeypatch.setattr(summaries, 'RecordWriter', None)
+  assert summaries.open_board(tiny_config(), workdir, sweep, ['a']) is None
+  assert 'tensorboard package is not installed' in capsys.readouterr().err
+  assert not os.path.exists(summaries.directory(workdir))
