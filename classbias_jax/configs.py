@@ -153,6 +153,13 @@ def _train_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache ('' = off; $CLASSBIAS_COMPILE_CACHE overrides):
   # a rerun of a study skips compilation. It never changes what runs.
   t.compile_cache = os.path.join('~', '.cache', 'classbias_jax', 'jax')
+  # TensorBoard (train/summaries.py), in WORKDIR/tensorboard: per-epoch loss and accuracy and
+  # per-class test accuracy of every model, written when the tensorboard package is
+  # installed (the `tensorboard` extra). Neither field changes results.
+  t.tensorboard = True
+  # (first step, count): a jax.profiler trace of those steps (counted from 0 over the run)
+  # for TensorBoard's profile tab, e.g. (10, 3); () = none
+  t.profile_steps = ()
   return t
 
 
@@ -313,6 +320,16 @@ def _validate_sweep(config) -> None:
     raise ConfigError(f'seeds must be >= 1, got {config.seeds}')
 
 
+def _check_watch(train) -> None:
+  """train.profile_steps () or (first >= 0, count >= 1); the ConfigDict's types already
+  keep train.tensorboard a bool."""
+  steps = tuple(train.profile_steps)
+  ints = all(isinstance(x, int) and not isinstance(x, bool) for x in steps)
+  if steps and (len(steps) != 2 or not ints or steps[0] < 0 or steps[1] < 1):
+    raise ConfigError(f'train.profile_steps {steps}: give (first step, count) with '
+                      'first >= 0 and count >= 1, or () for no profile')
+
+
 def _validate_train(config) -> None:
   if config.train.strategy not in STRATEGIES and not config.train.strategy.startswith('mesh:'):
     raise ConfigError(f'train.strategy {config.train.strategy!r}; choose one of '
@@ -325,6 +342,7 @@ def _validate_train(config) -> None:
   for name in ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes'):
     if not config.train[name] >= 0:  # also refuses NaN
       raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
+  _check_watch(config.train)
 
 
 def _validate_prune(config) -> None:

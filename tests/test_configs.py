@@ -48,6 +48,11 @@ def test_the_full_fashion_study_is_the_fashion_study_at_full_size():
     ('train.strategy', 'magic', 'train.strategy'),
     ('seeds', 0, 'seeds must be'),
     ('model.dtype', 'float16', 'model.dtype'),
+    ('train.profile_steps', (3,), 'train.profile_steps'),  # (first step, count)
+    ('train.profile_steps', (-1, 2), 'train.profile_steps'),
+    ('train.profile_steps', (0, 0), 'train.profile_steps'),
+    ('train.profile_steps', (1.5, 2), 'train.profile_steps'),
+    ('train.profile_steps', (1, 2, 3), 'train.profile_steps'),
 ])
 def test_validate_rejects(field, value, message):
   c = configs.base_config()

@@ -17,7 +17,7 @@ from classbias_jax import results
 from classbias_jax.train import checkpoint
 from classbias_jax.audit import figures as plots
 from classbias_jax.train import trainer
-from classbias_jax.train import study_dir
+from classbias_jax.train import study_dir, summaries
 from classbias_jax.data import idx
 from classbias_jax.errors import ConfigError, DataUnavailable, ResultsError, WriteError
 
@@ -89,10 +89,12 @@ def test_results_of_another_config_are_kept_unless_overwrite(tmp_path):
   trainer.run(config, workdir)  # config.json as the trainer writes it, with 'resolved'
   open(os.path.join(workdir, 'notes.txt'), 'w').close()
   files = sorted(os.listdir(workdir))
+  assert (summaries.SUMMARIES_DIR in files) == summaries.available()  # --overwrite deletes it
 
   # What never changes results may differ: the same study (a rerun trains again).
   same = tiny_config(seeds=1, train__epochs=1, train__eval_every=0, data__workers=3,
-                     train__checkpoint_every=2, train__compile_cache='')
+                     train__checkpoint_every=2, train__compile_cache='',
+                     train__tensorboard=False, train__profile_steps=(0, 1))
   study_dir.guard_results(workdir, same, overwrite=False)
   other = tiny_config(seeds=2, train__epochs=1, train__eval_every=0, optim__momentum=0.5)
   with pytest.raises(ConfigError, match=r'finished results of another config \(differs in '

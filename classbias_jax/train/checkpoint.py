@@ -17,8 +17,8 @@ once every item is written, so every epoch_* directory is whole: a process kille
 leaves only the temporary directory, which loading ignores and the next save deletes.
 save() returns once the rename is done (no background writes), and the older checkpoint
 is deleted after it (max_to_keep=1). A run resumes only with the config that wrote the
-checkpoint, up to the fields of CHECKPOINT_FIELDS, which only say when to save
-(trainer.run deletes the checkpoint after writing its results).
+checkpoint, up to the fields of CHECKPOINT_FIELDS, which only say when to save or what
+to watch (trainer.run deletes the checkpoint after writing its results).
 """
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ from classbias_jax.errors import ConfigError
 CHECKPOINT_DIR = 'checkpoint'
 _PREFIX = 'step'
 _DIGITS = 9
-# Config fields that say when to save, not what runs: a run may resume under other values.
-CHECKPOINT_FIELDS = ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes')
+# Config fields that say when to save or what to watch (summaries.py), not what runs: a
+# run may resume under other values.
+CHECKPOINT_FIELDS = ('checkpoint_every', 'checkpoint_every_steps', 'checkpoint_minutes',
+                     'tensorboard', 'profile_steps')
 _STATE, _META, _BATCHES = 'state', 'meta', 'batches'
 
 
@@ -106,7 +108,7 @@ def read_meta(workdir: str, config) -> dict[str, Any] | None:
 
 
 def _identity(config: dict) -> dict:
-  """The JSON config without the fields that only say when to save."""
+  """The JSON config without the fields that only say when to save or what to watch."""
   train = {k: v for k, v in config.get('train', {}).items() if k not in CHECKPOINT_FIELDS}
   return dict(config, train=train)
 

@@ -316,9 +316,10 @@ class LoopState:
 
 def train_epochs(run: LoopState, plan, train_epoch, evaluate, dataset,
                  workdir: str, start: tuple[int, int],
-                 checkpointer: Checkpointer) -> np.ndarray | None:
+                 checkpointer: Checkpointer, board=None) -> np.ndarray | None:
   """Trains from `start` = (epoch, step) to the last epoch, logs metrics.jsonl, evaluates
-  every train.eval_every epochs, checkpoints as `checkpointer` decides; `run.state` and
+  every train.eval_every epochs, checkpoints as `checkpointer` decides, and hands each
+  epoch's host metrics to `board` (summaries.Board; None: no summaries); `run.state` and
   `run.history` are updated. A resumed epoch starts from the per-step metrics its
   checkpoint kept (history.epoch_steps). Returns the last epoch's test
   predictions when that epoch was evaluated."""
@@ -346,6 +347,8 @@ def train_epochs(run: LoopState, plan, train_epoch, evaluate, dataset,
         extra = _evaluate_epoch(history, record, epoch, last, dataset.test_labels)
       log.write(json.dumps(record) + '\n')
       log.flush()
+      if board is not None:
+        board.epoch(epoch + 1, metrics, last, dataset.test_labels)
       ok = ~history.diverged if (~history.diverged).any() else np.ones_like(history.diverged)
       progress.update(epoch, float(np.mean(metrics['loss'][ok])),
                       float(np.mean(metrics['accuracy'][ok])), extra)

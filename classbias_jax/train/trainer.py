@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import configs, data, files, results
+from classbias_jax import configs, data, files, results, versions
 from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
 from classbias_jax.train import (checkpoint, design, distributed, epochs, model_axis, one_model,
-                                 prune, study_dir)
+                                 prune, study_dir, summaries)
 from classbias_jax.train.epochs import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
 from classbias_jax.train.history import History
 from classbias_jax.train.plan import Plan, build_plan
@@ -194,7 +194,10 @@ def _write_config(workdir: str, plan, dataset, input_mode: str, policy: dict) ->
   resolved['resolved'] = dict(plan.resolved(), input_mode=input_mode,
                               host_malloc=hostmem.in_effect(), checkpoint=policy,
                               processes=jax.process_count(),
-                              class_names=list(dataset.class_names))
+                              class_names=list(dataset.class_names),
+                              tensorboard=bool(plan.config.train.tensorboard
+                                               and summaries.available()),
+                              versions=versions.installed())
   files.write_json(os.path.join(workdir, 'config.json'), resolved)
 
 
@@ -255,6 +258,8 @@ def _run(config, workdir: str, signals: epochs.Signals,
   dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
   model = create_model(config.model.name, dataset.num_classes, config.model.width, dtype)
   plan = make_plan(config, dataset, model)
+  profiler = summaries.Profiler(config.train.profile_steps, plan.steps_per_epoch,
+                                config.train.epochs, workdir, distributed.is_lead())
   os.makedirs(workdir, exist_ok=True)
   _write_config(workdir, plan, dataset, input_mode,
                 epochs.checkpoint_policy(config.train, plan.loop, signals))
@@ -278,9 +283,12 @@ def _run(config, workdir: str, signals: epochs.Signals,
   evaluate = make_evaluate(plan, model, dataset.test_images, on_device=not streamed)
   checkpointer = epochs.Checkpointer(config.train, plan.steps_per_epoch, plan.loop, save,
                                      signals, checkpoint.directory(workdir))
-  last = epochs.train_epochs(run, plan, make_train_epoch(plan, model, source), evaluate,
-                             dataset, workdir, (resume['epoch'], resume['step']) if resume
-                             else (0, 0), checkpointer)
+  start = (resume['epoch'], resume['step']) if resume else (0, 0)
+  board = summaries.open_board(config, workdir, plan.sweep, dataset.class_names,
+                               plan.arms and plan.arms['arms'], start[0], distributed.is_lead())
+  with contextlib.closing(profiler), board or contextlib.nullcontext():
+    last = epochs.train_epochs(run, plan, profiler.wrap(make_train_epoch(plan, model, source)),
+                               evaluate, dataset, workdir, start, checkpointer, board)
 
   # Evaluation and results (the last epoch's evaluation already has the predictions).
   state = run.state
