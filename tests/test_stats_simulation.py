@@ -294,3 +294,57 @@ def test_the_recommended_arm_is_uniform_on_noise_and_finds_a_real_gain():
   # recommended in most 8-seed studies; at 4 seeds only far larger gains are (t with 3
   # degrees of freedom at 98.3%: docs/statistics.md).
   assert recommendations(8, 50, gain=0.08, seed=33) >= 0.8
+
+
+
+def _level(sweeps: int) -> float:
+  """0.05 plus three binomial standard errors of Monte Carlo slack."""
+  return 0.05 + 3 * np.sqrt(0.05 * 0.95 / sweeps)
+
+
+GRID = [(g, s, v) for g in GENERATORS for s in (2, 3, 4, 8) for v in (2, 4, 7)] if SLOW else [
+    (g, 3, 4) for g in GENERATORS] + [('louder at one value', 4, 7)]
+
+
+@pytest.mark.parametrize('gen_name, seeds, values', GRID)
+def test_pooled_run_variance_holds_its_level_on_every_generator(gen_name, seeds, values):
+  # Every value against value 0 in one family; the full grid with CLASSBIAS_SLOW_SIM=1.
+  sweeps = 300 if SLOW else 80
+  false_any, _ = sweep_rates(GENERATORS[gen_name], seeds, values, sweeps, seed=7 * seeds + values)
+  assert false_any <= _level(sweeps)
+
+
+def test_pooled_run_variance_finds_a_ten_point_drop_at_four_seeds():
+  # 4 values x 4 seeds: 12 df for each class's run variance instead of 3.
+  _, pooled = sweep_rates(SUITE_GEN, 4, 4, 60, drop=0.10, seed=41)
+  _, pairwise = sweep_rates(SUITE_GEN, 4, 4, 60, drop=0.10, seed=41, run_variance='pairwise')
+  assert pooled >= 0.7 and pairwise < 0.5
+
+
+# ----------------------------------------------------- the full tables (docs/statistics.md)
+
+def table(gen_name: str, nulls: int = 300, planted: int = 100) -> list[str]:
+  """Markdown rows: per seeds x values, the null any-flag rate and the recall of a 10-point
+  drop, pairwise then pooled."""
+  gen = GENERATORS[gen_name]
+  rows = []
+  for seeds in (2, 3, 4, 8):
+    for values in (2, 4, 7):
+      cells = []
+      for method in ('pairwise', 'pooled'):
+        null, _ = sweep_rates(gen, seeds, values, nulls, seed=100 * seeds + values,
+                              run_variance=method)
+        _, recall = sweep_rates(gen, seeds, values, planted, drop=0.10,
+                                seed=100 * seeds + values + 1, run_variance=method)
+        cells += [null, recall]
+      rows.append(f'| {gen_name} | {seeds} | {values} | ' + ' | '.join(
+          f'{cells[k]:.3f}' for k in (0, 2, 1, 3)) + ' |')
+      print(rows[-1], flush=True)
+  return rows
+
+
+if __name__ == '__main__':
+  print('| generator | seeds | values | null, pairwise | null, pooled | recall -10, pairwise '
+        '| recall -10, pooled |\n|---|---|---|---|---|---|---|')
+  for name in GENERATORS:
+    table(name)
