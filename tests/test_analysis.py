@@ -271,3 +271,12 @@ def test_analysis_records_which_run_variance_ran_and_why():
   assert all(x == 2 for v in pair['values'] for x in v['per_class']['run_values'])
   with pytest.raises(ConfigError, match='run_variance'):
     analysis.analyze(r, run_variance='seedwise')
+
+
+def test_a_broken_value_leaves_the_pool_of_the_sound_ones():
+  # Value 4 swings the classes by 60x the run sd (a weight decay where training breaks
+  # down): the comparisons among values 0-3 pool those four, not five.
+  r = _sweep(5, seeds=4, louder={4: 60.0}, seed=2)
+  out = _pair(r, 1, 0, 'pooled')
+  np.testing.assert_array_equal(out['run_values'], 4)
+  assert np.all(_pair(_sweep(5, seeds=4, seed=2), 1, 0, 'pooled')['run_values'] == 5)

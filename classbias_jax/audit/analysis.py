@@ -148,12 +148,14 @@ def pair_pool(per_seed: np.ndarray, valid: np.ndarray, labels: np.ndarray, value
   labels [N] (the test images' classes).
 
   The values whose models are valid at every seed of the pair (the pair included), at
-  those seeds; None for run_variance='pairwise' or without a seed.
+  those seeds; None for run_variance='pairwise', without a seed or with nothing to pool.
   """
   seeds = valid[value] & valid[reference]
   if run_variance == 'pairwise' or not seeds.any():
     return None
   values = np.flatnonzero(valid[:, seeds].all(1))
+  if len(values) < 3 or value == reference:
+    return None  # nothing to pool
   images = np.bincount(labels, minlength=per_seed.shape[-1])
   pair = (int(np.searchsorted(values, value)), int(np.searchsorted(values, reference)))
   return stats.run_pool(per_seed[values][:, seeds], images, pair)

@@ -43,6 +43,7 @@ RUN_VARIANCE = ('pooled', 'pairwise')  # where the run-to-run term comes from; f
 # with 4x the run sd through too often at 7 values; 0.2 holds the level there and keeps
 # the recall of a 10-point drop at 4 seeds above 0.8.
 HOMOGENEITY_LEVEL = 0.2
+BROKEN_RATIO = 50.0  # a value whose runs vary this much more than the class's median value
 
 TEST_NAME = ('crossed random-effects t-test over seeds x images, each class with its own '
              'seed variance (Satterthwaite df), paired by seed and image')
@@ -116,34 +117,62 @@ def _satterthwaite(terms: dict, df: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_pool(per_seed: np.ndarray, images: np.ndarray,
-             pair: tuple[int, int] = (0, 1)) -> dict[str, np.ndarray | float]:
+             pair: tuple[int, int] = (0, 1)) -> dict[str, np.ndarray]:
   """The value x seed interaction of each class's logit accuracy: its run-to-run variance.
 
   per_seed float [V', S, C]: accuracy (fraction) of every model of V' values at the same S
   seeds; images [C]: test images per class; pair: the positions of the two values compared.
   On the logit scale ((k + 1/2) / (n + 1) for k of n right) a run shift moves a class alike
   at any accuracy, so a knob that moves a class's accuracy leaves this variance as it is.
-  Returns ss [C] (interaction sum of squares, logit^2), df ((V' - 1)(S - 1)), values (V'),
-  own [C] (variance over seeds of the pair's logit difference), slope2 [C] (the sum over
+  A value where the class's runs vary far more than at the others (a knob value where the
+  model breaks down: broken_values) leaves that class's pool. Returns, per class [C]: ss
+  (interaction sum of squares, logit^2), df ((values - 1)(S - 1)), values (pooled, the pair
+  included), own (variance over seeds of the pair's logit difference), slope2 (the sum over
   the pair of the mean squared d accuracy / d logit, to bring a logit variance back to
-  accuracy), and others_ss [C], others_df: the interaction of the other values alone.
+  accuracy), and others_ss, others_df: the interaction of the pooled values but the pair.
   """
   n = np.asarray(images, np.float64)
   with np.errstate(invalid='ignore', divide='ignore'):
     acc = (np.asarray(per_seed, np.float64) * n + 0.5) / (n + 1)
     logit = np.log(acc / (1 - acc))
-  resid = (logit - logit.mean(0, keepdims=True) - logit.mean(1, keepdims=True)
-           + logit.mean((0, 1), keepdims=True))
-  v, s = per_seed.shape[:2]
-  slope = acc * (1 - acc)
+  s = per_seed.shape[1]
   i, j = pair
+  in_pair = np.isin(np.arange(len(logit)), pair)[:, None]
   own = (logit[i] - logit[j]).var(0, ddof=1) if s > 1 else np.full(n.shape, np.nan)
-  others = np.delete(logit, [i, j], axis=0) if v > 3 else np.zeros((2, s, n.size))
-  rest = (others - others.mean(0, keepdims=True) - others.mean(1, keepdims=True)
-          + others.mean((0, 1), keepdims=True))  # [V' - 2, S, C]
-  return {'ss': (resid ** 2).sum((0, 1)), 'df': float((v - 1) * (s - 1)), 'values': float(v),
-          'own': own, 'slope2': (slope[i] ** 2).mean(0) + (slope[j] ** 2).mean(0),
-          'others_ss': (rest ** 2).sum((0, 1)), 'others_df': float(max(v - 3, 0) * (s - 1))}
+  keep = in_pair | (~broken_values(logit, j) if s > 1 else True)
+  ss, values = _interaction_ss(logit, keep)
+  others_ss, others = _interaction_ss(logit, keep & ~in_pair)
+  slope = acc * (1 - acc)
+  return {'ss': ss, 'df': (values - 1) * (s - 1), 'values': values, 'own': own,
+          'slope2': (slope[i] ** 2).mean(0) + (slope[j] ** 2).mean(0),
+          'others_ss': np.where(others > 1, others_ss, 0.0),
+          'others_df': np.maximum(others - 1, 0) * (s - 1)}
+
+
+def broken_values(logit: np.ndarray, reference: int) -> np.ndarray:
+  """Values whose runs vary BROKEN_RATIO times more than the class's median value: bool
+  [V', C], from logit [V', S, C].
+
+  Each value's spread is the variance over seeds of its logit less the reference's, its
+  anchor the median spread of the values but the reference. Under equal run variances
+  (normal logits, 200,000 classes) a value is called broken in 1% of classes at 4 values
+  and 2 seeds, 0.2% at 7 values, 0.05% or less at 3 seeds and never with three values.
+  """
+  spread = (logit - logit[reference]).var(1, ddof=1)  # [V', C]; 0 at the reference
+  anchor = np.median(np.delete(spread, reference, axis=0), axis=0)
+  return spread > BROKEN_RATIO * anchor
+
+
+def _interaction_ss(logit: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Value x seed interaction sum of squares [C] over the values each class keeps, and
+  their count [C]: logit [V', S, C], keep bool [V', C]."""
+  w = keep[:, None, :].astype(np.float64)
+  count = keep.sum(0).astype(np.float64)
+  x = np.where(w > 0, logit, 0.0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    seed_mean = x.sum(0) / count  # [S, C]
+    resid = (x - x.mean(1, keepdims=True) - seed_mean + seed_mean.mean(0)) * w
+  return (resid ** 2).sum((0, 1)), count
 
 
 def pooled_seed_term(ms, df, n, s: int, pool, level: float = HOMOGENEITY_LEVEL):
@@ -151,23 +180,22 @@ def pooled_seed_term(ms, df, n, s: int, pool, level: float = HOMOGENEITY_LEVEL):
 
   The check: the pair's seed-level logit differences have variance 2 sigma^2 under equal
   variances, so (own / 2) / MS_rest ~ F(S - 1, df_rest), MS_rest being the interaction of
-  the other V' - 2 values alone ((V' - 3)(S - 1) df, independent of the pair's data), or
-  with three values the pool less the pair's part ((V' - 2)(S - 1) df). Where it passes, MS_seed = n MS_int slope2 (the pair's
-  seed-level difference variance, back on the accuracy scale) on (V' - 1)(S - 1) df.
-  Returns (ms, df, the check's p [C], values pooled [C]: V' or 2).
+  the other pooled values alone ((values - 3)(S - 1) df, independent of the pair's data),
+  or with three values the pool less the pair's part ((values - 2)(S - 1) df). Where it
+  passes, MS_seed = n MS_int slope2 (the pair's seed-level difference variance, back on
+  the accuracy scale) on (values - 1)(S - 1) df; a class with nothing to pool keeps its
+  own. Returns (ms, df, the check's p [C], values pooled [C], 2 for the pair's own).
   """
   own = pool['own']
-  if pool['others_df'] > 0:  # the other values' own interaction: disjoint from the pair
-    rest_df, rest = pool['others_df'], pool['others_ss'] / pool['others_df']
-  else:  # three values: the pool less the pair's part
-    rest_df = (pool['values'] - 2) * (s - 1)
-    with np.errstate(invalid='ignore', divide='ignore'):
-      rest = np.maximum(pool['ss'] - (s - 1) * own / 2, 0.0) / rest_df
   with np.errstate(invalid='ignore', divide='ignore'):
+    three = (pool['values'] - 2) * (s - 1)  # three values: the pool less the pair's part
+    rest_df = np.where(pool['others_df'] > 0, pool['others_df'], three)
+    rest = np.where(pool['others_df'] > 0, pool['others_ss'] / pool['others_df'],
+                    np.maximum(pool['ss'] - (s - 1) * own / 2, 0.0) / three)
     ratio = np.where(own == 0, 0.0, own / 2 / rest)  # inf: the pair alone varies
-  check = stats.f.sf(ratio, s - 1, rest_df)
+    check = np.where(pool['values'] > 2, stats.f.sf(ratio, s - 1, rest_df), np.nan)
+    seed = n * pool['ss'] / pool['df'] * pool['slope2']
   pooled = check >= level
-  seed = n * pool['ss'] / pool['df'] * pool['slope2']
   ms = {**ms, 'seed': np.where(pooled, seed, ms['seed'])}
   df = {**df, 'seed': np.where(pooled, pool['df'], s - 1.0)}
   return ms, df, check, np.where(pooled, pool['values'], 2.0)
@@ -208,7 +236,7 @@ def crossed_effect_test(diff: np.ndarray, labels: np.ndarray, num_classes: int,
   s = diff.shape[0]
   effect, ms, df, n = mean_squares(np.asarray(diff, np.float64), labels, num_classes)
   check, run_values = np.full(num_classes, np.nan), np.full(num_classes, 2.0)
-  if pool is not None and pool['values'] > 2 and s > 1:
+  if pool is not None and s > 1:
     ms, df, check, run_values = pooled_seed_term(ms, df, n, s, pool)
   var_sum, dof = variance_of_mean(ms, df, n, s)
   with np.errstate(invalid='ignore', divide='ignore'):
