@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats as sps
 
-from classbias_jax.audit import analysis
+import test_shift_simulation as shift_sim
+from classbias_jax.audit import analysis, shift
 
 SLOW = bool(os.environ.get('CLASSBIAS_SLOW_SIM'))
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(40)  # for E over a standard normal
@@ -319,6 +320,36 @@ def test_pooled_run_variance_finds_a_ten_point_drop_at_four_seeds():
   _, pooled = sweep_rates(SUITE_GEN, 4, 4, 60, drop=0.10, seed=41)
   _, pairwise = sweep_rates(SUITE_GEN, 4, 4, 60, drop=0.10, seed=41, run_variance='pairwise')
   assert pooled >= 0.7 and pairwise < 0.5
+
+
+
+def _beyond_flags(results: dict, run_variance: str) -> np.ndarray:
+  """Classes flagged beyond the shift at value 0 against value 1 (one BH family) [C]."""
+  labels, c = results['test_labels'], results['num_classes']
+  correct = results['test_predictions'] == labels
+  valid = np.ones(correct.shape[:2], bool)
+  diff = analysis.paired_difference(correct, valid, 0, 1)
+  pool = analysis.pair_pool(analysis.class_accuracy(correct, labels, c), valid, labels, 0, 1,
+                            run_variance)
+  out = shift.beyond_shift(analysis.compare(diff, labels, c, None, pool),
+                           shift.shared_shift(diff, labels, c))
+  return analysis.bh_qvalues(out['p']) < 0.05
+
+
+def test_beyond_the_shift_test_keeps_its_level_and_gains_power_with_the_pool():
+  # tests/test_shift_simulation.py's generator at 5 values: every class 5 points lower at
+  # value 0 (shift-only null; 200 classes x 3 seeds x 40 images), then 10 of 200 classes 20
+  # points lower beyond it (4 seeds x 100 images: pooled finds 12 of 20, pairwise none).
+  rng = np.random.default_rng(5)
+  null = sum(_beyond_flags(shift_sim.simulate(rng, 200, 3, 40, values=5), 'pooled').any()
+             for _ in range(10))
+  assert null <= 1
+  found = {'pooled': 0, 'pairwise': 0}
+  for _ in range(2):
+    results = shift_sim.simulate(rng, 200, 4, 100, values=5, planted=10)
+    for method in found:
+      found[method] += _beyond_flags(results, method)[results['planted_classes']].sum()
+  assert found['pooled'] >= 10 and found['pooled'] > 2 * found['pairwise']
 
 
 # ----------------------------------------------------- the full tables (docs/statistics.md)
