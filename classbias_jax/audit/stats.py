@@ -41,7 +41,7 @@ RUN_VARIANCE = ('pooled', 'pairwise')  # where the run-to-run term comes from; f
 # The homogeneity check's level: a pair whose own run variance exceeds the other values' at
 # this p-value keeps its own. Chosen by simulation (docs/statistics.md): 0.1 let a value
 # with 4x the run sd through too often at 7 values; 0.2 holds the level there and keeps
-# the recall of a 10-point drop at 4 seeds above 0.8.
+# the recall of a 10-point drop at 4 seeds at 0.79-0.91 (4-7 values).
 HOMOGENEITY_LEVEL = 0.2
 BROKEN_RATIO = 50.0  # a value whose runs vary this much more than the class's median value
 
