@@ -1,6 +1,7 @@
 """CLI: a run's results -> WORKDIR/analysis.json, WORKDIR/figures/*.png|pdf, WORKDIR/report.md.
 
   python -m classbias_jax.report --workdir=runs/wd [--reference=0] [--top_k=5]
+      [--run_variance=pooled|pairwise]
 
 Notebooks call `write(workdir, reference=None, top_k=5)`. Everything is computed and drawn
 (figures into a temporary folder) before the first file lands in WORKDIR, and each file is
@@ -23,6 +24,7 @@ from classbias_jax import cli, configs, files
 from classbias_jax.audit import dependence_figures, figures
 from classbias_jax.audit.analysis import analyze
 from classbias_jax.errors import UserError
+from classbias_jax.audit.stats import RUN_VARIANCE
 from classbias_jax.fix import report as fix_report
 from classbias_jax.results import load_results
 from classbias_jax.audit.markdown import FIGURES, render, tables  # noqa: F401  (tables: notebooks)
@@ -34,6 +36,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder holding results.npz.
 _REFERENCE = flags.DEFINE_float(
     'reference', None, 'Sweep value to measure effects against (default: best mean accuracy).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes named per figure and table.')
+_RUN_VARIANCE = flags.DEFINE_string(
+    'run_variance', RUN_VARIANCE[0],
+    'Each class\'s run-to-run variance: pooled over the sweep\'s values (value x seed '
+    'interaction; the pair\'s own where its values vary more) or pairwise (the two values '
+    'compared alone).')
 
 
 def _read_config(workdir: str) -> dict[str, Any]:
@@ -87,10 +94,12 @@ def draw(results, stats, folder: str, top_k: int,
 
 
 def write(workdir: str, reference: float | None = None, top_k: int = 5,
-          num_bootstrap: int = 1000) -> dict[str, str]:
+          num_bootstrap: int = 1000,
+          run_variance: str = RUN_VARIANCE[0]) -> dict[str, str]:
   """Analyses WORKDIR/results.npz and writes analysis.json, figures/ and report.md.
 
-  Raises UserError (nothing written) on missing or bad results or a bad reference.
+  Raises UserError (nothing written) on missing or bad results, a bad reference or an
+  unknown run_variance.
   Returns {'analysis': path, 'report': path, 'figures': folder}.
   """
   results = load_results(workdir)
@@ -98,7 +107,8 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
   fix = str(results['sweep_name']) == configs.ARM_SWEEP  # a fix study: arms, not values
   if fix and reference is None:
     reference = fix_report.uniform_value(results)
-  stats = analyze(results, reference=reference, num_bootstrap=num_bootstrap)
+  stats = analyze(results, reference=reference, num_bootstrap=num_bootstrap,
+                  run_variance=run_variance)
   if fix:
     stats['fix'] = fix_report.summarize(results, config)
     if reference == fix_report.uniform_value(results):
@@ -121,7 +131,7 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
 
 def main(argv: list[str]) -> None:
   paths = cli.workdir_command(argv, _WORKDIR.value, lambda: write(
-      _WORKDIR.value, _REFERENCE.value, _TOP_K.value))
+      _WORKDIR.value, _REFERENCE.value, _TOP_K.value, run_variance=_RUN_VARIANCE.value))
   print(paths['report'])
 
 

@@ -195,3 +195,88 @@ def test_bootstrap_intervals():
   assert out['accuracy_low'][2] < 0.6 < out['accuracy_high'][2]
   assert out['accuracy_high'][2] - out['accuracy_low'][2] < 0.35
   assert out['mean_accuracy_low'] <= out['mean_accuracy'] <= out['mean_accuracy_high']
+
+
+# ------------------------------------------------- run-to-run variance pooled over values
+
+def _sweep(values, seeds=4, louder=None, classes=2, images=200, seed=0):
+  """Results of a null sweep: class accuracy ~80% with a run sd of 3 points (logit shifts),
+  `louder` {value index: factor} multiplies that sd at a value."""
+  rng = np.random.default_rng(seed)
+  sd = np.full((values, 1, 1), 0.2)
+  for v, factor in (louder or {}).items():
+    sd[v] *= factor
+  logit = 1.4 + rng.normal(0, 1, (1, seeds, classes)) * 0.2 + rng.normal(
+      0, 1, (values, seeds, classes)) * sd
+  acc = 1 / (1 + np.exp(-logit))
+  return make_results(acc, images_per_class=images, sweep_values=np.arange(values) * 1e-3,
+                      binomial=True, seed=seed)
+
+
+def _pair(results, v, r, run_variance):
+  labels = results['test_labels']
+  correct = results['test_predictions'] == labels
+  valid = np.ones(correct.shape[:2], bool)
+  per_seed = analysis.class_accuracy(correct, labels, 2)
+  return analysis.compare(analysis.paired_difference(correct, valid, v, r), labels, 2, None,
+                          analysis.pair_pool(per_seed, valid, labels, v, r, run_variance))
+
+
+def test_two_values_pool_nothing_and_match_the_pairwise_test():
+  r = _sweep(2)
+  pooled, pairwise = _pair(r, 1, 0, 'pooled'), _pair(r, 1, 0, 'pairwise')
+  for key in ('effect', 'se', 'df', 'p', 'seed'):
+    np.testing.assert_array_equal(pooled[key], pairwise[key])
+  assert np.all(pooled['run_values'] == 2) and np.all(np.isnan(pooled['homogeneity_p']))
+
+
+def test_pool_is_the_value_seed_interaction_of_logit_accuracy():
+  # 5 values x 4 seeds: the seed term comes from (5 - 1)(4 - 1) = 12 df, brought back to
+  # the accuracy scale at the pair's accuracies; the t test's df are bounded by those 12.
+  r = _sweep(5, seed=3)
+  out = _pair(r, 1, 0, 'pooled')
+  labels = r['test_labels']
+  acc = analysis.class_accuracy(r['test_predictions'] == labels, labels, 2)  # [V, S, C]
+  k = (acc * 200 + 0.5) / 201
+  logit = np.log(k / (1 - k))
+  resid = logit - logit.mean(0) - logit.mean(1, keepdims=True) + logit.mean((0, 1))
+  slope2 = ((k[1] * (1 - k[1])) ** 2).mean(0) + ((k[0] * (1 - k[0])) ** 2).mean(0)
+  seed_var = (resid ** 2).sum((0, 1)) / 12 * slope2  # variance of a seed's difference
+  pooled = out['run_values'] == 5
+  assert pooled.any()
+  np.testing.assert_allclose(out['seed'][pooled], np.maximum(
+      seed_var - out['res'] / 200, 0)[pooled], rtol=1e-9)
+  assert np.all(out['df'][pooled] <= 12) and np.all(out['df'][pooled] > 3)
+
+
+def test_a_pair_that_varies_more_than_the_rest_keeps_its_own_variance():
+  r = _sweep(6, seeds=8, louder={1: 8.0}, seed=5)
+  out = _pair(r, 1, 0, 'pooled')
+  assert np.all(out['run_values'] == 2) and np.all(out['homogeneity_p'] < 0.01)
+  np.testing.assert_array_equal(out['se'], _pair(r, 1, 0, 'pairwise')['se'])
+  calm = _pair(r, 2, 0, 'pooled')  # the louder value only makes the pool larger
+  assert np.all(calm['homogeneity_p'] > 0.2)
+
+
+def test_analysis_records_which_run_variance_ran_and_why():
+  r = _sweep(4, seed=1)
+  out = analysis.analyze(r, reference=0.0, num_bootstrap=10, num_splits=1)
+  run = out['run_variance']
+  assert run['method'] == 'pooled' and run['values_pooled'] == 4
+  assert run['num_pooled'] + run['num_own'] == 6  # 3 values x 2 classes
+  assert 'value x seed interaction' in run['why']
+  pair = analysis.analyze(r, reference=0.0, num_bootstrap=10, num_splits=1,
+                          run_variance='pairwise')
+  assert pair['run_variance']['method'] == 'pairwise' and pair['run_variance']['num_pooled'] == 0
+  assert all(x == 2 for v in pair['values'] for x in v['per_class']['run_values'])
+  with pytest.raises(ConfigError, match='run_variance'):
+    analysis.analyze(r, run_variance='seedwise')
+
+
+def test_a_broken_value_leaves_the_pool_of_the_sound_ones():
+  # Value 4 swings the classes by 60x the run sd (a weight decay where training breaks
+  # down): the comparisons among values 0-3 pool those four, not five.
+  r = _sweep(5, seeds=4, louder={4: 60.0}, seed=2)
+  out = _pair(r, 1, 0, 'pooled')
+  np.testing.assert_array_equal(out['run_values'], 4)
+  assert np.all(_pair(_sweep(5, seeds=4, seed=2), 1, 0, 'pooled')['run_values'] == 5)

@@ -95,7 +95,7 @@ def _write_bad(folder, kind):
 
 @pytest.mark.parametrize('kind, args', [
     ('missing', ()), ('truncated', ()), ('foreign', ()), ('shapes', ()),
-    ('reference', ('--reference=0.5',))])
+    ('reference', ('--reference=0.5',)), ('reference', ('--run_variance=seedwise',))])
 def test_bad_input_one_line_error_nothing_written(tmp_path, kind, args):
   _write_bad(tmp_path, kind)
   before = listing(tmp_path)

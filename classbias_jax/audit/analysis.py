@@ -16,6 +16,10 @@ Every comparison of a report (each class at each non-reference value, against th
 reference and against the knob's off value) is one Benjamini-Hochberg family; a class is
 hurt or helped when its q-value is below ALPHA. With one seed nothing is flagged: the
 run-to-run variation of a class cannot be told apart from an effect.
+
+A class's run-to-run variance is pooled over the sweep's values by default (the value x
+seed interaction of its accuracy: stats.run_pool), the pair's own where the pair varies
+more than the other values; run_variance='pairwise' uses the two values compared alone.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from classbias_jax.results import class_accuracy
 from classbias_jax.audit import dependence, stats
 from classbias_jax.audit.replication import paired_difference, split_half_replication
 from classbias_jax.errors import ConfigError
-from classbias_jax.audit.stats import TEST_NAME, bh_qvalues, crossed_effect_test  # noqa: F401
+from classbias_jax.audit.stats import (RUN_VARIANCE, TEST_NAME, bh_qvalues,  # noqa: F401
+                                       crossed_effect_test)
 
 ALPHA = 0.05  # q-value threshold for hurt / helped
 CONFIDENCE = 0.95
@@ -112,26 +117,48 @@ def summary_curves(accuracy: np.ndarray, images_per_class: np.ndarray) -> dict[s
 
 
 def compare(diff: np.ndarray, labels: np.ndarray, num_classes: int,
-            reference_accuracy: np.ndarray | None = None) -> dict[str, Any]:
+            reference_accuracy: np.ndarray | None = None, pool=None) -> dict[str, Any]:
   """The per-class test of one comparison from paired differences diff [S', N].
 
   reference_accuracy [C]: the reference's accuracy on the same seeds, which bounds the
-  interval (default: no bound beyond [-1, 1]). Returns [C] arrays effect, low, high, p,
-  se, df, n and the variance components seed, image, res, plus seeds (S'). q-values and
-  flags come from flag_family, over all the comparisons of a report.
+  interval (default: no bound beyond [-1, 1]); pool: pair_pool's run pool (None: the
+  pair's own run-to-run variance). Returns [C] arrays effect, low, high, p, se, df, n, the
+  variance components seed, image, res, homogeneity_p and run_values (stats.
+  crossed_effect_test), plus seeds (S'). q-values and flags come from flag_family, over
+  all the comparisons of a report.
   """
   seeds = diff.shape[0]
   if seeds == 0:
     nan = np.full(num_classes, np.nan)
-    keys = ('effect', 'low', 'high', 'p', 'se', 'df', 'seed', 'image', 'res')
+    keys = ('effect', 'low', 'high', 'p', 'se', 'df', 'seed', 'image', 'res',
+            'homogeneity_p', 'run_values')
     return {**{k: nan for k in keys}, 'seeds': 0,
             'n': np.bincount(labels, minlength=num_classes).astype(np.float64)}
-  test = crossed_effect_test(diff, labels, num_classes)
+  test = crossed_effect_test(diff, labels, num_classes, pool)
   # An effect against a class at accuracy a lies in [-a, 1 - a].
   ref = np.full(num_classes, np.nan) if reference_accuracy is None else reference_accuracy
   bounds = (np.where(np.isnan(ref), -1.0, -ref), np.where(np.isnan(ref), 1.0, 1 - ref))
   low, high = stats.effect_interval(test, bounds, CONFIDENCE)
   return {**test, 'low': low, 'high': high, 'seeds': seeds}
+
+
+def pair_pool(per_seed: np.ndarray, valid: np.ndarray, labels: np.ndarray, value: int,
+              reference: int, run_variance: str = RUN_VARIANCE[0]) -> dict[str, Any] | None:
+  """The run pool of one comparison: per_seed [V, S, C] class accuracy, valid [V, S],
+  labels [N] (the test images' classes).
+
+  The values whose models are valid at every seed of the pair (the pair included), at
+  those seeds; None for run_variance='pairwise', without a seed or with nothing to pool.
+  """
+  seeds = valid[value] & valid[reference]
+  if run_variance == 'pairwise' or not seeds.any():
+    return None
+  values = np.flatnonzero(valid[:, seeds].all(1))
+  if len(values) < 3 or value == reference:
+    return None  # nothing to pool
+  images = np.bincount(labels, minlength=per_seed.shape[-1])
+  pair = (int(np.searchsorted(values, value)), int(np.searchsorted(values, reference)))
+  return stats.run_pool(per_seed[values][:, seeds], images, pair)
 
 
 def flag_family(comparisons: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str, Any]]:
@@ -160,7 +187,7 @@ def with_power(comp: dict[str, Any], target: float = TARGET_DROP) -> dict[str, A
   The churn of a `target` drop floors var_e: a class right on every image in every run
   shows none, yet could not reveal a drop with no variance at all.
   """
-  parts = {k: comp[k] for k in ('seed', 'image', 'res')}
+  parts = {k: comp[k] for k in ('seed', 'image', 'res', 'run_values')}
   churn = target * (1 - target)  # var_e of a drop of `target` on images picked at random
   return {**comp, 'min_detectable': stats.detectable_effect(
               parts, comp['n'], comp['seeds'], comp['level'], churn=churn),
@@ -206,7 +233,8 @@ def _comparison_json(comp: Mapping[str, Any], names: list[str]) -> dict[str, Any
     per_class = {'effect': comp['effect'], 'low': comp['low'], 'high': comp['high'],
                  'p': comp['p'], 'q': comp['q'], 'se': comp['se'], 'df': comp['df'],
                  'seed_sd': np.sqrt(comp['seed']), 'min_detectable_drop': comp['min_detectable'],
-                 'seeds_needed': comp['seeds_needed']}
+                 'seeds_needed': comp['seeds_needed'], 'run_values': comp['run_values'],
+                 'homogeneity_p': comp['homogeneity_p']}
   return {
       'hurt': _named(comp['hurt'], comp['effect'], names),
       'helped': _named(comp['helped'], comp['effect'], names),
@@ -261,8 +289,12 @@ def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]
   } for v in range(len(accuracy))]
 
 
-def _comparisons(correct, valid, labels, num_classes, ref, off) -> dict[tuple, dict]:
-  """Every comparison of a report, {(value index, 'ref' or 'off'): compare's dict}."""
+def comparisons(correct, valid, labels, num_classes: int, ref: int, off: int | None,
+                run_variance: str = RUN_VARIANCE[0]) -> dict[tuple, dict]:
+  """Every comparison of a report, {(value index, 'ref' or 'off'): compare's dict}.
+
+  correct bool [V, S, N]; valid bool [V, S]; ref, off: value indices (off may be None).
+  """
   per_seed = class_accuracy(correct, labels, num_classes)  # [V, S, C]
   out = {}
   for v in range(len(correct)):
@@ -271,7 +303,7 @@ def _comparisons(correct, valid, labels, num_classes, ref, off) -> dict[tuple, d
         seeds = valid[v] & valid[r]
         ref_acc = per_seed[r, seeds].mean(0) if seeds.any() else None
         out[v, key] = compare(paired_difference(correct, valid, v, r), labels, num_classes,
-                              ref_acc)
+                              ref_acc, pair_pool(per_seed, valid, labels, v, r, run_variance))
         out[v, key]['self'] = v == r
   return out
 
@@ -320,6 +352,26 @@ def inference(num_seeds: int) -> str:
   return 'limited' if num_seeds < SEEDS_FOR_FULL_TEST else 'tested'
 
 
+def _run_variance_json(comps: dict[tuple, dict], run_variance: str,
+                       homogeneity_level: float) -> dict[str, Any]:
+  """Which run-to-run variance ran, why, and how often each class kept the pair's own."""
+  tested = [c for c in comps.values() if not c['self'] and c['seeds'] > 1]
+  runs = np.concatenate([c['run_values'][~np.isnan(c['p'])] for c in tested] or [np.zeros(0)])
+  most = int(runs.max()) if runs.size else 2
+  if run_variance == 'pairwise':
+    why = 'asked for (run_variance=pairwise): each comparison from its two values alone'
+  elif most <= 2:
+    why = 'pooled, but each comparison had only its own two values to pool'
+  else:
+    why = (f'the {most} values share their seeds, so the value x seed interaction of each '
+           f'class gives its run-to-run variance (values - 1)(seeds - 1) degrees of freedom '
+           'instead of seeds - 1; a comparison whose own values vary more than the rest '
+           f'(F-test, p < {homogeneity_level:g}) keeps its own')
+  return {'method': run_variance, 'why': why, 'homogeneity_level': homogeneity_level,
+          'values_pooled': most, 'num_pooled': int(np.sum(runs > 2)),
+          'num_own': int(np.sum(runs <= 2))}
+
+
 def _replication_json(per_value, pooled, values, num_splits) -> dict[str, Any]:
   rounded = lambda r: {k: (None if x is None else round(x, 6)) for k, x in r.items()}  # noqa
   return {'num_splits': num_splits,
@@ -330,7 +382,7 @@ def _replication_json(per_value, pooled, values, num_splits) -> dict[str, Any]:
 
 def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: float = ALPHA,
             num_bootstrap: int = 1000, num_splits: int = 5, top_flow: int = 5,
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, run_variance: str = RUN_VARIANCE[0]) -> dict[str, Any]:
   """All statistics of one sweep as a JSON-able dict (see the module docstring for methods).
 
   results: the dict from results.load. reference: a sweep value to compare against
@@ -342,7 +394,11 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   confusion flow of each hurt class and, when the knob has an "off" value other than the
   reference, the same comparison against it under `against_off`; `beyond_shift`,
   `class_dependence` and `flipped_images` from dependence.py (None at the reference).
+  run_variance: one of RUN_VARIANCE (ConfigError otherwise), recorded with why under
+  `run_variance`.
   """
+  if run_variance not in RUN_VARIANCE:
+    raise ConfigError(f'run_variance {run_variance!r} is not one of {", ".join(RUN_VARIANCE)}')
   rng = np.random.default_rng(seed)
   labels = np.asarray(results['test_labels'])
   names = [str(n) for n in results['class_names']]
@@ -358,7 +414,8 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   notes += [f'no usable model at {results["sweep_name"]}={values[v]:g}'
             for v in range(len(values)) if not valid[v].any()]
   boot = stats.bootstrap_accuracy(correct, labels, valid, len(names), num_bootstrap, rng)
-  comps, family = _flag_all(_comparisons(correct, valid, labels, len(names), ref, off), alpha)
+  comps, family = _flag_all(comparisons(correct, valid, labels, len(names), ref, off,
+                                        run_variance), alpha)
   dependent, beyond = dependence.analyze(results, correct, valid, comps, ref, alpha)
   none = {'beyond_shift': None, 'class_dependence': None, 'flipped_images': []}
   values_json = [
@@ -374,7 +431,8 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
       'num_classes': len(names), 'num_test_images': int(labels.size),
       'images_per_class': [int(n) for n in images],
       'alpha': alpha, 'confidence': CONFIDENCE, 'num_bootstrap': num_bootstrap,
-      'test': TEST_NAME, 'warnings': notes,
+      'test': stats.test_name(run_variance), 'warnings': notes,
+      'run_variance': _run_variance_json(comps, run_variance, stats.HOMOGENEITY_LEVEL),
       'inference': {'num_seeds': int(seeds), 'status': inference(seeds),
                     'seeds_for_full_test': SEEDS_FOR_FULL_TEST},
       'fdr': {'method': 'Benjamini-Hochberg', 'family': FAMILY, **family},

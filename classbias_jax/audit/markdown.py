@@ -70,6 +70,16 @@ def _dof(k: int) -> str:
   return f'{k} degree{"" if k == 1 else "s"} of freedom'
 
 
+def _run_source(stats: Mapping[str, Any]) -> tuple[int, str]:
+  """(degrees of freedom, where from) of the run-to-run variance of most comparisons."""
+  seeds = stats['inference']['num_seeds']
+  run = stats.get('run_variance') or {'values_pooled': 2}
+  values = run['values_pooled']
+  if values <= 2 or run.get('num_pooled', 0) < run.get('num_own', 0):
+    return seeds - 1, f'its own {seeds} runs at the two values compared'
+  return (values - 1) * (seeds - 1), f'its {values * seeds} runs over the {values} values'
+
+
 def _seeds_text(k: float | None) -> str:
   return 'more than 1024 seeds (or more test images)' if k is None else f'about {k:.0f} seeds'
 
@@ -204,9 +214,10 @@ def _conclusions(stats: Mapping[str, Any]) -> list[str]:
   if status == 'limited':
     mdes = [m for v in stats['values'] for m in v['per_class']['min_detectable_drop']]
     mde = _median(mdes)
+    dof, source = _run_source(stats)
     return [f'**What this run can conclude.** With {seeds} seeds, each class\'s run-to-run '
-            f'variation is estimated from its own {seeds} runs ({_dof(seeds - 1)}), so only drops far larger than that variation and consistent across '
-            'the seeds can be flagged (here, with 80% power in the median class: '
+            f'variation is estimated from {source} ({_dof(dof)}), so only drops far larger '
+            'than that variation and consistent across the seeds can be flagged (here, with 80% power in the median class: '
             f'{_mde(mde)}). A class that is not '
             f'flagged may still be hurt. The flags that are listed hold at the stated false '
             f'discovery rate. For a test with useful power, run at least {full} seeds (see '
@@ -305,11 +316,25 @@ def _seed_caveat(stats: Mapping[str, Any]) -> str:
   if seeds < 2:
     return ('- One seed: the run-to-run variation of a class cannot be estimated, so nothing '
             'is tested; intervals cover the sampling of test images only.')
-  return (f'- Each class\'s run-to-run variance is its own, estimated from its {seeds} seeds '
-          f'({_dof(seeds - 1)}, which bound the test\'s), not borrowed from '
+  dof, source = _run_source(stats)
+  return (f'- Each class\'s run-to-run variance is its own, estimated from {source} '
+          f'({_dof(dof)}, which bound the test\'s), not borrowed from '
           'other classes: classes differ several-fold in how much a new run moves them.'
           + (' With so few seeds the test is valid but has little power.'
              if _status(stats) == 'limited' else ''))
+
+
+def _run_variance_caveat(stats: Mapping[str, Any]) -> list[str]:
+  """Which run-to-run variance ran (pooled over values or pairwise), why, and its fallbacks."""
+  run = stats.get('run_variance')
+  if not run or stats['inference']['num_seeds'] < 2:
+    return []
+  line = f'- Run-to-run variance: {run["method"]}, because {run["why"]}.'
+  if run['method'] == 'pooled' and run['values_pooled'] > 2:
+    line += (f' {run["num_pooled"]} class comparisons used the pool and {run["num_own"]} their '
+             'own pair\'s (per class: `run_values` and `homogeneity_p` in analysis.json); '
+             '`--run_variance=pairwise` gives the two-value form.')
+  return [line]
 
 
 def _caveats(stats: Mapping[str, Any]) -> list[str]:
@@ -320,7 +345,7 @@ def _caveats(stats: Mapping[str, Any]) -> list[str]:
       'flagged class should move again in new runs on new images of the class; see '
       '`classbias_jax/stats.py` and docs/statistics.md for why this test and not a seed-only '
       'or image-only one, and for its false-flag rate and power in simulations.',
-      _seed_caveat(stats), *dependence_markdown.method(stats),
+      _seed_caveat(stats), *_run_variance_caveat(stats), *dependence_markdown.method(stats),
       f'- Accuracy intervals: two-way bootstrap ({stats["num_bootstrap"]} draws) over seeds and '
       'over test images within each class; effect intervals are the test\'s t intervals, '
       'clipped to the effects accuracy allows (from minus the reference\'s accuracy to 100 '

@@ -5,8 +5,9 @@ SWEEP_DIR/policy.json.
   per_class  each class keeps the best uniform value u (the value with the best mean
              validation accuracy) unless its validation evidence for another value passes
              the report's test against u (analysis.compare: the class's own variance over
-             seeds and images; q < ALPHA in one Benjamini-Hochberg family over every
-             class at every other value); then it takes, of those values, the one with
+             seeds and images, its run-to-run part pooled over the sweep's values as in
+             the report; q < ALPHA in one Benjamini-Hochberg family over every class at
+             every other value); then it takes, of those values, the one with
              the largest gain. Weak evidence shrinks a class all the way to u (a
              preliminary-test rule), so noise alone leaves the policy uniform.
   protect    u for every class, except the classes that u hurts against the knob's off
@@ -51,8 +52,12 @@ def _knob(results: Mapping[str, Any]) -> tuple[str, float | None]:
   return name, knob.off
 
 
-def choose_policy(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> dict[str, Any]:
-  """Both policies for a finished sweep (see the module docstring), with their evidence."""
+def choose_policy(results: Mapping[str, Any], alpha: float = analysis.ALPHA,
+                  run_variance: str = analysis.RUN_VARIANCE[0]) -> dict[str, Any]:
+  """Both policies for a finished sweep (see the module docstring), with their evidence.
+
+  run_variance: where each class's run-to-run variance comes from (analysis.RUN_VARIANCE).
+  """
   knob, off_value = _knob(results)
   labels, correct = validation_correct(results)
   names = [str(n) for n in results['class_names']]
@@ -70,7 +75,8 @@ def choose_policy(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> 
   for v in others:
     seeds = valid[v] & valid[u]
     comps.append(analysis.compare(paired_difference(correct, valid, v, u), labels, c,
-                                  per_seed[u, seeds].mean(0) if seeds.any() else None))
+                                  per_seed[u, seeds].mean(0) if seeds.any() else None,
+                                  analysis.pair_pool(per_seed, valid, labels, v, u, run_variance)))
   flagged = dict(zip(others, analysis.flag_family(comps, alpha)))
   # per_class: the largest significant gain over u, else u.
   gain = np.full((len(values), c), -np.inf)
@@ -85,6 +91,7 @@ def choose_policy(results: Mapping[str, Any], alpha: float = analysis.ALPHA) -> 
   return {
       'knob': knob, 'class_names': names, 'sweep_values': values.tolist(),
       'uniform': float(values[u]), 'off': None if off_value is None else float(off_value),
+      'run_variance': run_variance,
       'off_in_sweep': off is not None, 'alpha': alpha,
       'num_seeds': int(valid.sum(1).min()), 'warnings': notes,
       'policies': {'per_class': values[best].tolist(), 'protect': protect.tolist()},
