@@ -8,9 +8,11 @@ Common random numbers: every random parameter is drawn as a uniform that does no
 on the strength and is then mapped (factor = lo + (hi - lo) * u), so two models that share
 a key but differ in a strength see coupled draws; only the knob differs between them.
 
-The batched entry points `augment_batch` and `erase_batch` take knobs that are either a
-scalar (one value for the model) or a per-class table [num_classes] looked up by each
-image's label; under `jax.vmap` over models these carry a leading model axis.
+Each op of configs.KNOBS has its kernel in `KERNELS`, whose parameters after the key and
+the input are the short names of the op's knobs: `preprocess` runs the compiled ops stage
+by stage (configs.STAGES) and hands each kernel its knobs through the table, either a
+scalar (one value for the model) or, per image, a per-class table [num_classes] looked up
+by the image's label; under `jax.vmap` over models these carry a leading model axis.
 """
 from __future__ import annotations
 
@@ -20,10 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from classbias_jax import color, configs
-
-# The ops of `augment_batch`, in the order they are applied.
-OPS = ('pad_crop', 'crop', 'flip', 'color')
+from classbias_jax import color, configs, mix
 
 # torchvision's get_params loops: at most this many tries before the fallback box.
 _TRIES = 10
@@ -173,6 +172,49 @@ def sample_erase_box(key, height: int, width: int, scale, ratio):
   return top, left, h, w
 
 
+# ------------------------------------------------------------------------------- kernels
+# One per op of configs.KNOBS: (key, one image, **the op's knobs) -> the image.
+
+
+def pad_crop_kernel(key, img, pad_crop: int):
+  return _random_pad_crop(key, img, pad_crop)
+
+
+def crop_kernel(key, img, crop_scale_min, crop_scale_max, crop_ratio_min, crop_ratio_max):
+  """RandomResizedCrop(scale, ratio) back to the image's own size."""
+  height, width, _ = img.shape
+  box = sample_resized_crop_box(key, height, width, (crop_scale_min, crop_scale_max),
+                                (crop_ratio_min, crop_ratio_max))
+  return resized_crop(img, *box, (height, width))
+
+
+def flip_kernel(key, img, flip_prob):
+  return hflip(key, img, flip_prob)
+
+
+def color_kernel(key, img, color_strength):
+  """ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) at strength s."""
+  s = color_strength
+  return color.color_jitter(key, img, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+
+
+def erase_kernel(key, img, erase_prob, erase_scale_min, erase_scale_max, erase_ratio_min,
+                 erase_ratio_max, erase_value):
+  """RandomErasing on a normalised image (values not clamped); erase_value a scalar or [C]."""
+  height, width, _ = img.shape
+  k_apply, k_box = jax.random.split(key)
+  top, left, h, w = sample_erase_box(k_box, height, width, (erase_scale_min, erase_scale_max),
+                                     (erase_ratio_min, erase_ratio_max))
+  apply = jax.random.uniform(k_apply) < erase_prob
+  return erase(img, top, left, jnp.where(apply, h, 0), w, erase_value)
+
+
+# op -> kernel. Per-image stages (pixels, normalised, targets) take one image (or its soft
+# target [K]); the batch stage takes (key, images [B, H, W, C], targets [B, K], **knobs)
+# and returns both.
+KERNELS = {'pad_crop': pad_crop_kernel, 'crop': crop_kernel, 'flip': flip_kernel,
+           'color': color_kernel, 'erase': erase_kernel, 'smooth': mix.smooth, 'mix': mix.mix}
+
 # ------------------------------------------------------------------------------- batches
 
 
@@ -189,68 +231,82 @@ def _per_image(knobs: Mapping[str, jnp.ndarray], names: Sequence[str], labels):
   return out
 
 
+def run_stage(stage: str, key, x, labels, knobs: Mapping[str, jnp.ndarray],
+              ops: Sequence[str], static: Mapping[str, float] | None = None):
+  """x [B, ...] -> [B, ...]: the ops of a per-image stage that are in `ops`, in table order,
+  each image with its own knob values.
+
+  Image b uses split(key, B)[b], and the stage's j-th op (of all its ops in table order)
+  fold_in(that key, j), so turning one op on or off leaves the others' draws alone.
+  static: short name -> compiled-in value of the untraced knobs (configs.static_values).
+  """
+  every = configs.ops_of(stage)
+  unknown = set(ops) - set(every)
+  if unknown:
+    raise ValueError(f'unknown {stage} ops {sorted(unknown)}; known: {every}')
+  static = static or {}
+  names = [n for op in every if op in ops for n in configs.knobs_of(op) if n not in static]
+  values = _per_image(knobs, names, labels)
+  keys = jax.random.split(key, x.shape[0])
+
+  def one(k, item, v):
+    for j, op in enumerate(every):
+      if op in ops:
+        kwargs = {n: static[n] if n in static else v[n] for n in configs.knobs_of(op)}
+        item = KERNELS[op](jax.random.fold_in(k, j), item, **kwargs)
+    return item
+
+  return jax.vmap(one)(keys, x, values) if ops else x
+
+
+def run_batch_stage(key, images, targets, knobs: Mapping[str, jnp.ndarray],
+                    ops: Sequence[str], static: Mapping[str, float] | None = None):
+  """(images [B, H, W, C], targets [B, K]) through the batch stage's ops in `ops`, in
+  table order; the j-th op (of all) draws from fold_in(key, j). Knobs are the model's
+  scalars (a missing one takes its default)."""
+  given = {**configs.defaults(), **knobs, **(static or {})}
+  for j, op in enumerate(configs.ops_of('batch')):
+    if op in ops:
+      kwargs = {n: given[n] for n in configs.knobs_of(op)}
+      images, targets = KERNELS[op](jax.random.fold_in(key, j), images, targets, **kwargs)
+  return images, targets
+
+
+def preprocess(key, images, labels, knobs: Mapping[str, jnp.ndarray], ops: Sequence[str], *,
+               num_classes: int, mean, std, static: Mapping[str, float] | None = None):
+  """One model's batch through every stage: uint8-scaled images float32 [B, H, W, C] in
+  [0, 1] and int labels [B] -> (normalised images [B, H, W, C], soft targets
+  [B, num_classes]).
+
+  ops: the compiled ops (any stage's); the stages run in configs.STAGES's order, with
+  normalisation ((x - mean) / std, mean and std [C]) between 'pixels' and 'normalised'.
+  Stage i draws from split(key, 4)[i].
+  """
+  targets = jax.nn.one_hot(labels, num_classes)
+  if not ops:
+    return (images - mean) / std, targets
+  keys = jax.random.split(key, 4)
+  in_stage = lambda stage: tuple(op for op in ops if op in configs.ops_of(stage))
+  x = run_stage('pixels', keys[0], images, labels, knobs, in_stage('pixels'), static)
+  x = run_stage('normalised', keys[1], (x - mean) / std, labels, knobs, in_stage('normalised'),
+                static)
+  targets = run_stage('targets', keys[2], targets, labels, knobs, in_stage('targets'), static)
+  return run_batch_stage(keys[3], x, targets, knobs, in_stage('batch'), static)
+
+
 def augment_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray],
                   ops: Sequence[str], *, pad_crop: int = 4):
-  """[B, H, W, C] -> [B, H, W, C]: the training augmentations, fresh parameters per image.
+  """[B, H, W, C] -> [B, H, W, C]: the 'pixels' stage, fresh parameters per image.
 
-  Args:
-    key: PRNG key for the batch; image b uses split(key, B)[b], and each op its own
-      fold_in of that key, so turning one op on or off leaves the others' draws alone.
-    images: float32 [B, H, W, C] in [0, 1].
-    labels: int [B], to look up per-class knob tables.
-    knobs: short name -> scalar or [num_classes] table, for every knob of the ops
-      (configs.KNOBS; a missing one takes its default, other entries are ignored).
-      'color_strength' s means ColorJitter(0.8s, 0.8s, 0.8s, 0.2s).
-    ops: static subset of OPS, always applied in OPS's order: pad_crop (RandomCrop with
-      zero padding), crop (RandomResizedCrop back to H x W), flip, color.
-    pad_crop: static padding of the 'pad_crop' op.
+  images: float32 [B, H, W, C] in [0, 1]; labels: int [B], to look up per-class tables;
+  knobs: short name -> scalar or [num_classes] table (a missing one takes its default);
+  ops: static subset of the stage's ops (pad_crop, crop, flip, color), applied in table
+  order; pad_crop: static padding of the 'pad_crop' op.
   """
-  unknown = set(ops) - set(OPS)
-  if unknown:
-    raise ValueError(f'unknown augmentation ops {sorted(unknown)}; known: {OPS}')
-  _, height, width, _ = images.shape
-  names = [n for op in OPS if op in ops for n in configs.knobs_of(op)]
-  values = _per_image(knobs, names, labels)
-  keys = jax.random.split(key, images.shape[0])
-
-  def one(k, img, v):
-    if 'pad_crop' in ops:
-      img = _random_pad_crop(jax.random.fold_in(k, 0), img, pad_crop)
-    if 'crop' in ops:
-      box = sample_resized_crop_box(
-          jax.random.fold_in(k, 1), height, width,
-          (v['crop_scale_min'], v['crop_scale_max']),
-          (v['crop_ratio_min'], v['crop_ratio_max']))
-      img = resized_crop(img, *box, (height, width))
-    if 'flip' in ops:
-      img = hflip(jax.random.fold_in(k, 2), img, v['flip_prob'])
-    if 'color' in ops:
-      s = v['color_strength']
-      img = color.color_jitter(jax.random.fold_in(k, 3), img, 0.8 * s, 0.8 * s, 0.8 * s,
-                               0.2 * s)
-    return img
-
-  return jax.vmap(one)(keys, images, values)
+  return run_stage('pixels', key, images, labels, knobs, ops, {'pad_crop': pad_crop})
 
 
 def erase_batch(key, images, labels, knobs: Mapping[str, jnp.ndarray]):
-  """[B, H, W, C] -> [B, H, W, C]: RandomErasing on normalised images, per image.
-
-  Knobs as augment_batch's: 'erase_prob', 'erase_scale_min/max', 'erase_ratio_min/max',
-  'erase_value', each a scalar or a [num_classes] table; 'erase_value' may also be a
-  [num_classes, C] table for a per-channel value. Values are not clamped (the images are
-  normalised).
-  """
-  _, height, width, _ = images.shape
-  v = _per_image(knobs, configs.knobs_of('erase'), labels)
-  keys = jax.random.split(key, images.shape[0])
-
-  def one(k, img, v):
-    k_apply, k_box = jax.random.split(k)
-    top, left, h, w = sample_erase_box(
-        k_box, height, width, (v['erase_scale_min'], v['erase_scale_max']),
-        (v['erase_ratio_min'], v['erase_ratio_max']))
-    apply = jax.random.uniform(k_apply) < v['erase_prob']
-    return erase(img, top, left, jnp.where(apply, h, 0), w, v['erase_value'])
-
-  return jax.vmap(one)(keys, images, v)
+  """[B, H, W, C] -> [B, H, W, C]: RandomErasing on normalised images, per image; knobs as
+  augment_batch's ('erase_value' may also be a [num_classes, C] table)."""
+  return run_stage('normalised', key, images, labels, knobs, ('erase',))

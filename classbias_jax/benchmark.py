@@ -350,7 +350,7 @@ def augment_alone(config, args):
   keys = jax.random.split(jax.random.key(0), plan.num_models)
   knobs = jax.device_put(plan.knobs)
   run_all = jax.jit(jax.vmap(preprocess, in_axes=(0, None, None, 0)))
-  return lambda: run_all(keys, images, labels, knobs).block_until_ready()
+  return lambda: jax.block_until_ready(run_all(keys, images, labels, knobs))
 
 
 def ratios(times: dict, cpu: dict, step_s: float, args) -> dict:

@@ -10,60 +10,99 @@ import ml_collections
 
 from classbias_jax.errors import ConfigError
 
+# Where an op runs, in the order of the train step (augment.preprocess runs the first four;
+# the step reads the knobs of the last itself, train/one_model.py):
+STAGES = {
+    'pixels': 'each image, on [0, 1] pixels before normalisation',
+    'normalised': 'each image, after normalisation',
+    'targets': "each image's soft target [num_classes]",
+    'batch': "the model's whole normalised batch and its soft targets",
+    'step': 'the train step itself: optimiser, loss',
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Knob:
   """One row of KNOBS: a config field that changes what each model trains with.
 
-  default: the base config's value. traced: a per-model array [M] on device, so it can be
-  swept inside one program (else a static, compiled-in value). per_class: may be given as
-  a table of one value per class, looked up by each image's label (`class_knobs`).
-  off: the value at which the knob does nothing (None: no such value); an augmentation op
-  is compiled when any model has one of its knobs away from `off`, and the analysis uses
-  `off` as the "knob off" reference. op: what consumes it: an augmentation op of
-  augment.py ('pad_crop', 'crop', 'flip', 'color', 'erase') or 'optimizer' (train/one_model.py).
-  low, high: the range of values that mean something (a value outside, NaN or inf is an
-  error before anything runs).
+  default: the base config's value. op: what consumes it: an op whose kernel is
+  augment.KERNELS[op] (its parameters after the key and the input are the short names of
+  the op's knobs), or a name read by the train step ('optimizer', 'loss'). stage: where
+  the op runs (STAGES; every row of an op gives the same). off: the value at which the
+  knob does nothing (None: no such value); an op is compiled when any model has one of
+  its knobs away from `off`, and the analysis uses `off` as the "knob off" reference.
+  traced: a per-model array [M] on device, so it can be swept inside one program (else a
+  static, compiled-in value). per_class: may be given as a table of one value per class,
+  looked up by each image's label (`class_knobs`). low, high: the values that mean
+  something (a value outside, NaN or inf is an error before anything runs). at_most: the
+  dotted name of the knob this one may not exceed (a range's min names its max).
+  log_scale: figures put the swept values on a log axis.
   """
   default: float
   op: str
+  stage: str
   off: float | None = None
   traced: bool = True
   per_class: bool = False
   low: float = 0.0  # the values `validate` accepts, bounds included
   high: float = math.inf
+  at_most: str | None = None
+  log_scale: bool = False
 
 
-# The one table of knobs. A new traced knob is one row here (plus its kernel when it feeds
-# a new op); train/one_model.py and augment.py read each value by its short name (the last part).
+# The one table of knobs. A new knob is one row here, plus its op's kernel in
+# augment.KERNELS when it feeds a new op (a new op's rows go after its stage's other rows,
+# so the ops before it keep their random draws). Short names (the last part) are unique.
 KNOBS = {
-    'optim.learning_rate': Knob(0.1, 'optimizer', low=1e-12),  # peak, for batch_size
-    'optim.weight_decay': Knob(5e-4, 'optimizer', off=0.0),  # L2 added to the gradient
-    'aug.pad_crop': Knob(0, 'pad_crop', off=0, traced=False),  # CIFAR crop, zero padding
+    'optim.learning_rate': Knob(0.1, 'optimizer', 'step', low=1e-12,
+                                log_scale=True),  # peak, for batch_size
+    # L2 added to the gradient
+    'optim.weight_decay': Knob(5e-4, 'optimizer', 'step', off=0.0, log_scale=True),
+    'aug.pad_crop': Knob(0, 'pad_crop', 'pixels', off=0, traced=False),  # CIFAR crop, zero padding
     # RandomResizedCrop back to the input size; scale (1, 1) is no crop.
-    'aug.crop_scale_min': Knob(1.0, 'crop', off=1.0, per_class=True, low=1e-6, high=1.0),
-    'aug.crop_scale_max': Knob(1.0, 'crop', off=1.0, per_class=True, low=1e-6, high=1.0),
-    'aug.crop_ratio_min': Knob(3 / 4, 'crop', per_class=True, low=1e-6),
-    'aug.crop_ratio_max': Knob(4 / 3, 'crop', per_class=True, low=1e-6),
-    'aug.flip_prob': Knob(0.0, 'flip', off=0.0, per_class=True, high=1.0),  # horizontal flip
+    'aug.crop_scale_min': Knob(1.0, 'crop', 'pixels', off=1.0, per_class=True, low=1e-6,
+                               high=1.0, at_most='aug.crop_scale_max'),
+    'aug.crop_scale_max': Knob(1.0, 'crop', 'pixels', off=1.0, per_class=True, low=1e-6,
+                               high=1.0),
+    'aug.crop_ratio_min': Knob(3 / 4, 'crop', 'pixels', per_class=True, low=1e-6,
+                               at_most='aug.crop_ratio_max'),
+    'aug.crop_ratio_max': Knob(4 / 3, 'crop', 'pixels', per_class=True, low=1e-6),
+    # horizontal flip
+    'aug.flip_prob': Knob(0.0, 'flip', 'pixels', off=0.0, per_class=True, high=1.0),
     # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) at strength s
-    'aug.color_strength': Knob(0.0, 'color', off=0.0, per_class=True),
-    'aug.erase_prob': Knob(0.0, 'erase', off=0.0, per_class=True, high=1.0),  # RandomErasing
-    'aug.erase_scale_min': Knob(0.02, 'erase', per_class=True, low=1e-6, high=1.0),
-    'aug.erase_scale_max': Knob(0.33, 'erase', per_class=True, low=1e-6, high=1.0),
-    'aug.erase_ratio_min': Knob(0.3, 'erase', per_class=True, low=1e-6),
-    'aug.erase_ratio_max': Knob(3.3, 'erase', per_class=True, low=1e-6),
+    'aug.color_strength': Knob(0.0, 'color', 'pixels', off=0.0, per_class=True),
+    # RandomErasing, on normalised images
+    'aug.erase_prob': Knob(0.0, 'erase', 'normalised', off=0.0, per_class=True, high=1.0),
+    'aug.erase_scale_min': Knob(0.02, 'erase', 'normalised', per_class=True, low=1e-6,
+                                high=1.0, at_most='aug.erase_scale_max'),
+    'aug.erase_scale_max': Knob(0.33, 'erase', 'normalised', per_class=True, low=1e-6,
+                                high=1.0),
+    'aug.erase_ratio_min': Knob(0.3, 'erase', 'normalised', per_class=True, low=1e-6,
+                                at_most='aug.erase_ratio_max'),
+    'aug.erase_ratio_max': Knob(3.3, 'erase', 'normalised', per_class=True, low=1e-6),
     # in normalised units: 0 erases to the dataset mean
-    'aug.erase_value': Knob(0.0, 'erase', per_class=True, low=-math.inf),
+    'aug.erase_value': Knob(0.0, 'erase', 'normalised', per_class=True, low=-math.inf),
+    # Label smoothing as optax.smooth_labels: a class's target (1 - a) one_hot + a / C,
+    # with a per class allowed (each image's target smoothed by its class's value).
+    'loss.label_smoothing': Knob(0.0, 'smooth', 'targets', off=0.0, per_class=True,
+                                 high=1.0),
+    # timm's Mixup in batch mode (mix.py): each batch is mixed with probability mix_prob,
+    # with its reverse, lambda ~ Beta(alpha, alpha); CutMix instead of Mixup with
+    # probability mix_switch_prob when both alphas are > 0 (alpha 0: that kind is off).
+    'aug.mixup_alpha': Knob(0.0, 'mix', 'batch', off=0.0, log_scale=True),
+    'aug.cutmix_alpha': Knob(0.0, 'mix', 'batch', off=0.0, log_scale=True),
+    'aug.mix_prob': Knob(1.0, 'mix', 'batch', high=1.0),
+    'aug.mix_switch_prob': Knob(0.5, 'mix', 'batch', high=1.0),
     # Per-class loss weights (class_weights.py): the rate of the multiplicative update
     # w_c <- w_c exp(-rate * training accuracy of c) each epoch; 1 is CLAM's rule.
-    'loss.class_weight_rate': Knob(0.0, 'loss', off=0.0),
+    'loss.class_weight_rate': Knob(0.0, 'loss', 'step', off=0.0),
     # Gradual magnitude pruning (train/prune.py): each model's target fraction of zero
     # convolution and dense weights, in [0, 1); the ramp's first and last epoch (may be
     # fractions; the last at most train.epochs) and the steps between mask updates.
-    'prune.sparsity': Knob(0.0, 'prune', off=0.0, high=0.999),
-    'prune.start_epoch': Knob(10.0, 'prune', traced=False),
-    'prune.end_epoch': Knob(20.0, 'prune', traced=False),
-    'prune.every_steps': Knob(100, 'prune', traced=False, low=1),
+    'prune.sparsity': Knob(0.0, 'prune', 'step', off=0.0, high=0.999),
+    'prune.start_epoch': Knob(10.0, 'prune', 'step', traced=False),
+    'prune.end_epoch': Knob(20.0, 'prune', 'step', traced=False),
+    'prune.every_steps': Knob(100, 'prune', 'step', traced=False, low=1),
 }
 # The sweep over the arms of a fix study (arms.py), in place of a knob.
 ARM_SWEEP = 'fix.arm'
@@ -84,8 +123,24 @@ def traced_knobs() -> list[str]:
 
 
 def knobs_of(op: str) -> tuple[str, ...]:
-  """Short names of the traced knobs that feed `op`, in table order."""
-  return tuple(short_name(n) for n, k in KNOBS.items() if k.op == op and k.traced)
+  """Short names of the knobs that feed `op` (its kernel's keyword parameters), in table
+  order."""
+  return tuple(short_name(n) for n, k in KNOBS.items() if k.op == op)
+
+
+def ops_of(stage: str) -> tuple[str, ...]:
+  """The ops that run at `stage` (STAGES), in table order of their first row."""
+  return tuple(dict.fromkeys(k.op for k in KNOBS.values() if k.stage == stage))
+
+
+def static_values(config) -> dict[str, float]:
+  """Short name -> the config's value of every knob that is not traced (compiled in)."""
+  return {short_name(n): get_field(config, n) for n, k in KNOBS.items() if not k.traced}
+
+
+def log_scale(sweep_name: str) -> bool:
+  """Whether figures put the values of the knob `sweep_name` (dotted) on a log axis."""
+  return sweep_name in KNOBS and KNOBS[sweep_name].log_scale
 
 
 def defaults() -> dict[str, float]:
@@ -203,11 +258,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9
   c.optim.warmup_epochs = 1.0  # linear warmup, then cosine decay to 0
 
-  c.aug = ml_collections.ConfigDict()
-  c.loss = ml_collections.ConfigDict()
-  c.prune = ml_collections.ConfigDict()
   for dotted, knob in KNOBS.items():
     section, name = dotted.split('.')
+    if section not in c:
+      c[section] = ml_collections.ConfigDict()
     c[section][name] = knob.default
 
   # Class-conditional knobs: short knob name -> one value per class (NaN = the model's own
@@ -275,11 +329,13 @@ def _check_knobs(config) -> None:
     for v in values:
       if not math.isfinite(v) or not knob.low <= v <= knob.high:
         raise ConfigError(f'{dotted} = {v} is outside [{knob.low:g}, {knob.high:g}]')
-  for low, high in (('crop_scale_min', 'crop_scale_max'), ('erase_scale_min', 'erase_scale_max'),
-                    ('crop_ratio_min', 'crop_ratio_max'), ('erase_ratio_min', 'erase_ratio_max')):
-    if config.aug[low] > config.aug[high] and f'aug.{low}' != config.sweep.name \
-        and f'aug.{high}' != config.sweep.name:
-      raise ConfigError(f'aug.{low} {config.aug[low]} exceeds aug.{high} {config.aug[high]}')
+  for low, knob in KNOBS.items():
+    high = knob.at_most
+    if high is None or config.sweep.name in (low, high):
+      continue
+    if get_field(config, low) > get_field(config, high):
+      raise ConfigError(f'{low} {get_field(config, low)} exceeds {high} '
+                        f'{get_field(config, high)}')
 
 
 # A fix study (configs/fix.py, train/arms.py) sweeps arms, not a knob's values.

@@ -62,22 +62,15 @@ def init_fn(plan, model) -> Callable:
 
 
 def make_preprocess(plan) -> Callable:
-  """preprocess(key, images uint8 [B, H, W, C], labels [B], knobs) -> float32 images,
-  augmented with one model's knobs, normalised with the dataset's channel statistics."""
+  """preprocess(key, images uint8 [B, H, W, C], labels [B], knobs) -> (float32 images
+  [B, H, W, C], soft targets float32 [B, num_classes]): one model's batch through the
+  plan's ops (augment.preprocess), normalised with the dataset's channel statistics."""
   mean, std = jnp.asarray(plan.mean), jnp.asarray(plan.std)
-  ops, erase, padding = plan.ops, plan.erase, plan.config.aug.pad_crop
+  static = configs.static_values(plan.config)
 
   def preprocess(key, images, labels, knobs):
-    x = images.astype(jnp.float32) / 255.0
-    if not (ops or erase):
-      return (x - mean) / std
-    crop_key, erase_key = jax.random.split(key)
-    if ops:
-      x = augment.augment_batch(crop_key, x, labels, knobs, ops, pad_crop=padding)
-    x = (x - mean) / std
-    if erase:
-      x = augment.erase_batch(erase_key, x, labels, knobs)
-    return x
+    return augment.preprocess(key, images.astype(jnp.float32) / 255.0, labels, knobs, plan.ops,
+                              num_classes=plan.num_classes, mean=mean, std=std, static=static)
 
   return preprocess
 
@@ -135,12 +128,12 @@ def make_train_step(plan, model) -> Callable:
       x, y = images[idx], labels[idx]
     x, y = on_data_axis(x), on_data_axis(y)
     key = jax.random.fold_in(jax.random.fold_in(aug_key, epoch), step)
-    x = preprocess(key, x, y, knobs)
+    x, targets = preprocess(key, x, y, knobs)
 
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state['batch_stats']},
                                      x, train=True, mutable=['batch_stats'])
-      losses = optax.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1]))
+      losses = optax.softmax_cross_entropy(logits, targets)  # soft: smoothed, mixed
       loss = class_weights.weighted_loss(losses, y, state) if weighted else losses.mean()
       return loss, (logits, new_vars['batch_stats'])
 

@@ -9,15 +9,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from classbias_jax import augment, configs
+from classbias_jax import configs
 from classbias_jax.errors import ConfigError
 from classbias_jax.train import arms, model_axis, prune
 from classbias_jax.train.design import Sweep, knob_arrays, model_keys, sweep_from_config
 
 
-def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[tuple[str, ...], bool]:
-  """Static choice of the augmentations to compile: (ops before normalisation, erase?).
-  An op is compiled when any model has one of its knobs away from the knob's off value."""
+# The stages whose ops augment.preprocess runs (the 'step' stage's knobs the step reads).
+KERNEL_STAGES = ('pixels', 'normalised', 'targets', 'batch')
+
+
+def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[str, ...]:
+  """Static choice of the ops to compile, of every stage but 'step', in stage then table
+  order. An op is compiled when any model has one of its knobs away from the knob's off
+  value (a traced knob per model, a static one in the config)."""
   def on(op: str) -> bool:
     for dotted, knob in configs.KNOBS.items():
       if knob.op != op or knob.off is None:
@@ -27,7 +32,7 @@ def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[tuple[str, ...], 
       if np.any(np.asarray(value) != knob.off):
         return True
     return False
-  return tuple(op for op in augment.OPS if on(op)), on('erase')
+  return tuple(op for stage in KERNEL_STAGES for op in configs.ops_of(stage) if on(op))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +41,7 @@ class Plan:
   config: Any  # the study's ConfigDict
   sweep: Sweep
   knobs: dict[str, np.ndarray]  # short name -> float32 [M] or [M, C]
-  ops: tuple[str, ...]  # augmentations before normalisation (augment.OPS)
-  erase: bool  # RandomErasing after normalisation
+  ops: tuple[str, ...]  # the ops augment.preprocess compiles, of every stage (augment_ops)
   steps_per_epoch: int
   image_shape: tuple[int, int, int]
   num_classes: int
@@ -59,7 +63,7 @@ class Plan:
   def resolved(self) -> dict[str, Any]:
     """What the plan decided, for config.json."""
     out = {'strategy': self.strategy, 'loop': self.loop, 'augment_ops': list(self.ops),
-           'erase': self.erase, 'num_models': self.num_models,
+           'num_models': self.num_models,
            'seeds': self.sweep.seeds.tolist(), 'steps_per_epoch': self.steps_per_epoch,
            'backend': jax.default_backend(), 'class_weights': self.class_weights}
     if self.prune:
@@ -81,7 +85,7 @@ def build_plan(config, *, num_train: int, num_classes: int, image_shape, mean, s
     sweep, knobs, arms_info = arms.plan(config, sweep, num_classes)
   else:
     knobs, arms_info = knob_arrays(config, sweep, num_classes), None
-  ops, erase = augment_ops(config, knobs)
+  ops = augment_ops(config, knobs)
   if strategy is None:
     if config.train.strategy == 'auto':
       raise ConfigError("train.strategy 'auto' must be measured before the plan is built")
@@ -92,7 +96,7 @@ def build_plan(config, *, num_train: int, num_classes: int, image_shape, mean, s
   if loop == 'scan' and model_axis.is_sequential(strategy):
     raise ConfigError("train.strategy 'sequential' calls a compiled program per model and "
                       "step: it needs train.loop 'python'")
-  return Plan(config, sweep, knobs, ops, erase, num_train // batch_size, tuple(image_shape),
+  return Plan(config, sweep, knobs, ops, num_train // batch_size, tuple(image_shape),
               num_classes, np.asarray(mean, np.float32), np.asarray(std, np.float32),
               strategy, loop, bool(np.any(knobs['class_weight_rate'] != 0)), arms_info,
               prune=bool(np.any(knobs['sparsity'] != 0)))

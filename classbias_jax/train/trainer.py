@@ -175,7 +175,7 @@ def _announce(plan, dataset, input_mode: str, resume) -> None:
   if not distributed.is_lead():
     return
   sweep, model = plan.sweep, plan.config.model.name
-  augment = list(plan.ops) + ['erase'] * plan.erase
+  augment = list(plan.ops)
   print(f'{sweep.num_models} models ({len(sweep.values)} values of {sweep.name} x '
         f'{len(sweep.seeds)} seeds) on {dataset.name} ({dataset.num_train} train / '
         f'{len(dataset.test_labels)} test images, {dataset.num_classes} classes), '

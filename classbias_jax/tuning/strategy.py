@@ -175,12 +175,12 @@ def choose(config, model, *, image_shape, num_classes: int, total_steps: int | N
   from classbias_jax.train import design
   from classbias_jax.tuning import prepared
   sweep = design.sweep_from_config(config)
-  ops, erase = augment_ops(config, design.knob_arrays(config, sweep, num_classes))
+  ops = augment_ops(config, design.knob_arrays(config, sweep, num_classes))
   loop = config.train.loop
   workload = {'model': config.model.name, 'width': config.model.width,
               'dtype': config.model.dtype, 'batch': config.train.batch_size,
               'image_shape': list(image_shape), 'num_classes': num_classes,
-              'augment': list(ops) + ['erase'] * erase, 'chunk_size': config.train.chunk_size,
+              'augment': list(ops), 'chunk_size': config.train.chunk_size,
               'loop': loop}
 
   def measure(strategy: str, give_up_s: float | None) -> float:
