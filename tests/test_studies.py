@@ -1,4 +1,4 @@
-"""The augmentation studies (configs/crop.py, color.py, erase.py): what each sweeps, that
+"""The augmentation studies (configs/crop.py, color.py, erase.py, mixup.py, smooth.py): what each sweeps, that
 each trains end to end, and that a per-class knob table reaches the augmentation."""
 import dataclasses
 import json
@@ -17,12 +17,15 @@ from classbias_jax.data import planted
 from classbias_jax.errors import ConfigError
 
 # runlocal: seeds (at least 4 where the report's flags are the expected result) and values
-RUNLOCAL = {'crop': (8, (0.08, 0.4, 0.8, 1.0)), 'color': (8, None), 'erase': (4, None)}
+RUNLOCAL = {'crop': (8, (0.08, 0.4, 0.8, 1.0)), 'color': (8, None), 'erase': (4, None),
+            'mixup': (4, (0.0, 0.4, 1.0)), 'smooth': (4, (0.0, 0.1, 0.3))}
 # study -> (swept knob, its values, the augmentation the sweep must compile)
 STUDIES = {
     'crop': ('aug.crop_scale_min', (0.08, 0.2, 0.4, 0.6, 0.8, 1.0), 'crop'),
     'color': ('aug.color_strength', (0.0, 0.25, 0.5, 0.75, 1.0), 'color'),
     'erase': ('aug.erase_scale_max', (0.02, 0.1, 0.2, 0.33, 0.5), 'erase'),
+    'mixup': ('aug.mixup_alpha', (0.0, 0.2, 0.5, 1.0, 2.0), 'mix'),
+    'smooth': ('loss.label_smoothing', (0.0, 0.05, 0.1, 0.2, 0.3), 'smooth'),
 }
 
 
@@ -34,8 +37,7 @@ def compiled_ops(config):
   """The augmentations trainer.run would compile for this config."""
   knobs = design.knob_arrays(config, design.sweep_from_config(config),
                                len(planted.CLASS_NAMES))
-  ops, erase = augment_ops(config, knobs)
-  return set(ops) | ({'erase'} if erase else set()), knobs
+  return set(augment_ops(config, knobs)), knobs
 
 
 @pytest.mark.parametrize('arg', ['', 'runlocal'])
@@ -77,6 +79,15 @@ def test_erase_prob_sweeps_the_probability():
   assert min(load('erase').sweep['values']) >= load('erase').aug.erase_scale_min
 
 
+def test_mixup_cutmix_sweeps_cutmix_alone():
+  for arg in ('cutmix', 'runlocal,cutmix'):
+    config = load('mixup', arg)
+    configs.validate(config)
+    assert config.sweep.name == 'aug.cutmix_alpha' and config.aug.mixup_alpha == 0
+    ops, knobs = compiled_ops(config)
+    assert ops >= {'mix'} and not knobs['mixup_alpha'].any()
+
+
 @pytest.mark.parametrize('name', sorted(STUDIES))
 def test_seeds_and_epochs_args(name):
   for arg in ('seeds=3,epochs=4', 'runlocal,seeds=3,epochs=4'):
@@ -91,12 +102,13 @@ def test_unknown_or_malformed_args_are_errors(name, arg):
     load(name, arg)
 
 
-@pytest.mark.parametrize('name', ['color', 'crop'])
+@pytest.mark.parametrize('name', ['color', 'crop', 'mixup', 'smooth'])
 def test_study_trains_end_to_end(name, tmp_path):
   config = configs.smoke(load(name, 'runlocal'))  # tiny model, sweep ends, 1 seed, 1 epoch
   config.data.planted_train_per_class = 13  # two steps of 64
   arrays = trainer.run(config, str(tmp_path))
   knob, values, op = STUDIES[name]
+  values = RUNLOCAL[name][1] or values
   n = len(arrays['test_labels'])
   assert arrays['per_class_accuracy'].shape == (2, 1, 10)
   assert arrays['test_predictions'].shape == (2, 1, n)
@@ -131,10 +143,10 @@ def test_class_knob_table_reaches_the_augmentation(base, table):
   plan = build_plan(config, num_train=config.train.batch_size,
                         num_classes=len(planted.CLASS_NAMES),
                         image_shape=images.shape[1:], mean=mean, std=std, strategy='unroll')
-  assert plan.ops == ('color',) and not plan.erase
-  augmented = one_model.make_preprocess(plan)(key, images, labels, model_knobs)
+  assert plan.ops == ('color',)
+  augmented, _ = one_model.make_preprocess(plan)(key, images, labels, model_knobs)
   plain_plan = dataclasses.replace(plan, ops=())
-  plain = one_model.make_preprocess(plain_plan)(key, images, labels, model_knobs)
+  plain, _ = one_model.make_preprocess(plain_plan)(key, images, labels, model_knobs)
   change = np.abs(np.asarray(augmented) - np.asarray(plain)).max(axis=(1, 2, 3))
   off = strength[labels] == 0
   assert change[off].max() < 1e-4  # hue 0 is an HSV round trip: float rounding only

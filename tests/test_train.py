@@ -5,11 +5,13 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, init_states, tiny_config, tiny_plan
 
-from classbias_jax import configs, results
+from classbias_jax import augment, configs, results
+from classbias_jax.errors import ConfigError
 from classbias_jax.train import model_axis
 from classbias_jax.train.plan import build_plan
 from classbias_jax.train import design
@@ -73,10 +75,56 @@ def test_weight_decay_differs_per_model():
   assert norms[1] < 0.8 * norms[0], norms
 
 
+def _invert(key, img, invert_prob):
+  """A new op's kernel: the image's negative with probability invert_prob."""
+  return jnp.where(jax.random.uniform(key) < invert_prob, 1.0 - img, img)
+
+
 def test_a_new_knob_is_one_row(tmp_path, monkeypatch):
-  """Adding optim.momentum to configs.KNOBS alone makes it a per-model, sweepable knob:
-  the momentum-0.9 model of the sweep is the model trained with momentum 0.9 fixed."""
-  knobs = dict(configs.KNOBS, **{'optim.momentum': configs.Knob(0.9, 'optimizer', off=0.0)})
+  """A row of configs.KNOBS and its op's kernel in augment.KERNELS are the whole change:
+  'aug.invert_prob' (a new op) becomes a config field, validated, sweepable in one
+  program, per class, compiled only when on; its 0 model is the model trained without it
+  and its 1 model sees negatives."""
+  row = configs.Knob(0.0, 'invert', 'pixels', off=0.0, per_class=True, high=1.0)
+  monkeypatch.setattr(configs, 'KNOBS', dict(configs.KNOBS, **{'aug.invert_prob': row}))
+  monkeypatch.setitem(augment.KERNELS, 'invert', _invert)
+  overrides = {'seeds': 1, 'train__epochs': 2, 'train__eval_every': 0}
+  swept = tiny_config(**overrides, **{'sweep__name': 'aug.invert_prob',
+                                      'sweep__values': (0.0, 1.0)})
+  plain = tiny_config(**overrides, **{'sweep__values': (5e-4,)})  # the base weight decay
+  assert swept.aug.invert_prob == 0.0 and 'aug.invert_prob' in configs.traced_knobs()
+  plan = tiny_plan(swept)
+  assert plan.ops == ('invert',) and tiny_plan(plain).ops == ()
+  images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), np.uint8)
+  labels = np.array([0, 1, 0, 1])
+  preprocess = one_model.make_preprocess(plan)
+  x = images / 255.0
+  for m, expected in ((0, x), (1, 1.0 - x)):
+    out, _ = preprocess(jax.random.key(0), images, labels, {k: v[m] for k, v in plan.knobs.items()})
+    np.testing.assert_allclose(out, (expected - 0.5) / 0.25, atol=1e-5)
+  swept.class_knobs.invert_prob = (1.0,) + (float('nan'),) * 9  # class 0 alone, at value 0
+  plan = tiny_plan(swept)
+  out, _ = one_model.make_preprocess(plan)(jax.random.key(0), images, labels,
+                                           {k: v[0] for k, v in plan.knobs.items()})
+  np.testing.assert_allclose(out, (np.where(labels[:, None, None, None] == 0, 1 - x, x) - 0.5)
+                             / 0.25, atol=1e-5)
+  del swept.class_knobs['invert_prob']
+  r = trainer.run(swept, str(tmp_path / 'swept'))
+  ref = trainer.run(plain, str(tmp_path / 'plain'))
+  assert r['sweep_name'] == 'aug.invert_prob' and r['per_class_accuracy'].shape[:2] == (2, 1)
+  np.testing.assert_allclose(r['train_loss'][0], ref['train_loss'][0], rtol=1e-4)
+  assert not np.allclose(r['train_loss'][0], r['train_loss'][1], rtol=1e-3)
+  swept.aug.invert_prob = 2.0
+  with pytest.raises(ConfigError, match='aug.invert_prob = 2.0 is outside'):
+    configs.validate(swept)
+
+
+def test_an_optimizer_knob_is_one_row(tmp_path, monkeypatch):
+  """The step reads optimiser values through one_model.hyperparameter: adding
+  optim.momentum's row makes it per model; the momentum-0.9 model of the sweep is the
+  model trained with momentum 0.9 fixed."""
+  knobs = dict(configs.KNOBS,
+               **{'optim.momentum': configs.Knob(0.9, 'optimizer', 'step', off=0.0)})
   monkeypatch.setattr(configs, 'KNOBS', knobs)
   overrides = {'seeds': 1, 'train__epochs': 2, 'train__eval_every': 0}
   swept = tiny_config(**overrides, **{'sweep__name': 'optim.momentum',
