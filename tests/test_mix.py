@@ -205,3 +205,33 @@ def test_label_smoothing_is_optax_per_class():
     np.testing.assert_allclose(out[i], optax.smooth_labels(one_hot[i], float(table[label])),
                                rtol=1e-7)
   np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-6)
+
+
+def test_the_step_loss_takes_the_soft_targets():
+  """Two models that differ only in label smoothing (0 and 0.3) report, for their first
+  step, the mean cross-entropy of their logits against optax.smooth_labels's targets."""
+  from conftest import init_states, tiny_config, tiny_plan
+
+  from classbias_jax.models import create_model
+  from classbias_jax.train import one_model
+  config = tiny_config(**{'sweep__name': 'loss.label_smoothing', 'sweep__values': (0.0, 0.3),
+                          'seeds': 1})
+  plan = tiny_plan(config)
+  assert plan.ops == ('smooth',)
+  model = create_model('tiny', 10)
+  state = init_states(plan, model)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1)), jnp.uint8)
+  labels = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
+  step = jax.vmap(one_model.make_train_step(plan, model), in_axes=((0, 0, 0, 0), None))
+  perms = jnp.tile(jnp.arange(64), (2, 1))
+  _, metrics = step((state, plan.knobs, perms, plan.keys()['aug']), (images, labels, 0, 0))
+  variables = {'params': jax.tree.map(lambda v: v[0], state['params']),
+               'batch_stats': jax.tree.map(lambda v: v[0], state['batch_stats'])}
+  logits, _ = model.apply(variables, (images / 255.0 - 0.5) / 0.25, train=True,
+                          mutable=['batch_stats'])
+  for m, a in enumerate((0.0, 0.3)):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, 10), a)
+    expected = optax.softmax_cross_entropy(logits, targets).mean()
+    assert float(metrics['loss'][m]) == pytest.approx(float(expected), rel=1e-5)
+  assert abs(float(metrics['loss'][1]) - float(metrics['loss'][0])) > 1e-3
