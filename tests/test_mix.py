@@ -223,9 +223,10 @@ def test_the_step_loss_takes_the_soft_targets():
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
-  step = jax.vmap(one_model.make_train_step(plan, model), in_axes=((0, 0, 0, 0), None))
+  step = jax.vmap(one_model.make_train_step(plan, model), in_axes=(0, 0, None))
   perms = jnp.tile(jnp.arange(64), (2, 1))
-  _, metrics = step((state, plan.knobs, perms, plan.keys()['aug']), (images, labels, 0, 0))
+  _, metrics = step(state, one_model.ModelInputs(plan.knobs, plan.keys()['aug'], perms),
+                    one_model.Batch(images, labels, 0, 0))
   variables = {'params': jax.tree.map(lambda v: v[0], state['params']),
                'batch_stats': jax.tree.map(lambda v: v[0], state['batch_stats'])}
   logits, _ = model.apply(variables, (images / 255.0 - 0.5) / 0.25, train=True,
