@@ -20,19 +20,27 @@ seed count is this project's default (8), not restated from the paper. Expected 
 following Lee et al.: mean accuracy rises with mixing while a share of the classes
 loses accuracy against alpha 0; the report names them.
 
-Offline on CPU in a few minutes (the planted dataset at 16x16, 200 training images per
-class, ResNet-8 at half width, 3 alphas x 4 seeds, 12 epochs):
+Offline on CPU (the planted dataset at 16x16, 200 training images per class, ResNet-8
+at half width, 3 alphas x 4 seeds, 12 epochs):
 
   python -m classbias_jax.main --config=configs/mixup.py:runlocal --workdir=runs/mixup
   python -m classbias_jax.report --workdir=runs/mixup
 
-What the planted data should show (data/planted.py, not yet measured at these settings):
-Mixup blends the color- classes' aligned stripes, so a red and a yellow disc mixed half
-and half look orange while their target says "half red, half yellow, no orange": the
-color- classes, color-orange first, are the ones built to be hurt. CutMix pastes a box
-that covers a corner in many batches, so a crop- image may show another class's corner
-marker or lose its own while its target gives the marker's class only the box's share of
-the area: the crop- classes are built to be hurt by CutMix.
+The planted families mixing was expected to hurt (data/planted.py): Mixup blends the
+color- discs' aligned stripes, so a red and a yellow disc mixed half and half look orange
+while their target says "half red, half yellow"; CutMix's box often covers a corner, so a
+crop- image may show another class's marker, or lose its own, while its target credits
+the marker's class with the box's area only. Measured at 8 seeds (`runlocal,seeds=8`,
+24 models, 5.4 minutes of training for Mixup and 8.0 for CutMix on two CPU cores shared
+with other jobs, 2026-12-06): neither is found. Mean accuracy 98.3% at alpha 0, 99.8%
+(Mixup) and 99.9% (CutMix) at 0.4, 99.7% and 99.9% at 1; the report flags no class
+(smallest q 0.41 for Mixup, 1.0 for CutMix). color-orange goes 100 -> 99.4 -> 98.8%
+under Mixup, a drop the study cannot tell from chance; the crop- classes gain instead:
+at alpha 0 two of the eight seeds never learn the markers (crop-plain 55-66% there),
+with either kind of mixing every seed does. So on this data the runlocal study checks
+that the sweep runs and that a knob that helps classes flags none against the wrong
+reference; a family built to be hurt by mixing (say, classes told apart by a level that
+a mix of two others reproduces exactly) is not yet planted.
 
 Args: runlocal, cutmix, seeds=N, epochs=N (0 = the study's default).
 """
