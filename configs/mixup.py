@@ -40,8 +40,10 @@ under Mixup, a drop the study cannot tell from chance; the crop- classes gain in
 at alpha 0 two of the eight seeds learn the markers only in part (crop-plain 55% and
 61% there), with either kind of mixing every seed learns them (a gain in two seeds of eight, not flagged).
 So on this data the runlocal study checks that the sweep runs end to end and flags
-nothing it cannot back; a family built to be hurt by mixing (say, classes told apart by
-a level that a mix of two others reproduces exactly) is not yet planted.
+nothing it cannot back. A family built to be hurt by mixing is not yet planted: one
+would need a class whose images a mix of two others reproduces and that is rarer than
+those two (in a balanced set its own images, mixed with each other, outnumber the mixes
+that imitate it, so the most probable class stays its own).
 
 Args: runlocal, cutmix, seeds=N, epochs=N (0 = the study's default).
 """
