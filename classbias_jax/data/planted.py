@@ -18,7 +18,7 @@ each (test keeps 200): a rare family, easy textures learnt from few images. Prun
 it (configs/prune.py): features that serve few training images get small weights, which
 magnitude pruning removes first (Hooker et al. 2020 find compression hurts the
 underrepresented most; Tran et al. 2022 tie pruning's disparate impact to group size).
-The mixing knobs (configs/mixup.py) were expected to bite on the same families: Mixup
+The mixing knobs (configs/mixup.py) were expected to bite on color- and crop-: Mixup
 blends a batch with its reverse and the color- discs' stripes are drawn in the same phase
 in every image, so a red and a yellow disc blended half and half is an orange disc whose
 target is half red, half yellow; CutMix's box often covers corners, so a crop- image can
