@@ -86,7 +86,9 @@ def test_a_new_pair_is_checked_from_its_row(monkeypatch):
 def test_static_values_are_the_untraced_rows():
   c = configs.base_config()
   c.aug.pad_crop = 4
-  assert configs.static_values(c) == {'pad_crop': 4}
+  static = configs.static_values(c)
+  assert static['pad_crop'] == 4
+  assert set(static) == {configs.short_name(n) for n, k in configs.KNOBS.items() if not k.traced}
 
 
 def test_log_axis_follows_the_row(monkeypatch):
