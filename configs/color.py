@@ -21,16 +21,18 @@ lightly loaded cores, and 5.4 minutes on a slower day when the 2-seed version to
   python -m classbias_jax.main --config=configs/color.py:runlocal --workdir=runs/color
   python -m classbias_jax.report --workdir=runs/color
 
-Expected: the three `color-` classes, told apart only by hue, fall from 100% to 40-70% at
-s = 1 (color-yellow 39%, color-orange 44%, color-red 70%; confused with each other) and to
-53-77% at s = 0.75, while the `none-` and `crop-` classes stay within 3 points of 100%.
-The report flags exactly the three `color-` classes as hurt at s = 1 (30-61 points,
-q <= 0.01), `color-yellow` and `color-orange` at s = 0.75, and nothing at s <= 0.5 or in
-any other class. Beyond the shift shared by all classes (about 0 here: the median class
-does not move) exactly the three `color-` classes are hurt at s = 1, no class is helped at
+Expected: the three `color-` classes, told apart only by hue, fall from 100% to 48-64% at
+s = 1 (color-orange 48%, color-yellow 51%, color-red 64%; confused with each other) and to
+54-80% at s = 0.75, while the `none-` classes stay within 1 point of 100% and the `crop-`
+classes within 1 point but for crop-plain at s = 1 (90% over seeds: two seeds of eight
+learn its markers less well, which the test rightly does not flag).
+The report flags exactly the three `color-` classes as hurt at s = 1 and at s = 0.75,
+`color-orange` alone at s = 0.5 (about 5 points: the pooled run-to-run variance of
+docs/statistics.md finds it), nothing at s = 0, and no other class anywhere. Beyond
+the shift shared by all classes (about 0 here: the median class does not move) exactly the three `color-` classes are hurt at s = 1, no class is helped at
 any strength, and the spread between classes peaks at full strength: in the run kept in
-tests/data/color_runlocal, tau 0 at s = 0, 1.6 points at 0.5, 15.8 at 0.75 and 21.0
-(13.8-39.3) at 1 against the reference 0.25 (tests/test_dependence.py). With
+tests/data/color_runlocal, tau 0 at s = 0, 1.7 points at 0.5, 16.0 at 0.75 and 21.2
+(14.2-39.4) at 1 against the reference 0.25 (tests/test_dependence.py). With
 `seeds=2` it trains in a quarter of the time but can flag nothing
 (its report says why): two runs per value cannot separate a knob's effect from the
 run-to-run shifts of a class.
