@@ -1,4 +1,4 @@
-"""Checkpoints on disk: atomic saves, one kept, config checks, the input stream's position."""
+"""Checkpoints on disk: atomic saves, two kept, config checks, the input stream's position."""
 import os
 
 import jax.numpy as jnp
@@ -32,19 +32,21 @@ def test_no_checkpoint_reads_as_none_and_writes_nothing(tmp_path):
   assert not os.path.exists(workdir)
 
 
-def test_save_keeps_the_newest_epoch_and_restores_it(tmp_path):
+def test_save_keeps_the_two_newest_epochs_and_restores_the_newest(tmp_path):
   workdir = str(tmp_path)
   config = small_config()
   state = {'w': jnp.arange(3.0), 'step': jnp.zeros((), jnp.int32)}
-  for epoch in (1, 2):
+  for epoch in (1, 2, 3):
     path = checkpoint.save(workdir, epoch, {'w': state['w'] + epoch, 'step': state['step']},
                            meta_of(config, curves=[0.1, float('nan')]))
     assert path == checkpoint.latest(workdir)
-    assert os.listdir(checkpoint.directory(workdir)) == [f'step_{epoch:09d}']
+    assert sorted(os.listdir(checkpoint.directory(workdir))) == [
+        f'step_{e:09d}' for e in range(max(1, epoch - 1), epoch + 1)]
   meta = checkpoint.read_meta(workdir, config)
-  assert meta['epoch'] == 2 and meta['curves'][0] == 0.1 and np.isnan(meta['curves'][1])
+  assert meta['epoch'] == 3 and meta['curves'][0] == 0.1 and np.isnan(meta['curves'][1])
+  assert meta['saved_step'] == 3
   restored = checkpoint.restore_state(workdir, state)
-  np.testing.assert_array_equal(restored['w'], [2.0, 3.0, 4.0])
+  np.testing.assert_array_equal(restored['w'], [3.0, 4.0, 5.0])
   assert restored['step'].dtype == jnp.int32
   # An earlier epoch saved again (a run restarted before it) replaces the newer one.
   checkpoint.save(workdir, 1, state, meta_of(config))
@@ -100,7 +102,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
   assert checkpoint.read_meta(workdir, config)['epoch'] == 1
   np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [0.0, 1.0, 2.0])
   checkpoint.save(workdir, 2, {'w': state['w'] + 1}, meta_of(config))
-  assert os.listdir(root) == ['step_000000002']  # temporaries and the older one deleted
+  assert sorted(os.listdir(root)) == ['step_000000001', 'step_000000002']  # temporaries gone
   np.testing.assert_array_equal(checkpoint.restore_state(workdir, state)['w'], [1.0, 2.0, 3.0])
 
 
