@@ -13,7 +13,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from classbias_jax import cli
+from classbias_jax import cli, configs
 from classbias_jax.errors import UserError
 from classbias_jax.tuning import hostmem
 
@@ -45,17 +45,23 @@ def main(argv):
   from classbias_jax import train
   from classbias_jax.train import distributed, trainer
   try:
-    distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value,
+                           configs.partner_timeout(_CONFIG.value.train))
     trainer.setup_compile_cache(_CONFIG.value)
     arrays = train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    distributed.leave()
     if distributed.is_lead():
       _draw(arrays, _WORKDIR.value)
   except UserError as e:
-    sys.exit(f'error: {cli.one_line(e)}')
+    distributed.end(f'error: {cli.one_line(e)}', 1)
   except trainer.Interrupted as e:
+    distributed.leave()
     print(('\n' if sys.stderr.isatty() else '') + str(e), file=sys.stderr)  # after progress
     sys.exit(e.code)
-
+  except Exception as e:
+    if not distributed.several():
+      raise
+    distributed.end(distributed.lost_line(e), 1)  # a partner gone mid-collective
 
 if __name__ == '__main__':
   hostmem.setup()  # CLASSBIAS_MALLOC; may execute the process again, so before anything heavy

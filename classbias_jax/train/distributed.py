@@ -6,15 +6,36 @@ holds its share of each array (a streamed run reads only the rows of each batch 
 devices hold: local_rows); values the host needs (metrics, predictions) are gathered
 to every process. Only process 0 writes the run's files; checkpoints are written by all
 processes together (orbax). docs/scale.md has the launch commands.
+
+A job fails together, within train.partner_timeout_s (T seconds):
+- joining: a process whose partners have not all joined after T seconds ends with one
+  line naming it and the job's size; SIGTERM and SIGINT end it at once while it waits;
+- running: every process beats (a counter in the coordination service's key-value
+  store, each second) and watches the others' beats from a thread (`Partners`): a
+  partner whose beat stops for T seconds without having said it left (`leave`) ends
+  this process with one line naming it and saying how to resume; a collective that fails
+  because a partner is gone (gloo's 'Connection closed by peer') is one line too
+  (`lost_line`). JAX's own timeouts are set to T plus a margin, so the line comes first;
+  JAX's option jax_enable_recoverability keeps it from aborting every process when one
+  other than process 0 ends. Losing process 0, which runs the coordination service,
+  still ends the others at once through JAX's own fatal error.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 
 import jax
 import numpy as np
 
-from classbias_jax.errors import ConfigError
+from classbias_jax.errors import ConfigError, JobError
+
+# Seconds JAX's own timeouts wait beyond train.partner_timeout_s, so ours fire first.
+JAX_MARGIN_S = 30
+_BEAT_S = 1.0  # seconds between beats
+_BEAT, _LEFT = 'classbias_jax/beat/', 'classbias_jax/left/'
 
 
 def wanted(coordinator_address: str = '') -> bool:
@@ -28,10 +49,11 @@ def wanted(coordinator_address: str = '') -> bool:
 
 
 def initialize(coordinator_address: str = '', num_processes: int = 0,
-               process_id: int = -1) -> bool:
-  """Joins the job when `wanted` (before any JAX computation); returns whether it did.
-  With a coordinator address, the process count and this process's id are required; on
-  TPU pods and SLURM JAX finds all three itself."""
+               process_id: int = -1, timeout_s: float = 120) -> bool:
+  """Joins the job when `wanted` (before any JAX computation) and starts watching the
+  partners (module docstring); returns whether it did. With a coordinator address, the
+  process count and this process's id are required; on TPU pods and SLURM JAX finds all
+  three itself. timeout_s: train.partner_timeout_s, seconds."""
   if not wanted(coordinator_address):
     return False
   kwargs = {}
@@ -43,8 +65,151 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
                   process_id=process_id)
   if os.environ.get('JAX_PLATFORMS', '') == 'cpu':  # CPU processes talk over gloo
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**kwargs)
+  jax.config.update('jax_enable_recoverability', True)
+  jax_timeout = int(timeout_s) + JAX_MARGIN_S
+  kwargs.update(initialization_timeout=jax_timeout, heartbeat_timeout_seconds=jax_timeout,
+                shutdown_timeout_seconds=jax_timeout)
+  _join(kwargs, timeout_s, process_id, num_processes)
+  Partners.start(timeout_s)
   return True
+
+
+def _join(kwargs: dict, timeout_s: float, process_id: int, num_processes: int) -> None:
+  """jax.distributed.initialize(**kwargs) in a thread, so that the main thread stays
+  free to run the signal handlers while it waits; JobError after timeout_s seconds."""
+  failed = []
+
+  def connect():
+    try:
+      jax.distributed.initialize(**kwargs)
+    except Exception as e:  # noqa: BLE001 (reported by the main thread)
+      failed.append(e)
+
+  thread = threading.Thread(target=connect, name='join', daemon=True)
+  thread.start()
+  deadline = time.monotonic() + timeout_s
+  while thread.is_alive() and time.monotonic() < deadline:
+    thread.join(0.1)  # returns to the interpreter: SIGTERM's handler runs here
+  me = f'process {process_id}' if process_id >= 0 else 'this process'
+  of = f' of {num_processes}' if num_processes else ''
+  where = kwargs.get('coordinator_address', 'the coordinator')
+  if thread.is_alive():
+    raise JobError(f'{me}{of}: the job\'s other processes did not all join at {where} '
+                   f'within {timeout_s:g} s (train.partner_timeout_s); start every process '
+                   'of the job (each with its own --process_id), then run them all again')
+  if failed:
+    raise JobError(f'{me}{of}: could not join the job at {where}: '
+                   f'{" ".join(str(failed[0]).split())[:200]}')
+
+
+class Partners:
+  """This process's beat and its watch over the partners' (module docstring): a daemon
+  thread, one per process, started by initialize and stopped by `leave`."""
+  running: 'Partners | None' = None
+
+  def __init__(self, timeout_s: float):
+    self.timeout_s, self.stopped = timeout_s, threading.Event()
+    self.me, self.count = jax.process_index(), jax.process_count()
+    self.client = jax._src.distributed.global_state.client  # noqa: SLF001 (no public API)
+    self.thread = threading.Thread(target=self._watch, name='partners', daemon=True)
+    # process -> (its last beat, when that last changed: time.monotonic())
+    self.seen = {p: (None, time.monotonic()) for p in range(self.count) if p != self.me}
+
+  @classmethod
+  def start(cls, timeout_s: float) -> None:
+    cls.running = cls(timeout_s)
+    cls.running.thread.start()
+
+  def _watch(self) -> None:
+    beat = 0
+    while not self.stopped.wait(_BEAT_S):
+      beat += 1
+      try:
+        self.client.key_value_set(f'{_BEAT}{self.me}', str(beat), allow_overwrite=True)
+        lost = self._lost()
+      except Exception:  # noqa: BLE001 (the coordination service is gone: process 0)
+        lost = [0]
+      if lost and not self.stopped.is_set():
+        end(lost_line(lost=lost, timeout_s=self.timeout_s), 1)
+
+  def _lost(self) -> list[int]:
+    """The partners whose beat has not changed for timeout_s seconds and that have not
+    left (`seen` updated)."""
+    lost, now = [], time.monotonic()
+    for process, (last, since) in self.seen.items():
+      if self._get(f'{_LEFT}{process}') is not None:
+        continue
+      value = self._get(f'{_BEAT}{process}')
+      if value != last:
+        self.seen[process] = (value, now)
+      elif now - since > self.timeout_s:
+        lost.append(process)
+    return lost
+
+  def _get(self, key: str) -> str | None:
+    try:
+      return self.client.key_value_try_get(key)
+    except Exception as e:  # noqa: BLE001 (not found is an error in this API)
+      if 'NOT_FOUND' in str(e) or 'not found' in str(e).lower():
+        return None
+      raise
+
+
+def several() -> bool:
+  """Whether this process is one of a job of several."""
+  return Partners.running is not None
+
+
+def leave() -> None:
+  """Says this process leaves the job on purpose (its work is done, or a signal stopped
+  it): the partners' watch does not count it as lost; this process stops watching."""
+  partners = Partners.running
+  if partners is None:
+    return
+  partners.stopped.set()
+  try:
+    partners.client.key_value_set(f'{_LEFT}{partners.me}', 'left', allow_overwrite=True)
+  except Exception:  # noqa: BLE001 (the service is gone: nobody is left to tell)
+    pass
+
+
+def lost_line(error: BaseException | None = None, lost: list[int] | None = None,
+              timeout_s: float | None = None) -> str:
+  """The one line a process prints when its job breaks: which process says it, which
+  partner was lost (asked of the coordination service when not given) and how to go on.
+  error: what broke (a failed collective), or None when the watch found `lost` silent."""
+  me = f'process {jax.process_index()} of {jax.process_count()}'
+  lost = lost if lost is not None else _missing()
+  what = f'lost process {", ".join(str(p) for p in lost)}' if lost else 'a partner failed'
+  if error is not None:
+    reason = ' '.join(str(error).split())
+    reason = reason.rsplit('] ', 1)[-1] if 'Gloo' in reason else reason  # gloo: its cause
+    what += f' ({type(error).__name__}: {reason[:160]})'
+  elif timeout_s:
+    what += f' (silent for {timeout_s:g} s, train.partner_timeout_s)'
+  return (f'error: {me}: {what}; every process of the job stops: start them all again '
+          'with the same command to resume from the last checkpoint')
+
+
+def _missing(wait_s: float = 3.0) -> list[int]:
+  """The partners whose beat has not changed for the last wait_s seconds (after waiting
+  that long): the ones gone, when a collective has just failed."""
+  partners = Partners.running
+  if partners is None:
+    return []
+  time.sleep(wait_s)
+  now = time.monotonic()
+  return sorted(p for p, (_, since) in partners.seen.items() if now - since >= wait_s)
+
+
+def end(line: str, code: int) -> None:
+  """Prints `line` and ends this process at once with `code`: in a job of several no
+  exit handler runs (JAX's would wait for the partners at its shutdown barrier)."""
+  sys.stdout.flush()
+  print(line, file=sys.stderr, flush=True)
+  if several():
+    os._exit(code)
+  sys.exit(code)
 
 
 def is_lead() -> bool:
