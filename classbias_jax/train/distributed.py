@@ -18,11 +18,14 @@ A job fails together, within train.partner_timeout_s (T seconds):
   (`lost_line`). JAX's own timeouts are set to T plus a margin, so the line comes first;
   JAX's option jax_enable_recoverability keeps it from aborting every process when one
   other than process 0 ends. Losing process 0, which runs the coordination service,
-  still ends the others at once through JAX's own fatal error.
+  ends the others at once through JAX's own fatal error: stderr passes through a small
+  filter process (`_guard_stderr`) that turns that error's report (a C++ stack and
+  'Fatal Python error') into one line too.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -36,6 +39,7 @@ from classbias_jax.errors import ConfigError, JobError
 JAX_MARGIN_S = 30
 _BEAT_S = 1.0  # seconds between beats
 _BEAT, _LEFT = 'classbias_jax/beat/', 'classbias_jax/left/'
+_JOINING = False  # set once this process sets out to join a job of several
 
 
 def wanted(coordinator_address: str = '') -> bool:
@@ -54,8 +58,10 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
   partners (module docstring); returns whether it did. With a coordinator address, the
   process count and this process's id are required; on TPU pods and SLURM JAX finds all
   three itself. timeout_s: train.partner_timeout_s, seconds."""
+  global _JOINING
   if not wanted(coordinator_address):
     return False
+  _JOINING = True
   kwargs = {}
   if coordinator_address:
     if num_processes < 1 or not 0 <= process_id < num_processes:
@@ -69,9 +75,48 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
   jax_timeout = int(timeout_s) + JAX_MARGIN_S
   kwargs.update(initialization_timeout=jax_timeout, heartbeat_timeout_seconds=jax_timeout,
                 shutdown_timeout_seconds=jax_timeout)
+  _guard_stderr(process_id)
   _join(kwargs, timeout_s, process_id, num_processes)
   Partners.start(timeout_s)
   return True
+
+
+# The filter between this process and its stderr: lines pass as they come, but for the
+# line announcing JAX's fatal error; from the line where JAX's client ends the process
+# (its coordination service is gone) nothing passes, and at the end one line says what
+# happened. argv: the fatal line's mark, the announcement's, the line to print.
+_FATAL = 'Terminating process because the JAX distributed service'
+_POLLED = 'Polled an error from coordination service'
+_FILTER = r"""
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # ends with the process, whatever it gets
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+fatal, polled = sys.argv[1].encode(), sys.argv[2].encode()
+out, hit = sys.stdout.buffer, False
+for line in sys.stdin.buffer:
+  hit = hit or fatal in line
+  if not hit and polled not in line:
+    out.write(line)
+    out.flush()
+if hit:
+  out.write(sys.argv[3].encode() + b'\n')
+"""
+
+
+def _guard_stderr(process_id: int) -> None:
+  """Sends this process's stderr (fd 2) through _FILTER, a child process that writes to
+  the stderr it had."""
+  me = f'process {process_id}' if process_id >= 0 else 'this process'
+  line = (f'error: {me}: JAX ended it, as the job\'s coordination service (process 0) '
+          'failed or is gone; every process of the job stops: start them all again with '
+          'the same command to resume from the last checkpoint')
+  read, write = os.pipe()
+  subprocess.Popen([sys.executable, '-c', _FILTER, _FATAL, _POLLED, line], stdin=read, stdout=2,
+                   close_fds=True, start_new_session=True)
+  os.close(read)
+  sys.stderr.flush()
+  os.dup2(write, 2)
+  os.close(write)
 
 
 def _join(kwargs: dict, timeout_s: float, process_id: int, num_processes: int) -> None:
@@ -156,8 +201,8 @@ class Partners:
 
 
 def several() -> bool:
-  """Whether this process is one of a job of several."""
-  return Partners.running is not None
+  """Whether this process is one of a job of several (or set out to join one)."""
+  return _JOINING
 
 
 def leave() -> None:
