@@ -1,6 +1,8 @@
 """Checkpoints on disk: atomic saves, two kept, config checks, the input stream's position."""
 import os
+import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -138,3 +140,83 @@ def test_a_checkpoint_without_the_stream_position_is_refused(tmp_path):
   checkpoint.save(workdir, 1, {'w': jnp.zeros(1)}, meta_of(small_config()))
   with pytest.raises(ValueError, match='position'):
     checkpoint.restore_batches(workdir, batch_stream())
+
+
+# ----------------------------------------------------------------------------------------
+# Damaged checkpoints: two saved once, copied and damaged in each way.
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def two_saved(tmp_path_factory):
+  """A workdir with the checkpoints of epochs 1 and 2 of a small state (w = 1 and 2)."""
+  workdir = str(tmp_path_factory.mktemp('saved'))
+  for epoch in (1, 2):
+    checkpoint.save(workdir, epoch, {'w': jnp.full(300, float(epoch))}, meta_of(small_config()))
+  return workdir
+
+
+def biggest_array_file(step_dir: str) -> str:
+  found = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, 'state'))
+           for name in names if os.sep + 'd' + os.sep in os.path.join(root, name)]
+  return max(found, key=os.path.getsize)
+
+
+def truncate(path: str) -> None:
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+DAMAGE = {  # kind -> (damage a step folder in place, what the warning names)
+    'truncated array file': (lambda step: truncate(biggest_array_file(step)), 'bytes'),
+    'missing orbax metadata': (lambda step: os.remove(os.path.join(step, '_CHECKPOINT_METADATA')),
+                               '_CHECKPOINT_METADATA is missing'),
+    'missing array metadata': (lambda step: os.remove(os.path.join(step, 'state', '_METADATA')),
+                               '_METADATA is missing'),
+    'missing manifest': (lambda step: os.remove(os.path.join(step, 'state', 'manifest.ocdbt')),
+                         'manifest.ocdbt is missing'),
+    'missing file list': (lambda step: os.remove(os.path.join(step, checkpoint.FILE_LIST)),
+                          'files.json is missing'),
+    'unreadable meta': (lambda step: open(os.path.join(step, 'meta', 'metadata'), 'w').write('{'),
+                        'metadata has'),
+}
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, two_saved, kind,
+                                                                   capsys):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(two_saved, workdir)
+  damage, named = DAMAGE[kind]
+  damage(checkpoint.step_path(workdir, 2))
+  assert checkpoint.damage(workdir, 2) is not None and checkpoint.damage(workdir, 1) is None
+  config = small_config()
+  meta = checkpoint.read_meta(workdir, config)
+  assert (meta['epoch'], meta['saved_step']) == (1, 1)
+  warning = capsys.readouterr().err
+  assert warning.count('\n') == 1 and named in warning
+  assert 'step_000000002' in warning and 'resuming from step_000000001 instead' in warning
+  restored = checkpoint.restore_state(workdir, {'w': jnp.zeros(300)}, meta['saved_step'])
+  np.testing.assert_array_equal(restored['w'], np.ones(300))
+  assert checkpoint.latest(workdir) == checkpoint.step_path(workdir, 1)
+  # Both damaged: the run starts afresh, and says so.
+  damage(checkpoint.step_path(workdir, 1))
+  assert checkpoint.read_meta(workdir, config) is None and checkpoint.latest(workdir) is None
+  assert capsys.readouterr().err.strip().endswith('starting afresh')
+  # The next save replaces the damaged ones at or after its step.
+  checkpoint.save(workdir, 1, {'w': jnp.zeros(300)}, meta_of(config))
+  assert os.listdir(checkpoint.directory(workdir)) == ['step_000000001']
+  assert checkpoint.read_meta(workdir, config)['saved_step'] == 1
+
+
+def test_host_local_state_of_several_processes_saves_as_numpy(tmp_path, monkeypatch):
+  # In a job of several processes, a state on this process's devices only (every
+  # strategy but shard and mesh) is saved as numpy (written by process 0) and restored
+  # where the fresh state lives: what orbax refuses to write as jax.Arrays.
+  workdir, config = str(tmp_path), small_config()
+  state = {'w': jnp.arange(6.0).reshape(2, 3), 'n': jnp.ones(2, jnp.int32)}
+  monkeypatch.setattr(checkpoint, '_several_processes', lambda: True)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(checkpoint._savable(state)))
+  checkpoint.save(workdir, 1, jax.tree.map(lambda x: x + 1, state), meta_of(config))
+  restored = checkpoint.restore_state(workdir, state)
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(restored))
+  np.testing.assert_array_equal(restored['w'], np.arange(1.0, 7.0).reshape(2, 3))
+  assert restored['n'].dtype == jnp.int32 and restored['w'].sharding == state['w'].sharding

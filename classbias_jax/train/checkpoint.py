@@ -203,10 +203,13 @@ def differing_fields(a: dict, b: dict, prefix: str = '') -> list[str]:
   return out
 
 
+def _several_processes() -> bool:
+  return jax.process_count() > 1
+
+
 def _host_local(x) -> bool:
   """Whether leaf `x` of a job of several processes lives on this process's devices only."""
-  return (jax.process_count() > 1 and isinstance(x, jax.Array)
-          and x.is_fully_addressable)
+  return _several_processes() and isinstance(x, jax.Array) and x.is_fully_addressable
 
 
 def _savable(state):
