@@ -41,7 +41,8 @@ def main(argv):
     sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # and XLA's (read as JAX loads)
+    # and XLA's (read as JAX loads; a parent that imported JAX has set it to 1)
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = max(os.environ.get('TF_CPP_MIN_LOG_LEVEL', ''), '2')
   # JAX starts its threads on import: after hostmem.setup (below), which may re-execute.
   from classbias_jax import train
   from classbias_jax.train import distributed, trainer
