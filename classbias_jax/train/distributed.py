@@ -207,15 +207,52 @@ def several() -> bool:
 
 def leave() -> None:
   """Says this process leaves the job on purpose (its work is done, or a signal stopped
-  it): the partners' watch does not count it as lost; this process stops watching."""
+  it) and stops watching: the partners do not count it as lost. The others then
+  disconnect; process 0, which runs the coordination service, waits for them first
+  (up to train.partner_timeout_s), as JAX ends a client whose service is gone."""
   partners = Partners.running
   if partners is None:
     return
   partners.stopped.set()
   try:
     partners.client.key_value_set(f'{_LEFT}{partners.me}', 'left', allow_overwrite=True)
-  except Exception:  # noqa: BLE001 (the service is gone: nobody is left to tell)
+    if partners.me:
+      jax.distributed.shutdown()
+    else:
+      _wait_for_the_others(partners)
+  except Exception:  # noqa: BLE001 (a partner already gone: nothing to wait for)
     pass
+
+
+def _wait_for_the_others(partners: Partners) -> None:
+  """Returns once every other process has left (its key) and disconnected (it is no
+  longer among the live processes), or after partners.timeout_s."""
+  deadline = time.monotonic() + partners.timeout_s
+  for process in range(1, partners.count):
+    left_ms = max(1, int(1000 * (deadline - time.monotonic())))
+    partners.client.blocking_key_value_get(f'{_LEFT}{process}', left_ms)
+  others = list(range(partners.count))
+  while time.monotonic() < deadline:
+    live = _ask(lambda: partners.client.get_live_nodes(others), deadline - time.monotonic())
+    if live is None or set(live) <= {0}:
+      return
+    time.sleep(0.05)
+
+
+def _ask(question, wait_s: float):
+  """question() from a thread, or None when it has not answered within wait_s seconds
+  (the coordination service's live-process query waits for every live process)."""
+  answer = []
+
+  def ask():
+    try:
+      answer.append(question())
+    except Exception:  # noqa: BLE001 (no answer)
+      answer.append(None)
+  thread = threading.Thread(target=ask, daemon=True)
+  thread.start()
+  thread.join(max(0.0, wait_s))
+  return answer[0] if answer else None
 
 
 def lost_line(error: BaseException | None = None, lost: list[int] | None = None,
