@@ -109,9 +109,9 @@ def _steps(workdir: str) -> list[int]:
   return sorted((int(m[1]) for m in found if m), reverse=True)
 
 
-def damage(workdir: str, step: int) -> str | None:
+def damage(workdir: str, step: int, read: bool = True) -> str | None:
   """What is wrong with checkpoint `step` (a phrase), or None when it is whole: every file
-  of its files.json there with its size, and its meta item readable."""
+  of its files.json there with its size, and (`read`) its meta item readable."""
   path = step_path(workdir, step)
   try:
     with open(os.path.join(path, FILE_LIST)) as f:
@@ -129,6 +129,8 @@ def damage(workdir: str, step: int) -> str | None:
       return f'{name} is missing'
     if actual != size:
       return f'{name} has {actual} of its {size} bytes'
+  if not read:
+    return None
   try:
     _read_meta_item(workdir, step)
   except Exception as e:  # noqa: BLE001 (whatever orbax raises on a bad file)
@@ -136,14 +138,15 @@ def damage(workdir: str, step: int) -> str | None:
   return None
 
 
-def _newest_whole(workdir: str, below: int | None = None) -> tuple[int | None, list[str]]:
+def _newest_whole(workdir: str, below: int | None = None,
+                  read: bool = True) -> tuple[int | None, list[str]]:
   """(the newest whole step under `below`, or None; 'step_N: what is wrong' for each
-  damaged step newer than it)."""
+  damaged step newer than it). read: also read each meta item (damage)."""
   damaged = []
   for step in _steps(workdir):
     if below is not None and step >= below:
       continue
-    wrong = damage(workdir, step)
+    wrong = damage(workdir, step, read)
     if wrong is None:
       return step, damaged
     damaged.append(f'{os.path.basename(step_path(workdir, step))}: {wrong}')
@@ -151,8 +154,8 @@ def _newest_whole(workdir: str, below: int | None = None) -> tuple[int | None, l
 
 
 def latest(workdir: str) -> str | None:
-  """Path of the newest whole checkpoint in WORKDIR/checkpoint, or None."""
-  step = _newest_whole(workdir)[0]
+  """Path of the newest checkpoint in WORKDIR/checkpoint whose files are whole, or None."""
+  step = _newest_whole(workdir, read=False)[0]
   return None if step is None else step_path(workdir, step)
 
 
