@@ -166,38 +166,33 @@ class Partners:
     cls.running.thread.start()
 
   def _watch(self) -> None:
-    beat = 0
+    beat, failing_since = 0, None
     while not self.stopped.wait(_BEAT_S):
       beat += 1
       try:
         self.client.key_value_set(f'{_BEAT}{self.me}', str(beat), allow_overwrite=True)
-        lost = self._lost()
-      except Exception:  # noqa: BLE001 (the coordination service is gone: process 0)
-        lost = [0]
+        lost, failing_since = self._lost(), None
+      except Exception:  # noqa: BLE001 (the coordination service does not answer)
+        failing_since = failing_since or time.monotonic()
+        lost = [0] if time.monotonic() - failing_since > self.timeout_s else []
       if lost and not self.stopped.is_set():
         end(lost_line(lost=lost, timeout_s=self.timeout_s), 1)
 
   def _lost(self) -> list[int]:
     """The partners whose beat has not changed for timeout_s seconds and that have not
     left (`seen` updated)."""
+    beats = dict(self.client.key_value_dir_get(_BEAT))
+    left = dict(self.client.key_value_dir_get(_LEFT))
     lost, now = [], time.monotonic()
     for process, (last, since) in self.seen.items():
-      if self._get(f'{_LEFT}{process}') is not None:
+      value = beats.get(f'{_BEAT}{process}')
+      if f'{_LEFT}{process}' in left:
         continue
-      value = self._get(f'{_BEAT}{process}')
       if value != last:
         self.seen[process] = (value, now)
       elif now - since > self.timeout_s:
         lost.append(process)
     return lost
-
-  def _get(self, key: str) -> str | None:
-    try:
-      return self.client.key_value_try_get(key)
-    except Exception as e:  # noqa: BLE001 (not found is an error in this API)
-      if 'NOT_FOUND' in str(e) or 'not found' in str(e).lower():
-        return None
-      raise
 
 
 def several() -> bool:
