@@ -23,3 +23,8 @@ class WriteError(UserError):
 
 class JobError(UserError):
   """A job of several processes cannot form or lost a process; the message says which."""
+
+
+class CheckpointError(UserError):
+  """A checkpoint that passed its file check cannot be restored; the message says what to
+  delete."""

@@ -23,7 +23,10 @@ A checkpoint is used only when it is whole: files.json lists every file, each of
 it had when written, and the meta item reads (`damage`). A damaged one (a truncated or
 missing file, a lost files.json) is passed over for the one before it, or the run starts
 afresh when none is whole; read_meta says which in one line. The check reads no array, so
-every process of a job takes the same decision from the same files. A run resumes only
+every process of a job takes the same decision from the same files. It sees sizes, not
+contents (orbax keeps no checksums either): an array file whose bytes changed in place
+passes it, and restore_state then fails in one line (CheckpointError, saying what to
+delete) or, where the changed bytes still decode, restores wrong values. A run resumes only
 with the config that wrote the checkpoint, up to the fields of CHECKPOINT_FIELDS, which
 only say when to save or what to watch (trainer.run deletes the checkpoint after
 writing its results).
@@ -48,7 +51,7 @@ import jax
 import numpy as np
 
 from classbias_jax import files
-from classbias_jax.errors import ConfigError
+from classbias_jax.errors import CheckpointError, ConfigError
 from classbias_jax.train import io_faults
 
 CHECKPOINT_DIR = 'checkpoint'
@@ -279,9 +282,16 @@ def restore_state(workdir: str, like, step: int | None = None):
   step = _newest_whole(workdir)[0] if step is None else step
   local = lambda x: np.zeros(x.shape, x.dtype) if _host_local(x) else (
       ocp.utils.to_shape_dtype_struct(x))
-  with _manager(workdir) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{_STATE: ocp.args.StandardRestore(jax.tree.map(local, like))}))[_STATE]
+  try:
+    with _manager(workdir) as manager:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          **{_STATE: ocp.args.StandardRestore(jax.tree.map(local, like))}))[_STATE]
+  except Exception as e:  # noqa: BLE001 (whatever orbax or tensorstore raise on bad bytes)
+    path = step_path(workdir, step)
+    raise CheckpointError(
+        f'{path} cannot be restored ({type(e).__name__}: {" ".join(str(e).split())[:160]}); '
+        f'delete that folder to resume from the checkpoint before it, or '
+        f'{directory(workdir)} to start afresh') from None
   return jax.tree.map(lambda x, ref: jax.device_put(x, ref.sharding) if _host_local(ref)
                       else x, restored, like)
 
