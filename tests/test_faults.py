@@ -205,7 +205,7 @@ def test_a_signal_saves_at_the_next_step_and_stops():
     while c.signals.received is None:  # the handler runs in the main thread, soon after
       time.sleep(0.001)
     c.signals._handle(signal.SIGINT, None)  # a second signal changes nothing
-    with pytest.raises(loop.Interrupted) as stop:
+    with pytest.raises(epochs.Interrupted) as stop:
       c.at_step(1, 4, None, [{'loss': np.zeros(1, np.float32)}] * 4)
   assert saved == [(1, 4)] and stop.value.code == 143
   assert str(stop.value) == ('interrupted (SIGTERM) after step 4/10 of epoch 2/3: checkpoint '
@@ -216,7 +216,7 @@ def test_signals_before_training_stop_at_once_and_handlers_come_back():
   before = signal.getsignal(signal.SIGINT)
   with epochs.Signals() as signals:
     assert signals.caught == ['SIGTERM', 'SIGINT']
-    with pytest.raises(loop.Interrupted) as stop:
+    with pytest.raises(epochs.Interrupted) as stop:
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(1)  # the handler runs in the main thread, between bytecodes
   assert stop.value.code == 130 and 'before training began' in str(stop.value)
