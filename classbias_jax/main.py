@@ -65,6 +65,7 @@ def main(argv):
       raise
     distributed.end(distributed.lost_line(e), 1)  # a partner gone mid-collective
 
+
 if __name__ == '__main__':
   hostmem.setup()  # CLASSBIAS_MALLOC; may execute the process again, so before anything heavy
   cli.run(main)
