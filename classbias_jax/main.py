@@ -63,7 +63,7 @@ def main(argv):
   except Exception as e:
     if not distributed.several():
       raise
-    distributed.end(distributed.lost_line(e), 1)  # a partner gone mid-collective
+    distributed.fail(e)  # one line when a partner is gone mid-collective
 
 
 if __name__ == '__main__':

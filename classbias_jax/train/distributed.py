@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -250,11 +251,27 @@ def _ask(question, wait_s: float):
   return answer[0] if answer else None
 
 
+# Words of the errors of a collective whose partner is gone (gloo, gRPC, NCCL).
+_PARTNER_GONE = ('gloo', 'connection', 'unavailable', 'deadline', 'peer', 'nccl', 'socket')
+
+
+def fail(error: Exception) -> None:
+  """Ends this process of a job after an unexpected `error` (`end`): one line when a
+  partner is gone (its beat stopped, or the error is a collective's that lost one), else
+  the traceback first, as a bug of this process deserves."""
+  lost = _missing()
+  if not lost and not any(word in str(error).lower() for word in _PARTNER_GONE):
+    traceback.print_exception(error)
+    end(f'error: process {jax.process_index()} of {jax.process_count()} stopped on the '
+        'error above; every process of the job stops', 1)
+  end(lost_line(error, lost), 1)
+
+
 def lost_line(error: BaseException | None = None, lost: list[int] | None = None,
               timeout_s: float | None = None) -> str:
   """The one line a process prints when its job breaks: which process says it, which
-  partner was lost (asked of the coordination service when not given) and how to go on.
-  error: what broke (a failed collective), or None when the watch found `lost` silent."""
+  partner was lost (`_missing` when not given) and how to go on. error: what broke (a
+  failed collective), or None when the watch found `lost` silent."""
   me = f'process {jax.process_index()} of {jax.process_count()}'
   lost = lost if lost is not None else _missing()
   what = f'lost process {", ".join(str(p) for p in lost)}' if lost else 'a partner failed'
