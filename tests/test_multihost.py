@@ -121,16 +121,21 @@ def test_sigterm_while_waiting_for_partners_ends_at_once(tmp_path):
 
 
 def test_jax_ending_a_process_for_its_lost_coordinator_is_one_line():
-  # What JAX's client prints when process 0 is gone, through the stderr filter.
+  # What JAX's client prints when process 0 is gone, through the stderr filter: one line
+  # at the end, as the process did not end on purpose (no exit mark).
   report = ('progress\nE1206 coordination_service_agent.cc:289] Polled an error from '
             'coordination service (this can be an error from this or another task).\n'
             'F1206 client.h:80] Terminating process because the JAX distributed service '
             'detected fatal errors.\n*** Check failure stack trace: ***\nFatal Python error: '
             'Aborted\n')
-  filtered = subprocess.run(
+  run = lambda text: subprocess.run(
       [sys.executable, '-c', distributed._FILTER, distributed._FATAL, distributed._POLLED,
-       'the line'], input=report, capture_output=True, text=True, timeout=60).stdout
-  assert filtered == 'progress\nthe line\n'
+       distributed._EXITING, 'the line'], input=text, capture_output=True, text=True,
+      timeout=60).stdout
+  assert run(report) == 'progress\nthe line\n'
+  assert run('progress\nwrote it\n' + distributed._EXITING) == 'progress\nwrote it\n'
+  assert run('progress\n') == 'progress\nthe line\n'  # killed: no exit mark
+  assert run('interrupted (SIGTERM) before training\n') == 'interrupted (SIGTERM) before training\n'
 
 
 def wait_for(condition, process, seconds=300):
@@ -184,8 +189,9 @@ def test_a_lost_process_ends_its_partner_in_one_line(tmp_path, lost):
   _, err = job[1 - lost].communicate(timeout=300)
   job[lost].communicate(timeout=60)
   assert time.monotonic() - killed < 30  # the partner timeout bounds it
+  assert err.strip(), (job[1 - lost].returncode, err)
   line = err.strip().splitlines()[-1]
   assert job[1 - lost].returncode != 0 and 'Traceback' not in err and 'Fatal' not in err, err
   assert line.startswith(f'error: process {1 - lost}') and line.endswith(
       'start them all again with the same command to resume from the last checkpoint')
-  assert (f'lost process {lost}' if lost else 'coordination service (process 0)') in line
+  assert (f'lost process {lost}' if lost else 'ended abruptly') in line

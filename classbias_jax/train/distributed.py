@@ -19,11 +19,12 @@ A job fails together, within train.partner_timeout_s (T seconds):
   JAX's option jax_enable_recoverability keeps it from aborting every process when one
   other than process 0 ends. Losing process 0, which runs the coordination service,
   ends the others at once through JAX's own fatal error: stderr passes through a small
-  filter process (`_guard_stderr`) that turns that error's report (a C++ stack and
-  'Fatal Python error') into one line too.
+  filter process (`_guard_stderr`) that holds back that error's report (a C++ stack and
+  'Fatal Python error') and says in one line that the process ended abruptly.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -82,42 +83,53 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
   return True
 
 
-# The filter between this process and its stderr: lines pass as they come, but for the
-# line announcing JAX's fatal error; from the line where JAX's client ends the process
-# (its coordination service is gone) nothing passes, and at the end one line says what
-# happened. argv: the fatal line's mark, the announcement's, the line to print.
+# The filter between this process and its stderr: lines pass as they come, but for JAX's
+# announcement of a polled error; from the line where JAX's client ends the process (its
+# coordination service is gone) nothing passes. The process writes _EXITING as it ends on
+# purpose (`end`, or any normal exit): at the end of its stderr without that mark or a
+# last line of its own ('error: ...', 'interrupted (...'), it was ended abruptly (JAX's
+# fatal error, an abort, a kill), and the filter says so in one line. argv: the fatal line's mark, the announcement's, the exit mark, the line to print.
 _FATAL = 'Terminating process because the JAX distributed service'
 _POLLED = 'Polled an error from coordination service'
+_EXITING = '\x01classbias_jax exits\n'  # a control character: never a real line
 _FILTER = r"""
 import signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # ends with the process, whatever it gets
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-fatal, polled = sys.argv[1].encode(), sys.argv[2].encode()
-out, hit = sys.stdout.buffer, False
+fatal, polled, exiting = (arg.encode() for arg in sys.argv[1:4])
+out, hit, clean, last = sys.stdout.buffer, False, False, b''
 for line in sys.stdin.buffer:
   hit = hit or fatal in line
-  if not hit and polled not in line:
+  clean = clean or line == exiting
+  if not hit and polled not in line and line != exiting:
     out.write(line)
     out.flush()
-if hit:
-  out.write(sys.argv[3].encode() + b'\n')
+    last = line
+if not (clean or last.startswith((b'error: ', b'interrupted ('))):
+  out.write(sys.argv[4].encode() + b'\n')
 """
 
 
 def _guard_stderr(process_id: int) -> None:
   """Sends this process's stderr (fd 2) through _FILTER, a child process that writes to
-  the stderr it had."""
+  the stderr it had; a normal exit writes its exit mark."""
   me = f'process {process_id}' if process_id >= 0 else 'this process'
-  line = (f'error: {me}: JAX ended it, as the job\'s coordination service (process 0) '
-          'failed or is gone; every process of the job stops: start them all again with '
-          'the same command to resume from the last checkpoint')
+  line = (f'error: {me} ended abruptly: killed, or ended by JAX as the job\'s coordination '
+          'service (process 0) failed or is gone; every process of the job stops: start them '
+          'all again with the same command to resume from the last checkpoint')
   read, write = os.pipe()
-  subprocess.Popen([sys.executable, '-c', _FILTER, _FATAL, _POLLED, line], stdin=read, stdout=2,
-                   close_fds=True, start_new_session=True)
+  subprocess.Popen([sys.executable, '-c', _FILTER, _FATAL, _POLLED, _EXITING, line],
+                   stdin=read, stdout=2, close_fds=True, start_new_session=True)
   os.close(read)
   sys.stderr.flush()
   os.dup2(write, 2)
   os.close(write)
+  atexit.register(_mark_exit)
+
+
+def _mark_exit() -> None:
+  sys.stderr.flush()
+  os.write(2, _EXITING.encode())
 
 
 def _join(kwargs: dict, timeout_s: float, process_id: int, num_processes: int) -> None:
@@ -285,15 +297,17 @@ def lost_line(error: BaseException | None = None, lost: list[int] | None = None,
           'with the same command to resume from the last checkpoint')
 
 
-def _missing(wait_s: float = 3.0) -> list[int]:
-  """The partners whose beat has not changed for the last wait_s seconds (after waiting
-  that long): the ones gone, when a collective has just failed."""
+def _missing(wait_s: float = 4.0) -> list[int]:
+  """The partners whose beat has not been seen to change for the last 2.5 beats, after
+  waiting wait_s seconds: the ones gone, when a collective has just failed (a live one
+  beats each second and is looked at each second; a gone one was last seen changing at
+  most a second after it went)."""
   partners = Partners.running
   if partners is None:
     return []
   time.sleep(wait_s)
   now = time.monotonic()
-  return sorted(p for p, (_, since) in partners.seen.items() if now - since >= wait_s)
+  return sorted(p for p, (_, since) in partners.seen.items() if now - since > 2.5 * _BEAT_S)
 
 
 def end(line: str, code: int) -> None:
@@ -302,6 +316,7 @@ def end(line: str, code: int) -> None:
   sys.stdout.flush()
   print(line, file=sys.stderr, flush=True)
   if several():
+    _mark_exit()
     os._exit(code)
   sys.exit(code)
 
