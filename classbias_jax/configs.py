@@ -205,6 +205,9 @@ def _train_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 0
   t.checkpoint_every_steps = 0
   t.checkpoint_minutes = 10.0
+  # Several processes (docs/scale.md): seconds a process waits for its partners to join,
+  # and for a silent partner, before every process of the job stops with one line.
+  t.partner_timeout_s = 120.0
   # JAX's persistent compilation cache ('' = off; $CLASSBIAS_COMPILE_CACHE overrides):
   # a rerun of a study skips compilation. It never changes what runs.
   t.compile_cache = os.path.join('~', '.cache', 'classbias_jax', 'jax')
@@ -399,6 +402,7 @@ def _validate_train(config) -> None:
     if not config.train[name] >= 0:  # also refuses NaN
       raise ConfigError(f'train.{name} must be >= 0 (0 = off), got {config.train[name]}')
   _check_watch(config.train)
+  partner_timeout(config.train)
 
 
 def _validate_prune(config) -> None:
@@ -411,6 +415,15 @@ def _validate_prune(config) -> None:
     return
   raise ConfigError(f'prune.start_epoch {start:g} <= prune.end_epoch {end:g} <= '
                     f'train.epochs {config.train.epochs} must hold for pruning')
+
+
+def partner_timeout(train) -> float:
+  """train.partner_timeout_s, checked: seconds, 1 to 86400 (a day)."""
+  value = train.partner_timeout_s
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 86400:
+    raise ConfigError(f'train.partner_timeout_s must be a number of seconds from 1 to 86400, '
+                      f'got {value!r}')
+  return float(value)
 
 
 def validate(config) -> None:

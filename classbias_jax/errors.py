@@ -19,3 +19,12 @@ class ResultsError(UserError):
 
 class WriteError(UserError):
   """A file cannot be written (a full disk, no permission); nothing partial is left."""
+
+
+class JobError(UserError):
+  """A job of several processes cannot form or lost a process; the message says which."""
+
+
+class CheckpointError(UserError):
+  """A checkpoint that passed its file check cannot be restored; the message says what to
+  delete."""

@@ -13,7 +13,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from classbias_jax import cli
+from classbias_jax import cli, configs
 from classbias_jax.errors import UserError
 from classbias_jax.tuning import hostmem
 
@@ -41,20 +41,29 @@ def main(argv):
     sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # library chatter hides the progress; -v 0 shows it
+    # and XLA's (read as JAX loads; a parent that imported JAX has set it to 1)
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = max(os.environ.get('TF_CPP_MIN_LOG_LEVEL', ''), '2')
   # JAX starts its threads on import: after hostmem.setup (below), which may re-execute.
   from classbias_jax import train
   from classbias_jax.train import distributed, trainer
   try:
-    distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _PROCESSES.value, _PROCESS_ID.value,
+                           configs.partner_timeout(_CONFIG.value.train))
     trainer.setup_compile_cache(_CONFIG.value)
     arrays = train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    distributed.leave()
     if distributed.is_lead():
       _draw(arrays, _WORKDIR.value)
   except UserError as e:
-    sys.exit(f'error: {cli.one_line(e)}')
+    distributed.end(f'error: {cli.one_line(e)}', 1)
   except trainer.Interrupted as e:
+    distributed.leave()
     print(('\n' if sys.stderr.isatty() else '') + str(e), file=sys.stderr)  # after progress
     sys.exit(e.code)
+  except Exception as e:
+    if not distributed.several():
+      raise
+    distributed.fail(e)  # one line when a partner is gone mid-collective
 
 
 if __name__ == '__main__':

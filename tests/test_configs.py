@@ -53,6 +53,9 @@ def test_the_full_fashion_study_is_the_fashion_study_at_full_size():
     ('train.profile_steps', (0, 0), 'train.profile_steps'),
     ('train.profile_steps', (1.5, 2), 'train.profile_steps'),
     ('train.profile_steps', (1, 2, 3), 'train.profile_steps'),
+    ('train.partner_timeout_s', 0.0, 'partner_timeout_s must be a number of seconds from 1'),
+    ('train.partner_timeout_s', float('nan'), 'partner_timeout_s .* got nan'),
+    ('train.partner_timeout_s', 1e6, 'partner_timeout_s .* to 86400'),
 ])
 def test_validate_rejects(field, value, message):
   c = configs.base_config()

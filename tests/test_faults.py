@@ -10,7 +10,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_until_first_checkpoint, tiny_config
+from conftest import ROOT, Interrupted, run_until_first_checkpoint, tiny_config
 
 from classbias_jax import results
 from classbias_jax.train import checkpoint
@@ -221,3 +221,44 @@ def test_signals_before_training_stop_at_once_and_handlers_come_back():
       time.sleep(1)  # the handler runs in the main thread, between bytecodes
   assert stop.value.code == 130 and 'before training began' in str(stop.value)
   assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_damaged_checkpoint_resumes_from_the_one_before_or_afresh(tmp_path, monkeypatch,
+                                                                    capsys):
+  # Stopped after its second checkpoint (steps 5 and 10); the newest one truncated.
+  config = steps_config('resident')
+  whole_dir = str(tmp_path / 'whole')
+  trainer.run(steps_config('resident', train__checkpoint_every_steps=0), whole_dir)
+  workdir, real_save, saved = str(tmp_path / 'resumed'), checkpoint.save, []
+
+  def save_twice_then_crash(*args, **kwargs):
+    saved.append(real_save(*args, **kwargs))
+    if len(saved) == 2:
+      raise Interrupted
+
+  monkeypatch.setattr(checkpoint, 'save', save_twice_then_crash)
+  with pytest.raises(Interrupted):
+    trainer.run(config, workdir)
+  monkeypatch.setattr(checkpoint, 'save', real_save)
+  for path in saved[1:]:
+    state_file = max((os.path.join(root, name) for root, _, names in os.walk(path)
+                      for name in names), key=os.path.getsize)
+    with open(state_file, 'r+b') as f:
+      f.truncate(1)
+  capsys.readouterr()
+  trainer.run(config, workdir)
+  err = capsys.readouterr().err
+  assert 'damaged checkpoint' in err and 'resuming from step_000000005 instead' in err
+  assert 'resuming from the checkpoint after epoch 0, step 5 of the next' in err
+  assert_same_results(workdir, whole_dir)
+
+
+def test_overwrite_works_on_a_damaged_checkpoint(tmp_path, monkeypatch, capsys):
+  config = steps_config('resident', train__epochs=1)
+  workdir = str(tmp_path)
+  run_until_first_checkpoint(config, workdir, monkeypatch)
+  os.remove(os.path.join(checkpoint.latest(workdir), 'state', 'manifest.ocdbt'))
+  trainer.run(config, workdir, overwrite=True)
+  assert 'starting afresh' in capsys.readouterr().err
+  assert checkpoint.latest(workdir) is None
+  assert os.path.isfile(os.path.join(workdir, results.RESULTS_FILE))

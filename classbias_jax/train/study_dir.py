@@ -26,11 +26,11 @@ from classbias_jax.errors import ConfigError, WriteError
 from classbias_jax.train import checkpoint, summaries
 
 LOCK_FILE = '.lock'
-# Fields that never change results: when and where to save, compilation, input workers,
-# TensorBoard summaries and profiles.
+# Fields that never change results: when and where to save, how long to wait for partner
+# processes, compilation, input workers, TensorBoard summaries and profiles.
 NEUTRAL_FIELDS = ('train.checkpoint_every', 'train.checkpoint_every_steps',
-                  'train.checkpoint_minutes', 'train.compile_cache', 'data.workers',
-                  'train.tensorboard', 'train.profile_steps')
+                  'train.checkpoint_minutes', 'train.partner_timeout_s', 'train.compile_cache',
+                  'data.workers', 'train.tensorboard', 'train.profile_steps')
 # What a run and its report write into a workdir (what --overwrite deletes).
 OUTPUTS = (results.RESULTS_FILE, 'config.json', 'metrics.jsonl', 'analysis.json', 'report.md',
            'figures', checkpoint.CHECKPOINT_DIR, summaries.SUMMARIES_DIR)

@@ -72,7 +72,7 @@ def initial_state(plan, model, workdir: str, resume) -> tuple[dict, dict, dict]:
   init = one_model.init_fn(plan, model)
   state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys['init'])
   if resume:
-    state = checkpoint.restore_state(workdir, state)
+    state = checkpoint.restore_state(workdir, state, resume['saved_step'])
   knobs = {k: np.asarray(v) for k, v in plan.knobs.items()}
   knobs = model_axis.put_models(knobs, plan.strategy) if sharding else jax.device_put(knobs)
   return keys, state, knobs
@@ -143,7 +143,7 @@ def make_input(plan, dataset, input_mode: str, workdir: str, resume):
           file=sys.stderr)
   batches = modes.train_stream(plan.config, dataset, plan.config.train.epochs, rows)
   if resume:  # continues where its checkpoint left the batches
-    batches = checkpoint.restore_batches(workdir, batches)
+    batches = checkpoint.restore_batches(workdir, batches, resume['saved_step'])
   return StreamedInput(plan, batches, rows)
 
 
