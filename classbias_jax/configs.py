@@ -332,13 +332,58 @@ def _check_knobs(config) -> None:
     for v in values:
       if not math.isfinite(v) or not knob.low <= v <= knob.high:
         raise ConfigError(f'{dotted} = {v} is outside [{knob.low:g}, {knob.high:g}]')
-  for low, knob in KNOBS.items():
-    high = knob.at_most
-    if high is None or config.sweep.name in (low, high):
-      continue
-    if get_field(config, low) > get_field(config, high):
-      raise ConfigError(f'{low} {get_field(config, low)} exceeds {high} '
-                        f'{get_field(config, high)}')
+  _check_pairs(config)
+
+
+# Knobs that bound a range, from the rows' `at_most`: (low, high), each model's and each
+# class's low at most its high.
+PAIRS = tuple((low, knob.at_most) for low, knob in KNOBS.items() if knob.at_most)
+
+
+def knob_values(config, dotted: str) -> list[float]:
+  """The values a knob takes over the models: the swept values, else its one fixed value."""
+  if dotted == config.sweep.name:
+    return [float(v) for v in config.sweep['values']]
+  return [float(get_field(config, dotted))]
+
+
+def _class_values(config, dotted: str, model_value: float) -> list[float]:
+  """A model's value for each class: its class_knobs table (NaN: the model's own value),
+  else the model's value."""
+  table = config.get('class_knobs', {}).get(short_name(dotted), ())
+  return [model_value if math.isnan(v) else float(v) for v in table] or [model_value]
+
+
+def _broadcast(lows: list[float], highs: list[float]) -> list[tuple[float, float]]:
+  """Pairs two lists, a one-value list standing for that value everywhere."""
+  n = max(len(lows), len(highs))
+  return [(lows[min(k, len(lows) - 1)], highs[min(k, len(highs) - 1)]) for k in range(n)]
+
+
+def check_pair(low_name: str, lows: list[float], high_name: str, highs: list[float],
+               where: str = '') -> None:
+  """ConfigError when a low value exceeds the high value it pairs with (a one-value list
+  pairs with every value of the other, else element by element)."""
+  for low, high in _broadcast(lows, highs):
+    if low > high:
+      raise ConfigError(f'{low_name} {low:g} exceeds {high_name} {high:g}{where}: the range '
+                        'would be empty')
+
+
+def _check_pairs(config) -> None:
+  """Every model's (and every class's) low end of a range at most its high end: a swept
+  value against the fixed value it pairs with, and per-class tables against both."""
+  tables = config.get('class_knobs', {})
+  for low_name, high_name in PAIRS:
+    if config.sweep.name in (low_name, high_name):
+      where = f' (a value of the sweep of {config.sweep.name} against the fixed one)'
+    else:
+      where = ''
+    if short_name(low_name) in tables or short_name(high_name) in tables:
+      where = ' for a class (class_knobs)'
+    for low, high in _broadcast(knob_values(config, low_name), knob_values(config, high_name)):
+      check_pair(low_name, _class_values(config, low_name, low), high_name,
+                 _class_values(config, high_name, high), where)
 
 
 # A fix study (configs/fix.py, train/arms.py) sweeps arms, not a knob's values.

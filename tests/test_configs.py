@@ -123,3 +123,22 @@ def test_sweep_and_class_values_are_checked_too():
   c.aug.crop_scale_min, c.aug.crop_scale_max = 0.5, 0.3
   with pytest.raises(ConfigError, match='exceeds'):
     configs.validate(c)
+
+
+@pytest.mark.parametrize('low, high', [(low.split('.')[1], high.split('.')[1])
+                                       for low, high in configs.PAIRS])
+def test_a_swept_end_of_a_range_is_checked_against_the_fixed_end(low, high):
+  c = configs.base_config()
+  c.aug[low], c.aug[high] = 0.2, 0.5
+  c.sweep.name, c.sweep['values'] = f'aug.{low}', (0.1, 0.5)
+  configs.validate(c)  # 0.5 <= 0.5: a range of one value
+  c.sweep['values'] = (0.1, 0.6)  # the swept minimum above the fixed maximum
+  with pytest.raises(ConfigError, match=f'aug.{low} 0.6 exceeds aug.{high} 0.5 .*sweep'):
+    configs.validate(c)
+  c.sweep.name, c.sweep['values'] = f'aug.{high}', (0.15, 0.3)  # and the reverse
+  with pytest.raises(ConfigError, match=f'aug.{low} 0.2 exceeds aug.{high} 0.15'):
+    configs.validate(c)
+  c.sweep['values'] = (0.25, 0.3)
+  c.class_knobs[low] = (float('nan'), 0.28)  # class 1's minimum above the 0.25 maximum
+  with pytest.raises(ConfigError, match=f'aug.{low} 0.28 exceeds aug.{high} 0.25 for a class'):
+    configs.validate(c)
