@@ -87,6 +87,8 @@ def get_config(arg=None):
     c.seeds = args.seeds or 4
     c.data.name = 'fashion_mnist'
     c.data.train_subset = 6000
+    # runlocal's planted field back to its default: a dataset refuses a field it ignores
+    c.data.planted_train_per_class = configs.base_config().data.planted_train_per_class
     c.model.name = 'resnet8'
     c.model.width = 0.5
     c.model.dtype = 'float32'

@@ -383,3 +383,22 @@ def test_a_class_without_test_images_is_named(tmp_path):
   write_folder(tmp_path / 'flat', [10, 7, 1])
   with pytest.raises(ConfigError, match='no test images of class class_2'):
     data.load(data_config(name=f'folder:{tmp_path / "flat"}'))
+
+
+def test_a_dataset_of_one_class_is_refused_in_both_input_modes(tmp_path):
+  write_folder(tmp_path / 'one', [12])
+  for load in (data.load, data.open_streamed):
+    with pytest.raises(ConfigError, match='1 class .class_0.; a per-class audit needs at least two'):
+      data.check_test_classes(load(data_config(name=f'folder:{tmp_path / "one"}')))
+
+
+@pytest.mark.parametrize('name, field, value', [
+    ('digits', 'image_size', 16), ('digits', 'data_dir', '/somewhere'),
+    ('digits', 'planted_shortcut', 'frame'), ('planted', 'data_dir', '/somewhere'),
+    ('planted_folder', 'planted_shortcut', 'zoom'), ('idx:/x', 'planted_train_per_class', 50)])
+def test_a_field_the_dataset_ignores_is_refused(name, field, value):
+  """Never recorded in config.json as applied when the source never read it."""
+  for load in (data.load, data.open_streamed):
+    with pytest.raises(ConfigError, match=f'data.{field} = .* is ignored by {name}'):
+      load(data_config(name=name, **{field: value}))
+  assert data.kind('cifar10') in data.READ_BY['image_size']  # TFDS resizes

@@ -19,12 +19,46 @@ from __future__ import annotations
 
 import numpy as np
 
+from classbias_jax import configs
 from classbias_jax.data import class_words, embedded, folder, idx, planted, splits, stream
 from classbias_jax.data.dataset import Dataset, check, check_test_classes  # noqa: F401
+from classbias_jax.errors import ConfigError
+
+# The `data` fields only some sources read: field -> the sources that read it (kind()).
+# Set away from its default for another source, a field is refused, so config.json never
+# records as applied a field that was not.
+READ_BY = {
+    'image_size': ('planted', 'planted_folder', 'fashion_mnist', 'idx', 'folder', 'tfds'),
+    'data_dir': ('planted_folder', 'fashion_mnist', 'tfds'),
+    'planted_train_per_class': ('planted', 'planted_folder'),
+    'planted_shortcut': ('planted',),
+}
+
+
+def kind(name: str) -> str:
+  """The source of dataset `name`: 'planted', 'planted_folder', 'digits',
+  'fashion_mnist', 'idx', 'folder' or 'tfds'."""
+  if name in ('planted', 'planted_folder', 'digits', 'fashion_mnist'):
+    return name
+  for prefix in ('idx', 'folder'):
+    if name.startswith(prefix + ':'):
+      return prefix
+  return 'tfds'
+
+
+def check_fields(data_config) -> None:
+  """ConfigError naming a `data` field set for a source that ignores it (READ_BY)."""
+  source, defaults = kind(data_config.name), configs.base_config().data
+  for field, readers in READ_BY.items():
+    value = data_config.get(field, defaults[field])
+    if source not in readers and value != defaults[field]:
+      raise ConfigError(f'data.{field} = {value!r} is ignored by {data_config.name} (read '
+                        f'only by {", ".join(readers)}); leave it at {defaults[field]!r}')
 
 
 def load(data_config) -> Dataset:
   """Loads the dataset named by `data_config.name` (see module docstring)."""
+  check_fields(data_config)
   data_config = _resolve(data_config)
   name = data_config.name
   if name == 'planted':
@@ -63,6 +97,7 @@ def open_streamed(data_config):
   until the pipeline reads it (the test and validation splits, and a sample for the
   channel statistics, are decoded when first used). Other sources: `load(data_config)`.
   """
+  check_fields(data_config)
   data_config = _resolve(data_config)
   if not streams_lazily(data_config.name):
     return load(data_config)

@@ -59,8 +59,13 @@ def check(dataset: Dataset) -> Dataset:
 
 
 def check_test_classes(dataset):
-  """Raises ConfigError naming the classes without test images (no per-class accuracy
-  could measure them); returns the dataset unchanged (resident or streamed)."""
+  """Raises ConfigError for a dataset of fewer than two classes (nothing to compare a class
+  with) or naming the classes without test images (no per-class accuracy could measure
+  them); returns the dataset unchanged (resident or streamed)."""
+  if dataset.num_classes < 2:
+    raise ConfigError(f'{dataset.name}: {dataset.num_classes} class '
+                      f'({", ".join(map(str, dataset.class_names)) or "none"}); a per-class '
+                      'audit needs at least two classes')
   counts = np.bincount(dataset.test_labels, minlength=dataset.num_classes)
   if (counts == 0).any():
     missing = [dataset.class_names[c] for c in np.flatnonzero(counts == 0)]
