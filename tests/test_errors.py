@@ -88,6 +88,7 @@ def test_results_of_another_config_are_kept_unless_overwrite(tmp_path):
   config = tiny_config(seeds=1, train__epochs=1, train__eval_every=0)
   trainer.run(config, workdir)  # config.json as the trainer writes it, with 'resolved'
   open(os.path.join(workdir, 'notes.txt'), 'w').close()
+  open(os.path.join(workdir, 'policy.json'), 'w').close()  # a fix chosen from this sweep
   files = sorted(os.listdir(workdir))
   assert (summaries.SUMMARIES_DIR in files) == summaries.available()  # --overwrite deletes it
 
@@ -103,7 +104,7 @@ def test_results_of_another_config_are_kept_unless_overwrite(tmp_path):
   assert sorted(os.listdir(workdir)) == files
 
   study_dir.guard_results(workdir, other, overwrite=True)
-  assert os.listdir(workdir) == ['notes.txt']  # that study's files only
+  assert os.listdir(workdir) == ['notes.txt']  # that study's files only, its policy too
 
 
 # ------------------------------------------------------------------ a full disk

@@ -21,7 +21,7 @@ import socket
 import time
 from typing import Iterator
 
-from classbias_jax import files, results
+from classbias_jax import configs, files, results
 from classbias_jax.errors import ConfigError, WriteError
 from classbias_jax.train import checkpoint, summaries
 
@@ -31,9 +31,10 @@ LOCK_FILE = '.lock'
 NEUTRAL_FIELDS = ('train.checkpoint_every', 'train.checkpoint_every_steps',
                   'train.checkpoint_minutes', 'train.partner_timeout_s', 'train.compile_cache',
                   'data.workers', 'train.tensorboard', 'train.profile_steps')
-# What a run and its report write into a workdir (what --overwrite deletes).
+# What a run, its report and its fix policy write into a workdir: everything derived from
+# the study, so --overwrite deletes it all (a policy.json of the old sweep included).
 OUTPUTS = (results.RESULTS_FILE, 'config.json', 'metrics.jsonl', 'analysis.json', 'report.md',
-           'figures', checkpoint.CHECKPOINT_DIR, summaries.SUMMARIES_DIR)
+           'figures', configs.POLICY_FILE, checkpoint.CHECKPOINT_DIR, summaries.SUMMARIES_DIR)
 
 
 def check(workdir: str) -> None:
@@ -84,7 +85,11 @@ def lock(workdir: str) -> Iterator[None]:
 def _acquire(path: str, workdir: str) -> int:
   """An open descriptor of `path` holding its exclusive lock."""
   while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only workdir: the run's first write
+      raise WriteError(f'cannot write in the workdir {workdir}: {files.os_reason(e)}; give '
+                       'a workdir this user can write to') from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
