@@ -3,6 +3,8 @@ argument parser, and validation of a resolved config."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 
@@ -384,6 +386,31 @@ def _check_pairs(config) -> None:
     for low, high in _broadcast(knob_values(config, low_name), knob_values(config, high_name)):
       check_pair(low_name, _class_values(config, low_name, low), high_name,
                  _class_values(config, high_name, high), where)
+
+
+# Fields that never change results: when and where to save, how long to wait for partner
+# processes, compilation, input workers, TensorBoard summaries and profiles.
+NEUTRAL_FIELDS = ('train.checkpoint_every', 'train.checkpoint_every_steps',
+                  'train.checkpoint_minutes', 'train.partner_timeout_s', 'train.compile_cache',
+                  'data.workers', 'train.tensorboard', 'train.profile_steps')
+
+
+def results_config(config_json: dict) -> dict:
+  """A config as config.json holds it, without 'resolved' and the NEUTRAL_FIELDS: the
+  fields that decide a study's results."""
+  config = {k: v for k, v in config_json.items() if k != 'resolved'}
+  for dotted in NEUTRAL_FIELDS:
+    section, name = dotted.split('.')
+    if isinstance(config.get(section), dict):
+      config[section] = {k: v for k, v in config[section].items() if k != name}
+  return config
+
+
+def fingerprint(config_json: dict) -> str:
+  """The study a config.json describes, as 16 hex digits of the SHA-256 of its
+  results_config in sorted JSON: equal for two runs that give the same results."""
+  text = json.dumps(results_config(config_json), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # A fix study (configs/fix.py, train/arms.py) sweeps arms, not a knob's values.

@@ -107,20 +107,33 @@ def test_unit_weights_train_exactly_as_the_plain_loss():
     np.testing.assert_array_equal(a, b)
 
 
-def write_policy(folder, table, knob='aug.color_strength', uniform=0.5):
+def fix_config(folder, values=(0.0, 1.0, 2.0, 3.0)):
+  config = tiny_config(**{'sweep__name': configs.ARM_SWEEP, 'sweep__values': values})
+  config.fix = configs.ml_collections.ConfigDict({'policy_from': str(folder),
+                                                  'class_weight_rate': 1.0})
+  return config
+
+
+def write_policy(folder, table, config, knob='aug.color_strength', uniform=0.5, **recipe):
+  """A sweep's config.json (the fix study's recipe, changed by `recipe`) and the
+  policy.json chosen from it, as `python -m classbias_jax.fix` writes them."""
   os.makedirs(folder, exist_ok=True)
-  policy = {'knob': knob, 'class_names': [str(i) for i in range(len(table))],
+  names = [str(i) for i in range(len(table))]
+  sweep = dict(checkpoint.config_json(config), sweep={'name': knob, 'values': [0.0, 0.5, 1.0]},
+               resolved={'class_names': names}, **recipe)
+  policy = {'knob': knob, 'class_names': names, 'sweep_values': [0.0, 0.5, 1.0],
+            'sweep_fingerprint': configs.fingerprint(sweep),
             'uniform': uniform, 'off': 0.0, 'policy': 'per_class',
             'policies': {'per_class': table, 'protect': [uniform] * len(table)}}
-  with open(os.path.join(folder, configs.POLICY_FILE), 'w') as f:
-    json.dump(policy, f)
+  for name, obj in (('config.json', sweep), (configs.POLICY_FILE, policy)):
+    with open(os.path.join(folder, name), 'w') as f:
+      json.dump(obj, f)
+  return policy
 
 
 def test_arms_are_tables_on_the_model_axis(tmp_path):
-  write_policy(tmp_path, [0.0] * 3 + [1.0] * 7)
-  config = tiny_config(**{'sweep__name': configs.ARM_SWEEP, 'sweep__values': (0.0, 1.0, 2.0, 3.0)})
-  config.fix = configs.ml_collections.ConfigDict({'policy_from': str(tmp_path),
-                                                  'class_weight_rate': 1.0})
+  config = fix_config(tmp_path)
+  write_policy(tmp_path, [0.0] * 3 + [1.0] * 7, config)
   configs.validate(config)
   plan = tiny_plan(config, image_shape=(8, 8, 3))
   table = plan.knobs['color_strength']  # [M, C], M = 4 arms x 2 seeds
@@ -130,12 +143,10 @@ def test_arms_are_tables_on_the_model_axis(tmp_path):
   assert (table[6:] == 0.5).all() and plan.class_weights  # loss_weights: uniform + CLAM
   assert plan.knobs['class_weight_rate'].tolist() == [0] * 6 + [1] * 2
   assert plan.resolved()['fix']['changed']['policy'] == [str(i) for i in range(10)]
-  with open(tmp_path / 'config.json', 'w') as f:  # the sweep's recipe, another model
-    json.dump(dict(checkpoint.config_json(config), model={'name': 'resnet8'}), f)
-  with pytest.raises(ConfigError, match='must train as the sweep'):
+  write_policy(tmp_path, [0.0] * 3 + [1.0] * 7, config, model={'name': 'resnet8'})
+  with pytest.raises(ConfigError, match='must train as the sweep'):  # another model
     tiny_plan(config, image_shape=(8, 8, 3))
-  write_policy(tmp_path, [0.0] * 3 + [1.0] * 7, uniform=0.0)  # u is the off value
-  os.remove(tmp_path / 'config.json')
+  write_policy(tmp_path, [0.0] * 3 + [1.0] * 7, config, uniform=0.0)  # u is the off value
   config.sweep['values'] = (0.0, 1.0, 2.0, 3.0, 5.0)
   plan = tiny_plan(config, image_shape=(8, 8, 3))  # off and protect would repeat uniform
   assert plan.resolved()['fix']['arms'] == ['uniform', 'policy', 'loss_weights']

@@ -17,6 +17,7 @@ A configs/fix.py study then trains the arms (arms.py) and its report tests them 
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 
@@ -127,9 +128,28 @@ def table(policy: Mapping[str, Any]) -> list[str]:
   return rows
 
 
+def sweep_config(workdir: str) -> dict:
+  """WORKDIR/config.json, the sweep's config (ResultsError when absent or unreadable: a
+  policy names the sweep it came from by its fingerprint, configs.fingerprint)."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    raise ResultsError(f'no config.json in {workdir}: a policy comes from a sweep trained '
+                       'there') from None
+  except (OSError, ValueError) as e:
+    raise ResultsError(f'{path} is unreadable: {e}') from None
+  if not isinstance(config, dict) or not isinstance(config.get('sweep'), dict):
+    raise ResultsError(f'{path} is not a config.json of classbias_jax.main')
+  return config
+
+
 def write_policy(workdir: str, recommend: str = 'per_class', alpha: float = analysis.ALPHA) -> dict:
-  """Chooses the policies of the sweep in WORKDIR and writes WORKDIR/policy.json whole."""
+  """Chooses the policies of the sweep in WORKDIR and writes WORKDIR/policy.json whole,
+  with the fingerprint of the sweep's config.json (a fix study checks it, arms.py)."""
   policy = choose_policy(results.load_results(workdir), alpha)
+  policy['sweep_fingerprint'] = configs.fingerprint(sweep_config(workdir))
   policy['policy'] = recommend
   policy['sweep'] = os.path.abspath(workdir)
   policy['table'] = table(policy)

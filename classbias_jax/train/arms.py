@@ -29,21 +29,96 @@ from classbias_jax.errors import ConfigError
 from classbias_jax.train import checkpoint
 from classbias_jax.train.design import Sweep, knob_arrays
 
-def read_policy(workdir: str) -> dict:
-  """SWEEP_DIR/policy.json, or a one-line ConfigError saying how to make it."""
-  path = os.path.join(os.path.expanduser(workdir), configs.POLICY_FILE)
+def _read_json(path: str, missing: str) -> dict:
+  """A JSON object from `path`; ConfigError `missing` when absent, one line when unreadable."""
   try:
     with open(path) as f:
-      policy = json.load(f)
+      obj = json.load(f)
   except FileNotFoundError:
-    raise ConfigError(f'no {path}: run `python -m classbias_jax.fix --workdir={workdir}` '
-                      'first') from None
+    raise ConfigError(missing) from None
   except (OSError, ValueError) as e:
     raise ConfigError(f'{path} is unreadable: {e}') from None
-  missing = [k for k in ('knob', 'class_names', 'uniform', 'off', 'policies') if k not in policy]
-  if missing:
-    raise ConfigError(f'{path} lacks {", ".join(missing)}: not a policy file')
-  return policy
+  if not isinstance(obj, dict):
+    raise ConfigError(f'{path} holds {type(obj).__name__}, not a JSON object')
+  return obj
+
+
+def read_policy(workdir: str) -> tuple[dict, dict]:
+  """(SWEEP_DIR/policy.json, SWEEP_DIR/config.json), the policy checked against the sweep
+  it claims to come from (check_policy); a one-line ConfigError saying how to make it."""
+  folder = os.path.expanduser(workdir)
+  path = os.path.join(folder, configs.POLICY_FILE)
+  policy = _read_json(path, f'no {path}: run `python -m classbias_jax.fix --workdir={workdir}` '
+                            'first')
+  sweep = _read_json(os.path.join(folder, 'config.json'),
+                     f'no config.json in {workdir} beside {configs.POLICY_FILE}: a policy '
+                     'is checked against the sweep trained there')
+  check_policy(policy, sweep, path)
+  return policy, sweep
+
+
+_KEYS = ('knob', 'class_names', 'sweep_values', 'sweep_fingerprint', 'uniform', 'off',
+         'policies', 'policy')
+
+
+def _numbers(value, size: int | None, what: str) -> np.ndarray:
+  """value as float64 [size] (size None: a single number); ConfigError unless numbers."""
+  items = value if isinstance(value, list) else [value]
+  if (size is None) == isinstance(value, list) or (size is not None and len(items) != size) \
+      or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+    raise ConfigError(f'{what} must be {"a number" if size is None else f"{size} numbers"}, '
+                      f'got {json.dumps(value)[:60]}')
+  return np.asarray(items, np.float64)
+
+
+def _in_range(knob: str, values: np.ndarray, what: str) -> None:
+  low, high = configs.KNOBS[knob].low, configs.KNOBS[knob].high
+  bad = values[~(np.isfinite(values) & (values >= low) & (values <= high))]
+  if bad.size:
+    raise ConfigError(f'{what} holds {knob} = {bad[0]:g}, outside [{low:g}, {high:g}]')
+
+
+def _check_source(policy: dict, sweep: dict, path: str) -> None:
+  """The policy names the sweep beside it: its knob, values, classes and fingerprint."""
+  knob, where = policy['knob'], f'{path} does not come from the sweep beside it'
+  if knob not in configs.KNOBS or not configs.KNOBS[knob].per_class:
+    raise ConfigError(f'{path}: {knob} is not a per-class knob')
+  if knob != sweep['sweep'].get('name'):
+    raise ConfigError(f'{where} (a sweep of {sweep["sweep"].get("name")}, not of {knob})')
+  if policy['sweep_values'] != sweep['sweep'].get('values'):
+    raise ConfigError(f'{where}: its sweep values {policy["sweep_values"]} are not '
+                      f'{sweep["sweep"].get("values")}')
+  names = (sweep.get('resolved') or {}).get('class_names')
+  if policy['class_names'] != names:
+    raise ConfigError(f'{where}: its classes {json.dumps(policy["class_names"])[:60]} are '
+                      f'not the sweep\'s {json.dumps(names)[:60]}')
+  if policy['sweep_fingerprint'] != configs.fingerprint(sweep):
+    raise ConfigError(f'{where}: the sweep was trained again with another config since; '
+                      'run `python -m classbias_jax.fix` on it again')
+
+
+def check_policy(policy: dict, sweep: dict, path: str) -> None:
+  """ConfigError (one line naming `path`) unless `policy` is a policy.json written from the
+  sweep whose config.json is `sweep`: every field present, the sweep's knob, values,
+  class names and fingerprint (configs.fingerprint), a table of one value per class for
+  each policy, every value inside its knob's range (configs.KNOBS)."""
+  missing = [k for k in _KEYS if k not in policy]
+  if missing or not isinstance(sweep.get('sweep'), dict):
+    raise ConfigError(f'{path} lacks {", ".join(missing) or "its sweep"}: not a policy '
+                      'file of `python -m classbias_jax.fix` (run it again)')
+  _check_source(policy, sweep, path)
+  knob, c = policy['knob'], len(policy['class_names'])
+  uniform = _numbers(policy['uniform'], None, f'{path}: uniform')
+  _in_range(knob, uniform, f'{path}: uniform')
+  if float(uniform[0]) not in policy['sweep_values']:
+    raise ConfigError(f'{path}: uniform {uniform[0]:g} is not a value of the sweep')
+  if policy['off'] != configs.KNOBS[knob].off:
+    raise ConfigError(f'{path}: off {policy["off"]} is not {knob}\'s off value '
+                      f'{configs.KNOBS[knob].off}')
+  if not isinstance(policy['policies'], dict) or policy['policy'] not in policy['policies']:
+    raise ConfigError(f'{path}: policy {policy["policy"]!r} names none of its policies')
+  for name, table in policy['policies'].items():
+    _in_range(knob, _numbers(table, c, f'{path}: policies.{name}'), f'{path}: policies.{name}')
 
 
 # Fields that may differ between a sweep and its fix study: how the models are laid out
@@ -64,21 +139,27 @@ def _recipe(config: dict, knob: str) -> dict:
   return out
 
 
-def check_recipe(config, policy: dict) -> None:
-  """Raises ConfigError when the fix study would train otherwise than the sweep its policy
-  came from (data, model, epochs, optimiser, other knobs); seeds may differ."""
-  path = os.path.join(os.path.expanduser(config.fix.policy_from), 'config.json')
-  try:
-    with open(path) as f:
-      sweep = json.load(f)
-  except (OSError, ValueError):
-    return  # a policy.json without its sweep's config: nothing to compare
-  fields = checkpoint.differing_fields(_recipe(sweep, policy['knob']),
-                                       _recipe(checkpoint.config_json(config), policy['knob']))
+def check_recipe(config, sweep: dict, knob: str) -> None:
+  """Raises ConfigError when the fix study would train otherwise than the sweep whose
+  config.json is `sweep` (data, model, epochs, optimiser, other knobs); seeds may differ."""
+  fields = checkpoint.differing_fields(_recipe(sweep, knob),
+                                       _recipe(checkpoint.config_json(config), knob))
   if fields:
     raise ConfigError(f'the fix study must train as the sweep in {config.fix.policy_from} '
                       f'did; it differs in {", ".join(fields[:4])}'
                       f'{", ..." * (len(fields) > 4)}')
+
+
+def _check_pairs(config, knob: str, by_arm: dict) -> None:
+  """Each arm's table against the fix study's value of the knob it pairs with
+  (configs.PAIRS): a minimum above the fixed maximum, or the reverse, is an error."""
+  for low, high in configs.PAIRS:
+    if knob in (low, high):
+      other = high if knob == low else low
+      fixed = [float(configs.get_field(config, other))]
+      for arm, table in by_arm.items():
+        lows, highs = (list(table), fixed) if knob == low else (fixed, list(table))
+        configs.check_pair(low, lows, high, highs, f' in the {arm} arm\'s table')
 
 
 def tables(policy: dict) -> dict[str, np.ndarray]:
@@ -115,17 +196,16 @@ def plan(config, sweep, num_classes: int) -> tuple[Any, dict, dict]:
   table [M, C] (each model its arm's), the loss-weight rate is on for the loss_weights
   arm; every other knob is as in any plan (plan.knob_arrays). info is what config.json
   records."""
-  policy = read_policy(config.fix.policy_from)
-  check_recipe(config, policy)
+  policy, sweep_json = read_policy(config.fix.policy_from)
+  check_recipe(config, sweep_json, policy['knob'])
   short = configs.short_name(policy['knob'])
-  if policy['knob'] not in configs.KNOBS or not configs.KNOBS[policy['knob']].per_class:
-    raise ConfigError(f'policy.json: {policy["knob"]} is not a per-class knob')
   if len(policy['class_names']) != num_classes:
     raise ConfigError(f'policy.json has {len(policy["class_names"])} classes, the data '
                       f'{num_classes}: the fix study must train on the sweep\'s dataset')
   if short in config.get('class_knobs', {}):
     raise ConfigError(f'class_knobs.{short} and a fix study of {policy["knob"]} conflict')
   by_arm, arm_names = tables(policy), configs.arm_names(sweep.values)
+  _check_pairs(config, policy['knob'], by_arm)
   absent = [a for a in arm_names if a not in by_arm]
   if absent:
     raise ConfigError(f'policy.json has no table for arm {", ".join(absent)}')

@@ -26,11 +26,7 @@ from classbias_jax.errors import ConfigError, WriteError
 from classbias_jax.train import checkpoint, summaries
 
 LOCK_FILE = '.lock'
-# Fields that never change results: when and where to save, how long to wait for partner
-# processes, compilation, input workers, TensorBoard summaries and profiles.
-NEUTRAL_FIELDS = ('train.checkpoint_every', 'train.checkpoint_every_steps',
-                  'train.checkpoint_minutes', 'train.partner_timeout_s', 'train.compile_cache',
-                  'data.workers', 'train.tensorboard', 'train.profile_steps')
+NEUTRAL_FIELDS = configs.NEUTRAL_FIELDS  # never change results (and the fingerprint)
 # What a run, its report and its fix policy write into a workdir: everything derived from
 # the study, so --overwrite deletes it all (a policy.json of the old sweep included).
 OUTPUTS = (results.RESULTS_FILE, 'config.json', 'metrics.jsonl', 'analysis.json', 'report.md',
@@ -102,16 +98,6 @@ def _acquire(path: str, workdir: str) -> int:
     os.close(fd)
 
 
-def _results_config(config: dict) -> dict:
-  """The JSON config without 'resolved' and the NEUTRAL_FIELDS."""
-  config = {k: v for k, v in config.items() if k != 'resolved'}
-  for dotted in NEUTRAL_FIELDS:
-    section, name = dotted.split('.')
-    if isinstance(config.get(section), dict):
-      config[section] = {k: v for k, v in config[section].items() if k != name}
-  return config
-
-
 def guard_results(workdir: str, config, overwrite: bool, lead: bool = True) -> None:
   """Refuses (ConfigError) a workdir holding finished results of another config; with
   `overwrite`, the lead process deletes that study's files instead. The same config
@@ -140,7 +126,8 @@ def _foreign_results(workdir: str, config) -> str | None:
     saved = None
   if not isinstance(saved, dict):
     return 'an unreadable config.json'
-  saved, given = _results_config(saved), _results_config(checkpoint.config_json(config))
+  saved, given = (configs.results_config(saved),
+                  configs.results_config(checkpoint.config_json(config)))
   dump = lambda c: json.dumps(c, sort_keys=True)  # NaN never equals itself
   if dump(saved) == dump(given):
     return None
