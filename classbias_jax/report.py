@@ -23,7 +23,7 @@ from absl import flags
 from classbias_jax import cli, configs, files
 from classbias_jax.audit import dependence_figures, figures
 from classbias_jax.audit.analysis import analyze
-from classbias_jax.errors import UserError
+from classbias_jax.errors import UserError, WriteError
 from classbias_jax.audit.stats import RUN_VARIANCE
 from classbias_jax.fix import report as fix_report
 from classbias_jax.results import load_results
@@ -114,14 +114,16 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
     if reference == fix_report.uniform_value(results):
       stats['reference']['chosen_by'] = 'the best uniform arm'
   figures_dir = os.path.join(workdir, FIGURES)
-  with tempfile.TemporaryDirectory(dir=workdir, prefix='.tmp-report-') as tmp:
-    figures = draw(results, stats, tmp, top_k, config)
-    arms = (fix_report.section(stats['fix'], stats['class_names'], stats['values'])
-            if fix else [])
-    text = render(stats, figures, config, top_k, arms)
-    os.makedirs(figures_dir, exist_ok=True)
-    for name in sorted(os.listdir(tmp)):
-      os.replace(os.path.join(tmp, name), os.path.join(figures_dir, name))
+  arms = fix_report.section(stats['fix'], stats['class_names'], stats['values']) if fix else []
+  try:
+    with tempfile.TemporaryDirectory(dir=workdir, prefix='.tmp-report-') as tmp:
+      figures = draw(results, stats, tmp, top_k, config)
+      text = render(stats, figures, config, top_k, arms)
+      os.makedirs(figures_dir, exist_ok=True)
+      for name in sorted(os.listdir(tmp)):
+        os.replace(os.path.join(tmp, name), os.path.join(figures_dir, name))
+  except OSError as e:  # a read-only workdir, a full disk: before any file of the report
+    raise WriteError(f'cannot write the report into {workdir}: {files.os_reason(e)}') from None
   analysis_path = os.path.join(workdir, ANALYSIS_FILE)
   report_path = os.path.join(workdir, REPORT_FILE)
   files.write_json(analysis_path, stats)

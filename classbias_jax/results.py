@@ -111,6 +111,18 @@ def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
     raise ResultsError(f'{source}: test_labels must be [N], got shape '
                        f'{arrays["test_labels"].shape}')
   _check_class_indices(arrays, source, c)
+  _check_classes(arrays, source, c)
+
+
+def _check_classes(arrays: dict[str, np.ndarray], source: str, c: int) -> None:
+  """At least two classes, each with test images: else no per-class accuracy compares."""
+  if c < 2:
+    raise ResultsError(f'{source}: {c} class; a per-class audit needs at least two')
+  counts = np.bincount(arrays['test_labels'].astype(np.int64), minlength=c)
+  if (counts == 0).any():
+    empty = [str(arrays['class_names'][k]) for k in np.flatnonzero(counts == 0)]
+    raise ResultsError(f'{source}: no test images of class {", ".join(empty[:5])}'
+                       f'{", ..." * (len(empty) > 5)}: its accuracy cannot be measured')
 
 
 def save_results(workdir: str, arrays: dict[str, Any]) -> str:

@@ -360,7 +360,7 @@ def _caveats(stats: Mapping[str, Any]) -> list[str]:
   if stats['reference']['chosen_by'] != 'given':
     lines.append('- The reference was picked as the value with the best mean accuracy, from '
                  'the same test images.')
-  if fewest < 100:
+  if 0 < fewest < 100:  # results.validate refuses a class without test images
     lines.append(f'- As few as {fewest} test images in a class: a binomial standard error of up '
                  f'to {50 / fewest ** 0.5:.1f} points per model on such a class.')
   return lines + ['']
