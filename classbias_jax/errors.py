@@ -28,3 +28,8 @@ class JobError(UserError):
 class CheckpointError(UserError):
   """A checkpoint that passed its file check cannot be restored; the message says what to
   delete."""
+
+
+class DeviceOutOfMemory(UserError):
+  """The device ran out of memory; the message names the model, batch and M, and what to
+  lower."""

@@ -26,8 +26,8 @@ from classbias_jax import configs, data, files, results, versions
 from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
-from classbias_jax.train import (checkpoint, design, distributed, epochs, model_axis, one_model,
-                                 prune, study_dir, summaries)
+from classbias_jax.train import (checkpoint, design, device_memory, distributed, epochs,
+                                 model_axis, one_model, prune, study_dir, summaries)
 from classbias_jax.train.epochs import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
 from classbias_jax.train.history import History
 from classbias_jax.train.plan import Plan, build_plan
@@ -155,7 +155,11 @@ def make_evaluate(plan, model, images: np.ndarray, on_device: bool) -> Callable:
   batches = batch_for_eval(images, plan.config.train.eval_batch_size)
   if on_device:
     batches = model_axis.put_shared(batches, plan.strategy, plan.num_models)
-  return lambda state: distributed.to_host(predict(state, batches))[:, :len(images)]
+
+  def evaluate(state):
+    with device_memory.guard(plan, 'evaluating', 'resident' if on_device else 'streamed'):
+      return distributed.to_host(predict(state, batches))[:, :len(images)]
+  return evaluate
 
 
 def batch_for_eval(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -223,9 +227,47 @@ def run(config, workdir: str, overwrite: bool = False) -> dict[str, np.ndarray]:
   training once the current step is done and a checkpoint is saved (epochs.py).
   """
   study_dir.check(workdir)
-  held = study_dir.lock(workdir) if distributed.is_lead() else contextlib.nullcontext()
-  with epochs.Signals() as signals, held:
+  lead = distributed.is_lead()
+  held = study_dir.lock(workdir) if lead else contextlib.nullcontext()
+  untrained = _untrained_outputs(workdir) if lead else contextlib.nullcontext()
+  with epochs.Signals() as signals, held, untrained:
     return _run(config, workdir, signals, overwrite)
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+  try:
+    info = os.stat(path)
+  except OSError:
+    return None
+  return info.st_ino, info.st_mtime_ns
+
+
+def _never_trained(workdir: str, config_before) -> bool:
+  """Whether this run wrote config.json and then trained nothing that is kept: no epoch in
+  metrics.jsonl, no checkpoint, no results."""
+  config_now = _stat(os.path.join(workdir, 'config.json'))
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  kept = [os.path.exists(os.path.join(workdir, name))
+          for name in (results.RESULTS_FILE, checkpoint.CHECKPOINT_DIR)]
+  logged = os.path.exists(metrics) and os.path.getsize(metrics) > 0
+  return config_now not in (None, config_before) and not any(kept) and not logged
+
+
+@contextlib.contextmanager
+def _untrained_outputs(workdir: str) -> Iterator[None]:
+  """A run that fails before it trained anything kept (a device out of memory at its
+  first step, a signal before it) leaves no config.json and empty metrics.jsonl of its
+  own. (config.json is written before training, so that a run that trains has it from
+  its first checkpoint on.)"""
+  before = _stat(os.path.join(workdir, 'config.json'))
+  try:
+    yield
+  except BaseException:
+    if _never_trained(workdir, before):
+      for name in ('config.json', 'metrics.jsonl'):
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(workdir, name))
+    raise
 
 
 def _resume_meta(config, workdir: str, overwrite: bool) -> dict | None:
@@ -264,7 +306,16 @@ def _run(config, workdir: str, signals: epochs.Signals,
   _write_config(workdir, plan, dataset, input_mode,
                 epochs.checkpoint_policy(config.train, plan.loop, signals))
   _announce(plan, dataset, input_mode, resume)
+  with device_memory.guard(plan, 'training', input_mode):
+    arrays = _train(plan, model, dataset, input_mode, workdir, signals, resume, profiler)
+  _finish(workdir, plan, arrays)
+  return arrays
 
+
+def _train(plan, model, dataset, input_mode: str, workdir: str, signals: epochs.Signals,
+           resume: dict | None, profiler: summaries.Profiler) -> dict[str, np.ndarray]:
+  """State, epochs and evaluation of a planned run: the arrays of results.npz."""
+  config = plan.config
   # State.
   keys, state, knobs = initial_state(plan, model, workdir, resume)
   history = (History.from_json(resume) if resume
@@ -301,5 +352,4 @@ def _run(config, workdir: str, signals: epochs.Signals,
   if plan.prune:  # each model's fraction of zero prunable weights
     arrays['sparsity'] = plan.sweep.unflatten(distributed.to_host(
         jax.jit(jax.vmap(prune.measured_sparsity))(state['params'])))
-  _finish(workdir, plan, arrays)
   return arrays
