@@ -23,7 +23,7 @@ from absl import flags
 from classbias_jax import cli, configs, files
 from classbias_jax.audit import dependence_figures, figures
 from classbias_jax.audit.analysis import analyze
-from classbias_jax.errors import UserError, WriteError
+from classbias_jax.errors import ResultsError, UserError, WriteError
 from classbias_jax.audit.stats import RUN_VARIANCE
 from classbias_jax.fix import report as fix_report
 from classbias_jax.results import load_results
@@ -44,13 +44,22 @@ _RUN_VARIANCE = flags.DEFINE_string(
 
 
 def _read_config(workdir: str) -> dict[str, Any]:
-  """WORKDIR/config.json as a dict, or {} when absent or unreadable (it only adds context)."""
+  """WORKDIR/config.json as a dict, {} when absent (results saved from a notebook); a
+  ResultsError when it is there but damaged, rather than a report without its context."""
+  path = os.path.join(workdir, 'config.json')
   try:
-    with open(os.path.join(workdir, 'config.json')) as f:
+    with open(path) as f:
       config = json.load(f)
-  except (OSError, ValueError):
+  except FileNotFoundError:
     return {}
-  return config if isinstance(config, dict) else {}
+  except (OSError, ValueError) as e:
+    raise ResultsError(f'{path} is unreadable ({e}); remove it to report without it, or '
+                       'rerun the study') from None
+  if not isinstance(config, dict) or not all(
+      isinstance(config.get(k, {}), dict) for k in ('data', 'model', 'sweep', 'train')):
+    raise ResultsError(f'{path} is not a config.json of classbias_jax.main; remove it to '
+                       'report without it')
+  return config
 
 
 def gallery_images(results, stats, config: dict[str, Any]) -> dict[int, np.ndarray]:
@@ -104,6 +113,10 @@ def write(workdir: str, reference: float | None = None, top_k: int = 5,
   """
   results = load_results(workdir)
   config = _read_config(workdir)
+  named = config.get('sweep', {}).get('name')
+  if named is not None and named != str(results['sweep_name']):
+    raise ResultsError(f'{workdir}: config.json is a sweep of {named}, results.npz of '
+                       f'{results["sweep_name"]}: they come from different studies')
   fix = str(results['sweep_name']) == configs.ARM_SWEEP  # a fix study: arms, not values
   if fix and reference is None:
     reference = fix_report.uniform_value(results)

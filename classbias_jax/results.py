@@ -94,11 +94,25 @@ def _check_class_indices(arrays: dict[str, np.ndarray], source: str, c: int) -> 
                          f'{values.min() if values.min() < 0 else values.max()}')
 
 
+# The kind of each array (numpy dtype kinds): numbers, or text.
+_KINDS = {'per_class_accuracy': 'fiu', 'mean_accuracy': 'fiu', 'sweep_values': 'fiu',
+          'seeds': 'iu', 'sweep_name': 'U', 'class_names': 'U', 'value_names': 'U',
+          'diverged': 'b'}
+
+
+def _check_kinds(arrays: dict[str, np.ndarray], source: str) -> None:
+  for key, kinds in _KINDS.items():
+    if key in arrays and arrays[key].dtype.kind not in kinds:
+      what = 'text' if kinds == 'U' else 'booleans' if kinds == 'b' else 'numbers'
+      raise ResultsError(f'{source}: {key} must be {what}, got {arrays[key].dtype}')
+
+
 def validate(arrays: dict[str, np.ndarray], source: str = 'results') -> None:
   """Raises ResultsError when required arrays are missing or their shapes disagree."""
   missing = [k for k in REQUIRED if k not in arrays]
   if missing:
     raise ResultsError(f'{source} lacks {", ".join(missing)}: not a classbias_jax results file')
+  _check_kinds(arrays, source)
   acc = arrays['per_class_accuracy']
   if acc.ndim != 3:
     raise ResultsError(f'{source}: per_class_accuracy must be [V, S, C], got shape {acc.shape}')

@@ -270,9 +270,22 @@ def truncate_metrics(path: str, epochs_done: int) -> None:
   repeats the epochs after its checkpoint, which a crash may have logged already."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['epoch'] <= epochs_done]
-  files.write_bytes(path, ''.join(lines).encode())
+  with open(path, errors='replace') as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if _epoch(line) is not None and _epoch(line) <= epochs_done]
+  damaged = sum(_epoch(line) is None for line in lines)
+  if damaged:  # a line cut short by a crash: the epochs after the checkpoint come again
+    print(f'{path}: dropped {damaged} damaged line{"s" * (damaged > 1)}', file=sys.stderr)
+  files.write_bytes(path, ''.join(kept).encode())
+
+
+def _epoch(line: str) -> int | None:
+  """The epoch of a metrics.jsonl record, None when the line is not one."""
+  try:
+    epoch = json.loads(line)['epoch']
+  except (ValueError, TypeError, KeyError):
+    return None
+  return epoch if isinstance(epoch, int) else None
 
 
 def _record_epoch(history: History, epoch: int, metrics, seconds: float) -> dict:

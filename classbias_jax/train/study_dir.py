@@ -44,7 +44,7 @@ def _holder(path: str) -> str:
   try:
     with open(path) as f:
       text = ' '.join(f.read().split())
-  except OSError:
+  except (OSError, ValueError):  # a lock file that is not text: the holder is unknown
     text = ''
   return text or 'holder unknown'
 
