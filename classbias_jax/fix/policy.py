@@ -148,8 +148,14 @@ def sweep_config(workdir: str) -> dict:
 def write_policy(workdir: str, recommend: str = 'per_class', alpha: float = analysis.ALPHA) -> dict:
   """Chooses the policies of the sweep in WORKDIR and writes WORKDIR/policy.json whole,
   with the fingerprint of the sweep's config.json (a fix study checks it, arms.py)."""
-  policy = choose_policy(results.load_results(workdir), alpha)
-  policy['sweep_fingerprint'] = configs.fingerprint(sweep_config(workdir))
+  arrays, config = results.load_results(workdir), sweep_config(workdir)
+  named = (config['sweep'].get('name'), config['sweep'].get('values'))
+  if named != (str(arrays['sweep_name']), arrays['sweep_values'].tolist()):
+    raise ResultsError(f'{workdir}: config.json is a sweep of {named[0]} over {named[1]}, '
+                       f'results.npz of {arrays["sweep_name"]} over '
+                       f'{arrays["sweep_values"].tolist()}: they come from different studies')
+  policy = choose_policy(arrays, alpha)
+  policy['sweep_fingerprint'] = configs.fingerprint(config)
   policy['policy'] = recommend
   policy['sweep'] = os.path.abspath(workdir)
   policy['table'] = table(policy)
