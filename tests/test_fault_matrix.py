@@ -258,6 +258,9 @@ POLICY_DAMAGE = dict(GENERIC, **{
     'a uniform value not a number': set_field('uniform', True),
     'a wrong off value': set_field('off', 0.5),
     'an unknown recommended policy': set_field('policy', 'magic'),
+    'a knob not text': set_field('knob', ['aug', 'crop_scale_min']),
+    'a recommended policy not text': set_field('policy', ['per_class']),
+    'policies not an object': set_field('policies', [[0.1, 0.1, 0.1]]),
 })
 
 

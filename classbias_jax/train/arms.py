@@ -29,6 +29,7 @@ from classbias_jax.errors import ConfigError
 from classbias_jax.train import checkpoint
 from classbias_jax.train.design import Sweep, knob_arrays
 
+
 def _read_json(path: str, missing: str) -> dict:
   """A JSON object from `path`; ConfigError `missing` when absent, one line when unreadable."""
   try:
@@ -81,7 +82,7 @@ def _in_range(knob: str, values: np.ndarray, what: str) -> None:
 def _check_source(policy: dict, sweep: dict, path: str) -> None:
   """The policy names the sweep beside it: its knob, values, classes and fingerprint."""
   knob, where = policy['knob'], f'{path} does not come from the sweep beside it'
-  if knob not in configs.KNOBS or not configs.KNOBS[knob].per_class:
+  if not isinstance(knob, str) or knob not in configs.KNOBS or not configs.KNOBS[knob].per_class:
     raise ConfigError(f'{path}: {knob} is not a per-class knob')
   if knob != sweep['sweep'].get('name'):
     raise ConfigError(f'{where} (a sweep of {sweep["sweep"].get("name")}, not of {knob})')
@@ -115,7 +116,8 @@ def check_policy(policy: dict, sweep: dict, path: str) -> None:
   if policy['off'] != configs.KNOBS[knob].off:
     raise ConfigError(f'{path}: off {policy["off"]} is not {knob}\'s off value '
                       f'{configs.KNOBS[knob].off}')
-  if not isinstance(policy['policies'], dict) or policy['policy'] not in policy['policies']:
+  if not isinstance(policy['policies'], dict) or not isinstance(policy['policy'], str) \
+      or policy['policy'] not in policy['policies']:
     raise ConfigError(f'{path}: policy {policy["policy"]!r} names none of its policies')
   for name, table in policy['policies'].items():
     _in_range(knob, _numbers(table, c, f'{path}: policies.{name}'), f'{path}: policies.{name}')
