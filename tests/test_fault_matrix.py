@@ -35,6 +35,7 @@ READ_SITES = {
     'classbias_jax/train/epochs.py': 'metrics.jsonl on resume (METRICS_DAMAGE)',
     'classbias_jax/data/idx.py': 'IDX files (IDX_DAMAGE)',
     'classbias_jax/data/folder.py': 'image files (IMAGE_DAMAGE)',
+    'classbias_jax/data/class_words.py': 'a words file of class names (WORDS_DAMAGE)',
     # Not inputs: JSON the process made itself, or measuring tools' own files.
     'classbias_jax/train/checkpoint.py': 'a JSON round trip of the config in memory',
     'classbias_jax/benchmark.py': "its own child process's output",
@@ -372,6 +373,26 @@ def test_a_damaged_image_file(tmp_path, damage):
     assert data.load(cfg).num_classes == 2
     return
   one_line_and_nothing_written(lambda: data.load(cfg), tmp_path, ['3.png'])
+
+
+WORDS_DAMAGE = dict(GENERIC, **{
+    'no "id words" line': lambda p: open(p, 'w').write('n01\nn02\n'),
+    'a folder': lambda p: (os.remove(p), os.makedirs(p)),
+})
+
+
+@pytest.mark.parametrize('damage', WORDS_DAMAGE)
+def test_a_damaged_words_file(tmp_path, damage):
+  idx_set(tmp_path)
+  cfg = configs.base_config().data
+  cfg.name, cfg.class_words = f'idx:{tmp_path}', str(tmp_path / 'words.txt')
+  open(cfg.class_words, 'w').write('0 zero, nought\n1\tone\n')
+  assert data.load(cfg).class_names == ('zero', 'one')
+  WORDS_DAMAGE[damage](cfg.class_words)
+  if damage == 'truncated':  # the lines left name their classes; an id missing stays an id
+    assert data.load(cfg).class_names == ('zero', '1')
+    return
+  one_line_and_nothing_written(lambda: data.load(cfg), tmp_path, ['words.txt'])
 
 
 # ---------------------------------------------------------------------------------------
