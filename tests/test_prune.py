@@ -126,7 +126,8 @@ def test_bad_pruning_configs_are_one_line():
 
 def test_results_sparsity_shape_is_checked():
   arrays = {'per_class_accuracy': np.zeros((2, 3, 4), np.float32),
-            'mean_accuracy': np.zeros((2, 3), np.float32), 'test_labels': np.zeros(5, np.int32),
+            'mean_accuracy': np.zeros((2, 3), np.float32),
+            'test_labels': np.arange(5, dtype=np.int32) % 4,  # every class has test images
             'test_predictions': np.zeros((2, 3, 5), np.int32), 'sweep_name': np.asarray('x'),
             'sweep_values': np.zeros(2), 'seeds': np.arange(3), 'class_names': np.asarray(list('abcd')),
             'sparsity': np.zeros((2, 3), np.float32)}
