@@ -120,6 +120,7 @@ def test_the_gallery_rereads_the_run_s_test_images(tmp_path):
   gallery re-reads those images from the dataset and draws them."""
   cfg = configs.base_config()
   cfg.data.name = 'digits'
+  cfg.sweep.name, cfg.sweep['values'] = 'aug.erase_prob', (0.0, 0.5)  # results.npz's sweep
   dataset = data.load(cfg.data)
   labels = dataset.test_labels
   rng = np.random.default_rng(0)
