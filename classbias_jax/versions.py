@@ -89,8 +89,8 @@ def check_lock(path: str) -> int:
   try:
     with open(path) as f:
       pins = read_lock(f.read())
-  except OSError as e:
-    raise UserError(f'cannot read the lock {path}: {e.strerror}') from e
+  except (OSError, ValueError) as e:  # ValueError: bytes that are not text
+    raise UserError(f'cannot read the lock {path}: {getattr(e, "strerror", None) or e}') from e
   if not pins:
     raise UserError(f'{path} pins no package')
   wrong = mismatches(pins) + [f'{name}: not locked, installed' for name in unlocked(pins)]

@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, tiny_config, tiny_plan
 from PIL import Image
 
-from classbias_jax import configs, data, files, report, results
+from classbias_jax import configs, data, files, report, results, versions
 from classbias_jax.errors import DeviceOutOfMemory, UserError, WriteError
 from classbias_jax.fix import policy as fix_policy
 from classbias_jax.train import arms, checkpoint, device_memory, epochs, model_axis, study_dir
@@ -36,6 +36,7 @@ READ_SITES = {
     'classbias_jax/data/idx.py': 'IDX files (IDX_DAMAGE)',
     'classbias_jax/data/folder.py': 'image files (IMAGE_DAMAGE)',
     'classbias_jax/data/class_words.py': 'a words file of class names (WORDS_DAMAGE)',
+    'classbias_jax/versions.py': 'requirements.lock (LOCK_DAMAGE)',
     # Not inputs: JSON the process made itself, or measuring tools' own files.
     'classbias_jax/train/checkpoint.py': 'a JSON round trip of the config in memory',
     'classbias_jax/benchmark.py': "its own child process's output",
@@ -393,6 +394,15 @@ def test_a_damaged_words_file(tmp_path, damage):
     assert data.load(cfg).class_names == ('zero', '1')
     return
   one_line_and_nothing_written(lambda: data.load(cfg), tmp_path, ['words.txt'])
+
+
+@pytest.mark.parametrize('damage', GENERIC)
+def test_a_damaged_lock_file(tmp_path, damage):
+  path = str(tmp_path / 'requirements.lock')
+  with open(os.path.join(ROOT, 'requirements.lock')) as f:
+    open(path, 'w').write(f.read())
+  GENERIC[damage](path)
+  one_line_and_nothing_written(lambda: versions.check_lock(path), tmp_path, [path])
 
 
 # ---------------------------------------------------------------------------------------
