@@ -127,7 +127,7 @@ def check_policy(policy: dict, sweep: dict, path: str) -> None:
 # and checkpointed, never what they train on or with.
 _LAYOUT = ('strategy', 'mesh_models', 'mesh_data', 'chunk_size', 'loop', 'eval_every',
            'eval_batch_size', 'checkpoint_every', 'checkpoint_every_steps',
-           'checkpoint_minutes', 'compile_cache')
+           'checkpoint_minutes', 'compile_cache', 'tensorboard', 'profile_steps')
 
 
 def _recipe(config: dict, knob: str) -> dict:
