@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from typing import Callable, Iterator
 
@@ -256,9 +257,9 @@ def _never_trained(workdir: str, config_before) -> bool:
 @contextlib.contextmanager
 def _untrained_outputs(workdir: str) -> Iterator[None]:
   """A run that fails before it trained anything kept (a device out of memory at its
-  first step, a signal before it) leaves no config.json and empty metrics.jsonl of its
-  own. (config.json is written before training, so that a run that trains has it from
-  its first checkpoint on.)"""
+  first step, a signal before it) leaves no config.json, empty metrics.jsonl or event
+  files without an epoch of its own. (config.json is written before training, so that a
+  run that trains has it from its first checkpoint on.)"""
   before = _stat(os.path.join(workdir, 'config.json'))
   try:
     yield
@@ -267,6 +268,7 @@ def _untrained_outputs(workdir: str) -> Iterator[None]:
       for name in ('config.json', 'metrics.jsonl'):
         with contextlib.suppress(OSError):
           os.remove(os.path.join(workdir, name))
+      shutil.rmtree(summaries.directory(workdir), ignore_errors=True)
     raise
 
 
