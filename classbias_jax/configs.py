@@ -337,9 +337,10 @@ def _check_knobs(config) -> None:
   _check_pairs(config)
 
 
-# Knobs that bound a range, from the rows' `at_most`: (low, high), each model's and each
-# class's low at most its high.
-PAIRS = tuple((low, knob.at_most) for low, knob in KNOBS.items() if knob.at_most)
+def pairs() -> tuple[tuple[str, str], ...]:
+  """The knobs that bound a range, (low, high) from the rows' `at_most`: each model's and
+  each class's low must be at most its high."""
+  return tuple((low, knob.at_most) for low, knob in KNOBS.items() if knob.at_most)
 
 
 def knob_values(config, dotted: str) -> list[float]:
@@ -376,7 +377,7 @@ def _check_pairs(config) -> None:
   """Every model's (and every class's) low end of a range at most its high end: a swept
   value against the fixed value it pairs with, and per-class tables against both."""
   tables = config.get('class_knobs', {})
-  for low_name, high_name in PAIRS:
+  for low_name, high_name in pairs():
     if config.sweep.name in (low_name, high_name):
       where = f' (a value of the sweep of {config.sweep.name} against the fixed one)'
     else:

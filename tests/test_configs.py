@@ -126,7 +126,7 @@ def test_sweep_and_class_values_are_checked_too():
 
 
 @pytest.mark.parametrize('low, high', [(low.split('.')[1], high.split('.')[1])
-                                       for low, high in configs.PAIRS])
+                                       for low, high in configs.pairs()])
 def test_a_swept_end_of_a_range_is_checked_against_the_fixed_end(low, high):
   c = configs.base_config()
   c.aug[low], c.aug[high] = 0.2, 0.5

@@ -64,8 +64,11 @@ def test_ranges_and_pairs_come_from_the_rows():
   c.aug.crop_scale_min, c.aug.crop_scale_max = 0.5, 0.4
   with pytest.raises(ConfigError, match='aug.crop_scale_min 0.5 exceeds aug.crop_scale_max'):
     configs.validate(c)
-  c.sweep.name, c.sweep['values'] = 'aug.crop_scale_min', (0.3, 0.5)
-  configs.validate(c)  # a swept end of a range is the study's to choose
+  c.sweep.name, c.sweep['values'] = 'aug.crop_scale_min', (0.3, 0.4)
+  configs.validate(c)  # a swept end of a range within the fixed end it pairs with
+  c.sweep['values'] = (0.3, 0.5)
+  with pytest.raises(ConfigError, match='aug.crop_scale_min 0.5 exceeds aug.crop_scale_max'):
+    configs.validate(c)  # and not beyond it
   c = configs.base_config()
   c.loss.label_smoothing = 1.5
   with pytest.raises(ConfigError, match='loss.label_smoothing = 1.5 is outside'):

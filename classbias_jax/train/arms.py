@@ -154,8 +154,8 @@ def check_recipe(config, sweep: dict, knob: str) -> None:
 
 def _check_pairs(config, knob: str, by_arm: dict) -> None:
   """Each arm's table against the fix study's value of the knob it pairs with
-  (configs.PAIRS): a minimum above the fixed maximum, or the reverse, is an error."""
-  for low, high in configs.PAIRS:
+  (configs.pairs()): a minimum above the fixed maximum, or the reverse, is an error."""
+  for low, high in configs.pairs():
     if knob in (low, high):
       other = high if knob == low else low
       fixed = [float(configs.get_field(config, other))]
