@@ -38,7 +38,8 @@ READ_SITES = {
     'classbias_jax/data/class_words.py': 'a words file of class names (WORDS_DAMAGE)',
     'classbias_jax/versions.py': 'requirements.lock (LOCK_DAMAGE)',
     # Not inputs: JSON the process made itself, or measuring tools' own files.
-    'classbias_jax/train/checkpoint.py': 'a JSON round trip of the config in memory',
+    'classbias_jax/train/checkpoint.py': 'a JSON round trip of the config in memory (damaged '
+                                         'checkpoints: tests/test_checkpoint.py)',
     'classbias_jax/benchmark.py': "its own child process's output",
     'classbias_jax/tuning/hostmem.py': '/proc (the allocator in effect)',
     'classbias_jax/tuning/profile.py': "the profiler's trace it just wrote",
