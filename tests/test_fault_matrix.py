@@ -36,7 +36,7 @@ READ_SITES = {
     'classbias_jax/data/idx.py': 'IDX files (IDX_DAMAGE)',
     'classbias_jax/data/folder.py': 'image files (IMAGE_DAMAGE)',
     'classbias_jax/data/class_words.py': 'a words file of class names (WORDS_DAMAGE)',
-    'classbias_jax/versions.py': 'requirements.lock (LOCK_DAMAGE)',
+    'classbias_jax/versions.py': 'requirements.lock (test_a_damaged_lock_file)',
     # Not inputs: JSON the process made itself, or measuring tools' own files.
     'classbias_jax/train/checkpoint.py': 'a JSON round trip of the config in memory (damaged '
                                          'checkpoints: tests/test_checkpoint.py)',
