@@ -32,6 +32,10 @@ times the sweep's step under another model-axis strategy (e.g. map: `lax.map` ov
 models in one program), interleaved too: compared_strategies[NAME] = {step_s, compile_s,
 ratio (> 1: the sweep's strategy is faster), steps_per_call}.
 --profile=N adds an op-level profile: where the step's time goes.
+
+JAX, and every module of the package that loads it, is imported inside the functions that
+use it: `main` first sets the host allocator (hostmem.setup may execute the process again)
+and XLA_FLAGS (--host-devices), both of which must precede JAX's start.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ after a warm-up epoch: the epoch time is measured. With --stand-in=SIZE,CLASSES,
 (a data set the machine cannot train an epoch of) `--steps` steps of the study's step
 on random SIZExSIZE images are timed after a warm-up step and scaled to IMAGES // batch
 steps: the epoch time is estimated. The last line printed is one JSON record.
+
+JAX, and every module of the package that loads it, is imported inside the functions that
+use it: `__main__` first sets the host allocator (hostmem.setup may execute the process
+again), which must precede JAX's start.
 """
 from __future__ import annotations
 

@@ -14,9 +14,10 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from classbias_jax.train import model_axis
+from classbias_jax.train import design, model_axis
 from classbias_jax.train.model_axis import SEQUENTIAL, mesh_size
-from classbias_jax.tuning import hostmem
+from classbias_jax.train.plan import augment_ops
+from classbias_jax.tuning import hostmem, prepared
 
 ENV_CACHE_DIR = 'CLASSBIAS_CACHE_DIR'  # default ~/.cache/classbias_jax
 # 'auto' keeps 'sequential' unless another candidate's measured step is this much faster:
@@ -171,9 +172,6 @@ def choose(config, model, *, image_shape, num_classes: int, total_steps: int | N
   """train.strategy 'auto' resolved: cached per machine and workload, else measured here (a
   few steps of each candidate on stand-in data of the real shapes) when the run has at
   least MIN_STEPS_TO_MEASURE steps (or total_steps is None), else the rule."""
-  from classbias_jax.train.plan import augment_ops
-  from classbias_jax.train import design
-  from classbias_jax.tuning import prepared
   sweep = design.sweep_from_config(config)
   ops = augment_ops(config, design.knob_arrays(config, sweep, num_classes))
   loop = config.train.loop
