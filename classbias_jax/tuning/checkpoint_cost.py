@@ -108,7 +108,7 @@ def _bytes_under(path: str) -> int:
 
 def time_saves(plan, state, workdir: str, saves: int) -> tuple[list[float], int]:
   """Seconds of each of `saves` checkpoint.save calls of `state` at successive epochs
-  (each replaces the last, as in a run), and the bytes of the last checkpoint."""
+  (the newest two kept, as in a run), and the bytes of the last checkpoint."""
   import jax
   from classbias_jax.train import checkpoint
   from classbias_jax.train.history import History
