@@ -1,5 +1,6 @@
 """Faults: SIGTERM and SIGINT save a checkpoint the same command resumes from; checkpoints
 inside an epoch, by steps or by time, resume to the results of an uninterrupted run."""
+import gc
 import json
 import os
 import signal
@@ -262,3 +263,24 @@ def test_overwrite_works_on_a_damaged_checkpoint(tmp_path, monkeypatch, capsys):
   assert 'starting afresh' in capsys.readouterr().err
   assert checkpoint.latest(workdir) is None
   assert os.path.isfile(os.path.join(workdir, results.RESULTS_FILE))
+
+
+def test_a_signal_inside_a_gc_callback_is_delivered_after_it():
+  """An exception raised in a garbage-collector callback (JAX has one) would be printed and
+  lost: the handler sends the signal again, and it stops the run just after."""
+  fired = []
+
+  def callback(phase, info):
+    if phase == 'start' and not fired:
+      fired.append(phase)
+      signals._handle(signal.SIGINT, sys._getframe())  # must not raise here
+
+  with epochs.Signals() as signals:
+    gc.callbacks.insert(0, callback)
+    try:
+      with pytest.raises(epochs.Interrupted):
+        gc.collect()
+        time.sleep(5)  # the signal sent again lands here
+    finally:
+      gc.callbacks.remove(callback)
+  assert fired

@@ -20,6 +20,7 @@ finish its evaluation and results.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -59,17 +60,31 @@ class Signals:
     self.received: int | None = None
     self.hold = False
     self._previous: dict[int, Any] = {}
+    self._collecting = False  # a garbage collection is running (its callbacks, finalizers)
+
+  def _gc_start(self, phase: str, info) -> None:
+    if phase == 'start':
+      self._collecting = True
+
+  def _gc_stop(self, phase: str, info) -> None:
+    if phase == 'stop':
+      self._collecting = False
 
   def __enter__(self) -> 'Signals':
     if threading.current_thread() is threading.main_thread():
       for signum in SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
           self._previous[signum] = signal.signal(signum, self._handle)
+      gc.callbacks.insert(0, self._gc_start)  # first at a collection's start, last at its end
+      gc.callbacks.append(self._gc_stop)
     return self
 
   def __exit__(self, *exc) -> None:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+    for callback in (self._gc_start, self._gc_stop):
+      if callback in gc.callbacks:
+        gc.callbacks.remove(callback)
     self._previous.clear()
 
   @property
@@ -77,12 +92,29 @@ class Signals:
     return [signal.Signals(s).name for s in self._previous]
 
   def _handle(self, signum, frame) -> None:
-    del frame
     if self.received is None:
       self.received = signum
-    if not self.hold:
-      raise Interrupted(signum, f'interrupted ({signal.Signals(signum).name}) before '
-                        'training began, nothing saved; run the same command again')
+    if self.hold:
+      return
+    if self._collecting or _in_gc_callback(frame):
+      # An exception raised inside a garbage collection (JAX's gc callback, a weakref
+      # callback, a finalizer) is only printed, with a traceback, and lost: the signal is
+      # sent again, to land after it.
+      threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+      return
+    raise Interrupted(signum, f'interrupted ({signal.Signals(signum).name}) before '
+                      'training began, nothing saved; run the same command again')
+
+
+def _in_gc_callback(frame) -> bool:
+  """Whether `frame` runs inside one of gc.callbacks."""
+  codes = {getattr(callback, '__code__', None) for callback in gc.callbacks}
+  codes.discard(None)
+  while frame is not None:
+    if frame.f_code in codes:
+      return True
+    frame = frame.f_back
+  return False
 
 
 def checkpoint_policy(train, loop: str, signals: Signals) -> dict[str, Any]:
