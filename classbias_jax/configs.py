@@ -240,6 +240,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.planted_shortcut = ''  # 'frame' or 'zoom': a knob that also helps classes (planted.load)
   c.data.class_words = ''  # a words file naming class ids ('n01440764 tench, ...'): data/class_words.py
   c.data.planted_rare = 0  # > 0: training images of the rare classes (planted.load)
+  c.data.planted_mixed = ''  # 'blend' or 'paste': a class mixing makes (planted.load)
+  c.data.planted_mixed_train = 0  # its training images (with planted_mixed)
   # 'resident': uint8 images on device, each model its own data order; 'streamed': a grain
   # pipeline feeds host batches shared by all models; 'auto': resident when the images fit
   # a quarter of the device's memory (2 GiB on CPU), else streamed (train.resolve_input_mode)

@@ -236,3 +236,36 @@ def test_the_step_loss_takes_the_soft_targets():
     expected = optax.softmax_cross_entropy(logits, targets).mean()
     assert float(metrics['loss'][m]) == pytest.approx(float(expected), rel=1e-5)
   assert abs(float(metrics['loss'][1]) - float(metrics['loss'][0])) > 1e-3
+
+
+def test_planted_mixed_class():
+  """data.planted_mixed adds an eleventh class whose images a Mixup ('blend') or CutMix
+  ('paste') of none-hlines and none-vlines reproduces: both stripe directions in every
+  image, where the two classes show one each; the ten classes' images are unchanged, and a
+  bad setting is a one-line error."""
+  import ml_collections
+  from classbias_jax.data import planted
+  from classbias_jax.errors import ConfigError
+  base = {'name': 'planted', 'planted_train_per_class': 12}
+  plain = planted.load(ml_collections.ConfigDict(base))
+
+  def log_ratio(images):  # log |change down| / |change across| of the centre's grey level
+    grey = images.astype(np.float64).mean(-1)[:, 8:24, 8:24]
+    return np.median(np.log(np.abs(np.diff(grey, axis=1)).mean((1, 2))
+                            / np.abs(np.diff(grey, axis=2)).mean((1, 2))))
+
+  h, v = planted.CLASS_NAMES.index('none-hlines'), planted.CLASS_NAMES.index('none-vlines')
+  for kind, name in planted.MIXED_CLASSES.items():
+    ds = planted.load(ml_collections.ConfigDict(dict(base, planted_mixed=kind,
+                                                     planted_mixed_train=5)))
+    assert ds.class_names[-1] == name and len(ds.class_names) == 11
+    assert np.bincount(ds.train_labels).tolist() == [12] * 10 + [5]
+    np.testing.assert_array_equal(ds.train_images[:120], plain.train_images)
+    ratio = {c: log_ratio(ds.test_images[ds.test_labels == c]) for c in (h, v, 10)}
+    assert ratio[h] > 0.6 and ratio[v] < -0.6 and abs(ratio[10]) < 0.4, (kind, ratio)
+  for field, value, match in (('planted_mixed', 'swap', 'planted_mixed'),
+                              ('planted_mixed_train', 13, 'must be in 1..12')):
+    bad = dict(base, planted_mixed='blend', planted_mixed_train=5)
+    bad[field] = value
+    with pytest.raises(ConfigError, match=match):
+      planted.load(ml_collections.ConfigDict(bad))

@@ -32,6 +32,9 @@ READ_BY = {
     'data_dir': ('planted_folder', 'fashion_mnist', 'tfds'),
     'planted_train_per_class': ('planted', 'planted_folder'),
     'planted_shortcut': ('planted',),
+    'planted_rare': ('planted',),
+    'planted_mixed': ('planted',),
+    'planted_mixed_train': ('planted',),
 }
 
 

@@ -63,8 +63,12 @@ _FRAME = 4  # width of the frame shortcut at 32x32 (data.planted_shortcut)
 # its hue, one per none- class in training: 0.07 apart like the color- classes' hues, so
 # that colour jitter blurs them as it blurs those; far from those (0-0.14)
 _FRAME_HUES = (0.45, 0.52, 0.59, 0.66)
+TEST_PER_CLASS = 200
 _PERIOD = 8  # texture period of the none- classes at 32x32 (4 pixels at 16x16)
 RARE_CLASSES = ('none-rings', 'none-dots')  # data.planted_rare's family
+# data.planted_mixed's eleventh class: a none-hlines and a none-vlines image mixed as Mixup
+# ('blend') or CutMix ('paste') would mix them (_draw_mixed)
+MIXED_CLASSES = {'blend': 'mix-blend', 'paste': 'mix-paste'}
 
 
 def _hsv_to_rgb(h, s, v) -> np.ndarray:
@@ -158,44 +162,86 @@ def _frame(images, k):
                 _hsv_to_rgb(hue, np.full(n, 0.9), np.full(n, 0.9)))
 
 
-def generate(num_per_class: int, seed: int, size: int = SIZE,
-             shortcut: str = '') -> tuple[np.ndarray, np.ndarray]:
-  """Images uint8 [10 * num_per_class, size, size, 3] and labels int32, class-sorted.
+def generate(num_per_class: int, seed: int, size: int = SIZE, shortcut: str = '',
+             mixed: str = '', mixed_count: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Images uint8 [10 * num_per_class (+ mixed_count), size, size, 3] and labels int32,
+  class-sorted.
 
   Drawn at 32x32; a smaller `size` averages blocks of pixels, as if the same scene were
   photographed at a lower resolution (same draws, so the planted effects keep their
   meaning while convolutions get several times cheaper). shortcut 'frame-train',
   'frame-eval', 'size-train' or 'size-eval': the none- classes' shortcut (`load`).
+  mixed 'blend' or 'paste': an eleventh class of `mixed_count` images (MIXED_CLASSES),
+  drawn after the ten, so theirs are the same draws with or without it.
   """
   rng = np.random.default_rng(seed)
   images, labels = [], []
   for label, name in enumerate(CLASS_NAMES):
-    kind, detail = name.split('-')
-    n = num_per_class
-    background = _random_colors(rng, n, (0, 0.5), (0.1, 0.5))
-    img = np.broadcast_to(background[:, None, None, :], (n, SIZE, SIZE, 3)).copy()
-    if kind == 'color':
-      hue = (_COLOR_HUES[label] + rng.uniform(-0.01, 0.01, n)) % 1.0
-      fg = _hsv_to_rgb(hue, rng.uniform(0.75, 1.0, n), rng.uniform(0.75, 1.0, n))
-      img = _paint(img, _object_mask('stripes', rng, n), fg)
-    elif kind == 'crop':
-      img = _paint(img, _object_mask('square', rng, n), _random_colors(rng, n, (0.3, 1), (0.7, 1)))
-      side = _FRAME_MARKER if shortcut.startswith('frame') else _MARKER
-      img = _paint(img, _marker_mask(detail, n, side), np.ones((n, 3)))
-    else:
-      cut, split = shortcut.split('-') if shortcut else ('', '')
-      k = _shortcut_index(label, rng, n, split) if cut == 'frame' else None
-      # The lines seen twice as close (period 16 at 32x32, not 8).
-      zoom = 2 if shortcut == 'zoom-eval' and detail.endswith('lines') else 1
-      period = zoom * _PERIOD
-      mask = _object_mask(detail, rng, n, period)
-      img = _paint(img, mask, _random_colors(rng, n, (0.3, 1), (0.7, 1)))
-      if cut == 'frame':
-        img = _frame(img, k)
-    img = _downsample(img + rng.normal(0, 0.06, img.shape), size)
-    images.append(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
-    labels.append(np.full(n, label, np.int32))
+    img = _draw_class(label, name, rng, num_per_class, shortcut)
+    images.append(_finish(img, rng, size))
+    labels.append(np.full(num_per_class, label, np.int32))
+  if mixed:
+    img = _draw_mixed(mixed, rng, mixed_count)
+    images.append(_finish(img, rng, size, noise=False))
+    labels.append(np.full(mixed_count, len(CLASS_NAMES), np.int32))
   return np.concatenate(images), np.concatenate(labels)
+
+
+def _finish(img, rng, size, noise=True):
+  """Pixel noise, downsampling to `size` and uint8."""
+  img = _downsample(img + rng.normal(0, 0.06, img.shape) if noise else img, size)
+  return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+def _draw_mixed(mixed: str, rng, n: int) -> np.ndarray:
+  """n images [n, 32, 32, 3] in [0, 1] of the mixed class: a none-hlines and a none-vlines
+  image (each as `_draw_class` draws it) blended with a weight w ~ U(0.4, 0.6) ('blend',
+  Mixup's image at lambda = w), or the hlines image with a box of the vlines image pasted
+  in ('paste', CutMix's image: lambda ~ U(0.3, 0.7), a box of side 32 sqrt(1 - lambda) at a
+  uniform centre, clipped at the border, as timm's rand_bbox)."""
+  h_label, v_label = CLASS_NAMES.index('none-hlines'), CLASS_NAMES.index('none-vlines')
+  h, v = (_draw_class(label, CLASS_NAMES[label], rng, n, '') for label in (h_label, v_label))
+  h, v = (x + rng.normal(0, 0.06, x.shape) for x in (h, v))  # each its own noise, as in a mix
+  if mixed == 'blend':
+    w = rng.uniform(0.4, 0.6, (n, 1, 1, 1))
+    return w * h + (1 - w) * v
+  if mixed != 'paste':
+    raise ConfigError(f"data.planted_mixed {mixed!r}; choose '', 'blend' or 'paste'")
+  lam = rng.uniform(0.3, 0.7, n)
+  cut = (SIZE * np.sqrt(1 - lam)).astype(int)
+  cy, cx = rng.integers(0, SIZE, n), rng.integers(0, SIZE, n)
+  yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+  y0, y1 = np.clip(cy - cut // 2, 0, SIZE), np.clip(cy + cut // 2, 0, SIZE)
+  x0, x1 = np.clip(cx - cut // 2, 0, SIZE), np.clip(cx + cut // 2, 0, SIZE)
+  box = ((yy >= y0[:, None, None]) & (yy < y1[:, None, None])
+         & (xx >= x0[:, None, None]) & (xx < x1[:, None, None]))
+  return np.where(box[..., None], v, h)
+
+
+def _draw_class(label: int, name: str, rng, n: int, shortcut: str) -> np.ndarray:
+  """n noiseless images [n, 32, 32, 3] in [0, 1] of class `name`."""
+  kind, detail = name.split('-')
+  background = _random_colors(rng, n, (0, 0.5), (0.1, 0.5))
+  img = np.broadcast_to(background[:, None, None, :], (n, SIZE, SIZE, 3)).copy()
+  if kind == 'color':
+    hue = (_COLOR_HUES[label] + rng.uniform(-0.01, 0.01, n)) % 1.0
+    fg = _hsv_to_rgb(hue, rng.uniform(0.75, 1.0, n), rng.uniform(0.75, 1.0, n))
+    img = _paint(img, _object_mask('stripes', rng, n), fg)
+  elif kind == 'crop':
+    img = _paint(img, _object_mask('square', rng, n), _random_colors(rng, n, (0.3, 1), (0.7, 1)))
+    side = _FRAME_MARKER if shortcut.startswith('frame') else _MARKER
+    img = _paint(img, _marker_mask(detail, n, side), np.ones((n, 3)))
+  else:
+    cut, split = shortcut.split('-') if shortcut else ('', '')
+    k = _shortcut_index(label, rng, n, split) if cut == 'frame' else None
+    # The lines seen twice as close (period 16 at 32x32, not 8).
+    zoom = 2 if shortcut == 'zoom-eval' and detail.endswith('lines') else 1
+    period = zoom * _PERIOD
+    mask = _object_mask(detail, rng, n, period)
+    img = _paint(img, mask, _random_colors(rng, n, (0.3, 1), (0.7, 1)))
+    if cut == 'frame':
+      img = _frame(img, k)
+  return img
 
 
 def load(data_config) -> Dataset:
@@ -229,17 +275,28 @@ def load(data_config) -> Dataset:
   if kind not in ('', 'frame', 'zoom'):
     raise ConfigError(f"data.planted_shortcut {kind!r}; choose '', 'frame' or 'zoom'")
   train, test = (f'{kind}-{split}' if kind else '' for split in ('train', 'eval'))
-  train_x, train_y = generate(per_class, seed=2 * seed + 1, size=size, shortcut=train)
+  mixed = data_config.get('planted_mixed', '') or ''
+  if mixed not in ('', *MIXED_CLASSES):
+    raise ConfigError(f"data.planted_mixed {mixed!r}; choose '', 'blend' or 'paste'")
+  mixed_train = int(data_config.get('planted_mixed_train', 0) or 0)
+  if mixed and not 0 < mixed_train <= per_class:
+    raise ConfigError(f'data.planted_mixed_train {mixed_train} must be in 1..{per_class} '
+                      '(data.planted_train_per_class) with data.planted_mixed')
+  train_x, train_y = generate(per_class, seed=2 * seed + 1, size=size, shortcut=train,
+                              mixed=mixed, mixed_count=mixed_train)
   train_x, train_y = _make_rare(train_x, train_y, int(data_config.get('planted_rare', 0)),
                                 per_class)
-  test_x, test_y = generate(200, seed=2 * seed + 2, size=size, shortcut=test)
+  test_x, test_y = generate(TEST_PER_CLASS, seed=2 * seed + 2, size=size, shortcut=test,
+                            mixed=mixed, mixed_count=TEST_PER_CLASS)
   val = {}
   fraction = float(data_config.get('val_fraction', 0.0))
   if kind and fraction > 0:
-    val_x, val_y = generate(max(1, round(fraction * per_class)), seed=2 * seed + 1001,
-                            size=size, shortcut=test)
+    n_val = max(1, round(fraction * per_class))
+    val_x, val_y = generate(n_val, seed=2 * seed + 1001, size=size, shortcut=test,
+                            mixed=mixed, mixed_count=n_val)
     val = {'val_images': val_x, 'val_labels': val_y}
-  return Dataset('planted', train_x, train_y, test_x, test_y, CLASS_NAMES, **val)
+  names = CLASS_NAMES + ((MIXED_CLASSES[mixed],) if mixed else ())
+  return Dataset('planted', train_x, train_y, test_x, test_y, names, **val)
 
 
 def _make_rare(images, labels, rare: int, per_class: int):
@@ -258,7 +315,6 @@ def _make_rare(images, labels, rare: int, per_class: int):
 # ---- the planted images as an ImageNet-layout folder --------------------------------------
 
 FOLDER_NAME = 'imagenet_layout_planted'
-TEST_PER_CLASS = 200
 _FOLDER_SIZES = (40, 64)  # the range of stored sides, like ImageNet's mixed image sizes
 _FOLDER_VERSION = 1  # part of the folder's name: a change to what is written gets a new one
 
