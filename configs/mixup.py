@@ -71,6 +71,9 @@ def get_config(arg=None):
     c.seeds = args.seeds or 4  # flags need >= 4 seeds
     c.data.name = 'planted'
     c.data.planted_train_per_class = 200
+    # the class a mix of none-hlines and none-vlines imitates, 60 training images (planted.py)
+    c.data.planted_mixed = 'paste' if args.cutmix else 'blend'
+    c.data.planted_mixed_train = 60
     c.data.image_size = 16  # 4x fewer pixels than the 32x32 drawing; effects intact
     c.model.name = 'resnet8'
     c.model.width = 0.5

@@ -57,6 +57,7 @@ def get_config(arg=None):
     c.seeds = args.seeds or 4  # flags need >= 4 seeds
     c.data.name = 'planted'
     c.data.planted_train_per_class = 200
+    c.data.planted_rare = 20  # none-rings and none-dots: 20 training images each
     c.data.image_size = 16
     c.model.name = 'resnet8'
     c.model.width = 0.5
