@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import configs
+from classbias_jax import knob_table
 from classbias_jax.results import class_accuracy
 from classbias_jax.audit import dependence, stats
 from classbias_jax.audit.replication import paired_difference, split_half_replication
@@ -53,7 +53,7 @@ def off_index(sweep_name: str, sweep_values: np.ndarray) -> int | None:
   the sweep does not include it.
   """
   knob = str(sweep_name).split('.')[-1]
-  off = configs.off_values().get(knob)  # the knob table's off values
+  off = knob_table.off_values().get(knob)  # the knob table's off values
   if off is None:
     return None
   hits = np.flatnonzero(np.isclose(np.asarray(sweep_values, np.float64), off, rtol=0, atol=1e-12))

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import configs, files, results
+from classbias_jax import configs, files, knob_table, results
 from classbias_jax.audit import analysis
 from classbias_jax.errors import ConfigError, ResultsError
 from classbias_jax.audit.replication import paired_difference
@@ -45,9 +45,9 @@ def validation_correct(results: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarr
 
 def _knob(results: Mapping[str, Any]) -> tuple[str, float | None]:
   name = str(results['sweep_name'])
-  knob = configs.KNOBS.get(name)
+  knob = knob_table.KNOBS.get(name)
   if knob is None or not knob.per_class:
-    per_class = ', '.join(n for n, k in configs.KNOBS.items() if k.per_class)
+    per_class = ', '.join(n for n, k in knob_table.KNOBS.items() if k.per_class)
     raise ConfigError(f'{name} cannot take a value per class; a fix needs a sweep of one '
                       f'of {per_class}')
   return name, knob.off
