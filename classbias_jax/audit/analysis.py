@@ -31,7 +31,7 @@ import numpy as np
 from classbias_jax import knob_table
 from classbias_jax.results import class_accuracy
 from classbias_jax.audit import dependence, effects, stats
-from classbias_jax.audit.effects import (ALPHA, CONFIDENCE, SEEDS_FOR_FULL_TEST,  # noqa: F401
+from classbias_jax.audit.effects import (ALPHA, CONFIDENCE, SEEDS_FOR_FULL_TEST,
                                          TARGET_DROP, inference)
 from classbias_jax.audit.replication import split_half_replication
 from classbias_jax.errors import ConfigError
