@@ -8,9 +8,9 @@ Common random numbers: every random parameter is drawn as a uniform that does no
 on the strength and is then mapped (factor = lo + (hi - lo) * u), so two models that share
 a key but differ in a strength see coupled draws; only the knob differs between them.
 
-Each op of configs.KNOBS has its kernel in `KERNELS`, whose parameters after the key and
+Each op of knob_table.KNOBS has its kernel in `KERNELS`, whose parameters after the key and
 the input are the short names of the op's knobs: `preprocess` runs the compiled ops stage
-by stage (configs.STAGES) and hands each kernel its knobs through the table, either a
+by stage (knob_table.STAGES) and hands each kernel its knobs through the table, either a
 scalar (one value for the model) or, per image, a per-class table [num_classes] looked up
 by the image's label; under `jax.vmap` over models these carry a leading model axis.
 """
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from classbias_jax import color, configs, mix
+from classbias_jax import color, knob_table, mix
 
 # torchvision's get_params loops: at most this many tries before the fallback box.
 _TRIES = 10
@@ -173,7 +173,7 @@ def sample_erase_box(key, height: int, width: int, scale, ratio):
 
 
 # ------------------------------------------------------------------------------- kernels
-# One per op of configs.KNOBS: (key, one image, **the op's knobs) -> the image.
+# One per op of knob_table.KNOBS: (key, one image, **the op's knobs) -> the image.
 
 
 def pad_crop_kernel(key, img, pad_crop: int):
@@ -221,9 +221,9 @@ KERNELS = {'pad_crop': pad_crop_kernel, 'crop': crop_kernel, 'flip': flip_kernel
 def _per_image(knobs: Mapping[str, jnp.ndarray], names: Sequence[str], labels):
   """{name: [B, ...]}: each knob broadcast (scalar) or looked up by label (table[labels]).
 
-  A knob not given takes its configs.KNOBS default.
+  A knob not given takes its knob_table.KNOBS default.
   """
-  out, defaults = {}, configs.defaults()
+  out, defaults = {}, knob_table.defaults()
   for name in names:
     value = jnp.asarray(knobs[name] if name in knobs else defaults[name], jnp.float32)
     out[name] = (jnp.broadcast_to(value, labels.shape) if value.ndim == 0
@@ -238,21 +238,21 @@ def run_stage(stage: str, key, x, labels, knobs: Mapping[str, jnp.ndarray],
 
   Image b uses split(key, B)[b], and the stage's j-th op (of all its ops in table order)
   fold_in(that key, j), so turning one op on or off leaves the others' draws alone.
-  static: short name -> compiled-in value of the untraced knobs (configs.static_values).
+  static: short name -> compiled-in value of the untraced knobs (knob_table.static_values).
   """
-  every = configs.ops_of(stage)
+  every = knob_table.ops_of(stage)
   unknown = set(ops) - set(every)
   if unknown:
     raise ValueError(f'unknown {stage} ops {sorted(unknown)}; known: {every}')
   static = static or {}
-  names = [n for op in every if op in ops for n in configs.knobs_of(op) if n not in static]
+  names = [n for op in every if op in ops for n in knob_table.knobs_of(op) if n not in static]
   values = _per_image(knobs, names, labels)
   keys = jax.random.split(key, x.shape[0])
 
   def one(k, item, v):
     for j, op in enumerate(every):
       if op in ops:
-        kwargs = {n: static[n] if n in static else v[n] for n in configs.knobs_of(op)}
+        kwargs = {n: static[n] if n in static else v[n] for n in knob_table.knobs_of(op)}
         item = KERNELS[op](jax.random.fold_in(k, j), item, **kwargs)
     return item
 
@@ -264,10 +264,10 @@ def run_batch_stage(key, images, targets, knobs: Mapping[str, jnp.ndarray],
   """(images [B, H, W, C], targets [B, K]) through the batch stage's ops in `ops`, in
   table order; the j-th op (of all) draws from fold_in(key, j). Knobs are the model's
   scalars (a missing one takes its default)."""
-  given = {**configs.defaults(), **knobs, **(static or {})}
-  for j, op in enumerate(configs.ops_of('batch')):
+  given = {**knob_table.defaults(), **knobs, **(static or {})}
+  for j, op in enumerate(knob_table.ops_of('batch')):
     if op in ops:
-      kwargs = {n: given[n] for n in configs.knobs_of(op)}
+      kwargs = {n: given[n] for n in knob_table.knobs_of(op)}
       images, targets = KERNELS[op](jax.random.fold_in(key, j), images, targets, **kwargs)
   return images, targets
 
@@ -278,7 +278,7 @@ def preprocess(key, images, labels, knobs: Mapping[str, jnp.ndarray], ops: Seque
   [0, 1] and int labels [B] -> (normalised images [B, H, W, C], soft targets
   [B, num_classes]).
 
-  ops: the compiled ops (any stage's); the stages run in configs.STAGES's order, with
+  ops: the compiled ops (any stage's); the stages run in knob_table.STAGES's order, with
   normalisation ((x - mean) / std, mean and std [C]) between 'pixels' and 'normalised'.
   Stage i draws from split(key, 4)[i].
   """
@@ -286,7 +286,7 @@ def preprocess(key, images, labels, knobs: Mapping[str, jnp.ndarray], ops: Seque
   if not ops:
     return (images - mean) / std, targets
   keys = jax.random.split(key, 4)
-  in_stage = lambda stage: tuple(op for op in ops if op in configs.ops_of(stage))
+  in_stage = lambda stage: tuple(op for op in ops if op in knob_table.ops_of(stage))
   x = run_stage('pixels', keys[0], images, labels, knobs, in_stage('pixels'), static)
   x = run_stage('normalised', keys[1], (x - mean) / std, labels, knobs, in_stage('normalised'),
                 static)

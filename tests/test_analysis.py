@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from classbias_jax.audit import analysis
+from classbias_jax.audit import analysis, effects, replication
+from classbias_jax.audit.stats import bh_qvalues, crossed_effect_test
 from classbias_jax.errors import ConfigError
 
 
@@ -67,7 +68,7 @@ def planted(seeds=4, classes=6, seed=0):
 
 def test_bh_qvalues_match_hand_values():
   # Sorted p: .01 .03 .04 .20 -> p*m/rank: .04 .06 .0533 .20 -> running min from the top.
-  q = analysis.bh_qvalues([0.01, 0.04, 0.03, 0.20, np.nan])
+  q = bh_qvalues([0.01, 0.04, 0.03, 0.20, np.nan])
   np.testing.assert_allclose(q[:4], [0.04, 0.16 / 3, 0.16 / 3, 0.20])
   assert np.isnan(q[4])
 
@@ -79,7 +80,7 @@ def test_crossed_test_matches_hand_anova():
   # S n Var = 1/2 + 1/3 - 1/6 = 2/3, Var = 1/12; Satterthwaite df = (2/3)^2 /
   # ((1/2)^2/1 + (1/3)^2/3 + (1/6)^2/3) = 1.5, capped at the seed term's S - 1 = 1.
   diff = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
-  out = analysis.crossed_effect_test(diff, np.zeros(4, int), 1)
+  out = crossed_effect_test(diff, np.zeros(4, int), 1)
   assert out['effect'][0] == pytest.approx(0.5)
   assert out['se'][0] == pytest.approx(np.sqrt(1 / 12))
   assert out['df'][0] == pytest.approx(1.0)
@@ -91,7 +92,7 @@ def test_crossed_test_matches_hand_anova():
 def test_crossed_test_edge_cases():
   labels = np.array([0, 0, 0, 1, 1, 1])
   diff = np.array([[0, 0, 0, -1, -1, -1]] * 2)  # class 0 unchanged, class 1 always lost
-  out = analysis.crossed_effect_test(diff, labels, 3)
+  out = crossed_effect_test(diff, labels, 3)
   assert out['p'][0] == 1.0
   assert out['p'][1] == pytest.approx(0.25)  # exact sign flip over 3 images: 2 / 2^3
   assert np.isnan(out['p'][2])  # no images of class 2
@@ -218,8 +219,8 @@ def _pair(results, v, r, run_variance):
   correct = results['test_predictions'] == labels
   valid = np.ones(correct.shape[:2], bool)
   per_seed = analysis.class_accuracy(correct, labels, 2)
-  return analysis.compare(analysis.paired_difference(correct, valid, v, r), labels, 2, None,
-                          analysis.pair_pool(per_seed, valid, labels, v, r, run_variance))
+  return effects.compare(replication.paired_difference(correct, valid, v, r), labels, 2, None,
+                          effects.pair_pool(per_seed, valid, labels, v, r, run_variance))
 
 
 def test_two_values_pool_nothing_and_match_the_pairwise_test():

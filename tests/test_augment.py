@@ -12,6 +12,7 @@ from PIL import Image
 
 from classbias_jax import augment as A
 from classbias_jax import color as C
+from classbias_jax import knob_table
 
 TOL = 1e-5  # float32 against float64 references; far inside 1/255
 
@@ -481,15 +482,14 @@ def _batch(b=8, hw=12, seed=9):
 def test_knob_table_parameters_are_torchvision():
   """The knobs that shape an op (not its strength) default to torchvision's values;
   strengths and probabilities default to off."""
-  from classbias_jax import configs
-  default = {configs.short_name(n): k.default for n, k in configs.KNOBS.items()
+  default = {knob_table.short_name(n): k.default for n, k in knob_table.KNOBS.items()
              if k.op in ('crop', 'flip', 'color', 'erase')}
   assert default == {
       'crop_scale_min': 1.0, 'crop_scale_max': 1.0, 'crop_ratio_min': 0.75,
       'crop_ratio_max': 4 / 3, 'flip_prob': 0.0, 'color_strength': 0.0, 'erase_prob': 0.0,
       'erase_scale_min': 0.02, 'erase_scale_max': 0.33, 'erase_ratio_min': 0.3,
       'erase_ratio_max': 3.3, 'erase_value': 0.0}
-  off = configs.off_values()
+  off = knob_table.off_values()
   assert all(off[name] == default[name] for name in off if name in default)
 
 

@@ -11,7 +11,7 @@ from conftest import Interrupted, tiny_config
 
 from classbias_jax.train import checkpoint
 from classbias_jax.train import trainer
-from classbias_jax.data import stream
+from classbias_jax.data import item_sources, stream
 from classbias_jax.errors import CheckpointError, ConfigError
 
 # orbax writes a step into NAME + this suffix and renames it once complete.
@@ -109,7 +109,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def batch_stream(epochs=2):
-  source = stream.ArraySource(np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1),
+  source = item_sources.ArraySource(np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1),
                               np.arange(10) % 3)
   return iter(stream.pipeline(source, batch_size=3, mode='L', seed=1, num_epochs=epochs,
                               num_threads=1))

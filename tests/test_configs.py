@@ -2,7 +2,7 @@
 import pytest
 from conftest import ROOT
 
-from classbias_jax import configs
+from classbias_jax import configs, knob_table
 from classbias_jax.errors import ConfigError
 
 
@@ -86,11 +86,11 @@ def test_class_knobs_only_for_per_class_knobs():
 
 def test_every_traced_knob_is_a_sweepable_config_field():
   c = configs.base_config()
-  for name in configs.traced_knobs():
+  for name in knob_table.traced_knobs():
     c.sweep.name = name
-    c.sweep['values'] = (configs.KNOBS[name].default,)
+    c.sweep['values'] = (knob_table.KNOBS[name].default,)
     configs.validate(c)
-    assert configs.get_field(c, name) == configs.KNOBS[name].default
+    assert knob_table.get_field(c, name) == knob_table.KNOBS[name].default
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -126,7 +126,7 @@ def test_sweep_and_class_values_are_checked_too():
 
 
 @pytest.mark.parametrize('low, high', [(low.split('.')[1], high.split('.')[1])
-                                       for low, high in configs.pairs()])
+                                       for low, high in knob_table.pairs()])
 def test_a_swept_end_of_a_range_is_checked_against_the_fixed_end(low, high):
   c = configs.base_config()
   c.aug[low], c.aug[high] = 0.2, 0.5

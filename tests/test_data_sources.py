@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from classbias_jax import data
-from classbias_jax.data import folder, idx, splits, stream
+from classbias_jax.data import folder, idx, item_sources, splits, stream
 from classbias_jax.errors import ConfigError, DataUnavailable
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -335,7 +335,7 @@ def epoch_keys(batches):
 def test_streamed_folder_matches_resident_per_epoch_and_resumes(tmp_path):
   write_folder(tmp_path / 'flat', [12, 9, 6])
   resident = data.load(data_config(name=f'folder:{tmp_path / "flat"}'))
-  train = stream.folder_sources(str(tmp_path / 'flat'))['train']
+  train = item_sources.folder_sources(str(tmp_path / 'flat'))['train']
   steps = -(-len(train) // 5)  # the last, partial batch is kept
   it = iter(stream.pipeline(train, batch_size=5, seed=4, num_epochs=2, drop_remainder=False))
   batches = list(it)
@@ -362,7 +362,7 @@ def test_streamed_folder_matches_resident_per_epoch_and_resumes(tmp_path):
 
 def test_streamed_arrays_resize_and_drop_remainder():
   images, labels = random_images(23, 8, 8, 3, seed=1), np.arange(23) % 4
-  source = stream.ArraySource(images, labels)
+  source = item_sources.ArraySource(images, labels)
   batches = list(stream.pipeline(source, batch_size=4, image_size=12, num_epochs=1))
   assert len(batches) == len(source) // 4 == 5
   assert batches[0]['image'].shape == (4, 12, 12, 3)
@@ -371,8 +371,8 @@ def test_streamed_arrays_resize_and_drop_remainder():
 def test_input_throughput_measures_a_jpeg_folder(tmp_path):
   from classbias_jax.tuning import input_throughput
   input_throughput.write_jpeg_folder(str(tmp_path), 12, 16, 20, classes=3)
-  train = stream.folder_sources(str(tmp_path))['train']
-  assert len(train) + len(stream.folder_sources(str(tmp_path))['test']) == 12
+  train = item_sources.folder_sources(str(tmp_path))['train']
+  assert len(train) + len(item_sources.folder_sources(str(tmp_path))['test']) == 12
   rate = input_throughput.measure(train, batch_size=2, image_size=8, seconds=0.05,
                                   num_threads=1, num_epochs=None)
   assert rate > 0

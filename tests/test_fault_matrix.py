@@ -40,7 +40,7 @@ READ_SITES = {
     # Not inputs: JSON the process made itself, or measuring tools' own files.
     'classbias_jax/train/checkpoint.py': 'a JSON round trip of the config in memory (damaged '
                                          'checkpoints: tests/test_checkpoint.py)',
-    'classbias_jax/benchmark.py': "its own child process's output",
+    'classbias_jax/tuning/baselines.py': "its own child process's output",
     'classbias_jax/tuning/hostmem.py': '/proc (the allocator in effect)',
     'classbias_jax/tuning/profile.py': "the profiler's trace it just wrote",
     'classbias_jax/tuning/strategy.py': "the measurement's own output",

@@ -15,7 +15,7 @@ from conftest import ROOT, Interrupted, run_until_first_checkpoint, tiny_config
 
 from classbias_jax import results
 from classbias_jax.train import checkpoint
-from classbias_jax.train import epochs
+from classbias_jax.train import interrupts
 from classbias_jax.train import model_axis
 from classbias_jax.train import trainer
 
@@ -159,9 +159,9 @@ def checkpointer(loop_kind='python', num_epochs=3, steps=10, **rules):
   train = types.SimpleNamespace(**dict(dict(checkpoint_every=0, checkpoint_every_steps=0,
                                             checkpoint_minutes=0.0, epochs=num_epochs), **rules))
   saved, clock = [], Clock()
-  c = epochs.Checkpointer(train, steps, loop_kind,
+  c = interrupts.Checkpointer(train, steps, loop_kind,
                           lambda e, s, state, epoch_steps: saved.append((e, s)),
-                          epochs.Signals(), 'DIR', clock)
+                          interrupts.Signals(), 'DIR', clock)
   return c, saved, clock
 
 
@@ -193,7 +193,7 @@ def test_the_rules_of_when_to_save():
   assert saved == [(1, 0), (2, 0)]
   train = types.SimpleNamespace(checkpoint_every=0, checkpoint_every_steps=4,
                                 checkpoint_minutes=10.0)
-  assert epochs.checkpoint_policy(train, 'scan', c.signals) == {
+  assert interrupts.checkpoint_policy(train, 'scan', c.signals) == {
       'every_epochs': 0, 'every_steps': 4, 'minutes': 10.0, 'saves_at': 'epoch ends',
       'on_signals': []}
 
@@ -206,7 +206,7 @@ def test_a_signal_saves_at_the_next_step_and_stops():
     while c.signals.received is None:  # the handler runs in the main thread, soon after
       time.sleep(0.001)
     c.signals._handle(signal.SIGINT, None)  # a second signal changes nothing
-    with pytest.raises(epochs.Interrupted) as stop:
+    with pytest.raises(interrupts.Interrupted) as stop:
       c.at_step(1, 4, None, [{'loss': np.zeros(1, np.float32)}] * 4)
   assert saved == [(1, 4)] and stop.value.code == 143
   assert str(stop.value) == ('interrupted (SIGTERM) after step 4/10 of epoch 2/3: checkpoint '
@@ -215,9 +215,9 @@ def test_a_signal_saves_at_the_next_step_and_stops():
 
 def test_signals_before_training_stop_at_once_and_handlers_come_back():
   before = signal.getsignal(signal.SIGINT)
-  with epochs.Signals() as signals:
+  with interrupts.Signals() as signals:
     assert signals.caught == ['SIGTERM', 'SIGINT']
-    with pytest.raises(epochs.Interrupted) as stop:
+    with pytest.raises(interrupts.Interrupted) as stop:
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(1)  # the handler runs in the main thread, between bytecodes
   assert stop.value.code == 130 and 'before training began' in str(stop.value)
@@ -275,10 +275,10 @@ def test_a_signal_inside_a_gc_callback_is_delivered_after_it():
       fired.append(phase)
       signals._handle(signal.SIGINT, sys._getframe())  # must not raise here
 
-  with epochs.Signals() as signals:
+  with interrupts.Signals() as signals:
     gc.callbacks.insert(0, callback)
     try:
-      with pytest.raises(epochs.Interrupted):
+      with pytest.raises(interrupts.Interrupted):
         gc.collect()
         time.sleep(5)  # the signal sent again lands here
     finally:

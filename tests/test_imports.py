@@ -1,6 +1,6 @@
 """The package's import graph: no cycle (module-level and function-level imports alike),
-arrows that point the way docs/architecture.md draws them, no `*_lib` alias, and ruff
-clean (complexity at most 12)."""
+arrows that point the way docs/architecture.md draws them, no `*_lib` alias, ruff clean
+(complexity at most 12), and no module over MAX_LINES lines."""
 import ast
 import pathlib
 import shutil
@@ -19,6 +19,7 @@ def module_name(path: pathlib.Path) -> str:
 
 
 MODULES = {module_name(p): p for p in PACKAGE.rglob('*.py')}
+MAX_LINES = 400  # a module longer than this is split along a seam a reader would expect
 
 
 def imports(path: pathlib.Path) -> list[tuple[str, ast.AST]]:
@@ -121,3 +122,21 @@ def test_ruff_clean():
   ruff = shutil.which('ruff') or str(pathlib.Path(sys.executable).parent / 'ruff')
   result = subprocess.run([ruff, 'check', '.'], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout[-3000:]
+
+
+def long_modules(paths, limit: int = MAX_LINES) -> dict[str, int]:
+  """{path: its number of lines} of the files in `paths` with more than `limit` lines."""
+  counts = {str(p): len(pathlib.Path(p).read_text().splitlines()) for p in paths}
+  return {p: n for p, n in counts.items() if n > limit}
+
+
+def test_no_module_is_over_400_lines():
+  assert long_modules(MODULES.values()) == {}
+
+
+def test_the_line_count_finds_a_long_module(tmp_path):
+  short, long = tmp_path / 'short.py', tmp_path / 'long.py'
+  short.write_text('x = 1\n' * MAX_LINES)
+  long.write_text('x = 1\n' * (MAX_LINES + 1))
+  assert long_modules([short, long]) == {str(long): MAX_LINES + 1}
+

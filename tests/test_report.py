@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from classbias_jax.audit import figures as plots
+from classbias_jax.audit import formats
 from classbias_jax import report
 from classbias_jax import results
 from test_analysis import make_results, planted
@@ -121,3 +122,16 @@ def test_first_figure_works_from_contract_arrays_alone(tmp_path):
   path = plots.per_class_accuracy(planted(), str(tmp_path / 'fig.png'), 2)
   assert path.endswith('fig.png') and (tmp_path / 'fig.pdf').is_file()
   assert plots.training_curves(planted(), str(tmp_path / 'curves.png')) is None
+
+
+def test_the_reports_number_formats():
+  """One formatter per kind of number for report.md and the fix section: percent, signed
+  points (never '-0.0'), p-values, table cells."""
+  assert formats.pct(0.1234) == '12.3' and formats.pct(0.1234, 2) == '12.34'
+  assert formats.signed(-0.052) == '-5.2' and formats.signed(0.0004) == '+0.0'
+  assert formats.signed(-0.0004) == '+0.0' and formats.signed(-0.0) == '+0.0'
+  assert formats.prob(0.0123) == '0.012' and formats.prob(2e-5) == '2.0e-05'
+  assert formats.prob(1e-20) == '< 1e-15'
+  assert [formats.pct(None), formats.signed(None), formats.prob(None)] == ['n/a'] * 3
+  assert formats.table(['a', 'b'], [['x|y', 1]]) == ['| a | b |', '|---|---|', '| x\\|y | 1 |']
+

@@ -23,7 +23,7 @@ import pytest
 from scipy import special, stats as sps
 
 from classbias_jax import report
-from classbias_jax.audit import analysis, shift
+from classbias_jax.audit import effects, replication, shift, stats
 from classbias_jax.results import class_accuracy, save_results
 
 SHIFT = -0.05  # every class, at the first sweep value
@@ -91,17 +91,17 @@ def beyond(results: dict, value: int = 0, reference: int = 1) -> dict:
   labels = results['test_labels']
   correct = results['test_predictions'] == labels
   valid = np.ones(correct.shape[:2], bool)
-  diff = analysis.paired_difference(correct, valid, value, reference)
+  diff = replication.paired_difference(correct, valid, value, reference)
   c = results['num_classes']
-  test = analysis.compare(diff, labels, c)
+  test = effects.compare(diff, labels, c)
   shared = shift.shared_shift(diff, labels, c)
   out = shift.beyond_shift(test, shared)
-  q = analysis.bh_qvalues(out['p'])
+  q = stats.bh_qvalues(out['p'])
   return {'shift': shared, **out, 'q': q, 'hurt': (q < 0.05) & (out['effect'] < 0),
           'helped': (q < 0.05) & (out['effect'] > 0),
           'spread': shift.between_class_spread(test['effect'], test['se'], test['n'],
                                                diff.shape[0]),
-          'absolute_hurt': int(np.sum(analysis.flag_family([test])[0]['hurt']))}
+          'absolute_hurt': int(np.sum(effects.flag_family([test])[0]['hurt']))}
 
 
 # ------------------------------------------------------------------------ in the suite

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from classbias_jax import report
-from classbias_jax.audit import analysis
+from classbias_jax.audit import analysis, effects
 from classbias_jax.audit import stats
 from test_analysis import make_results, planted
 
@@ -23,7 +23,7 @@ def test_one_family_across_values():
   comps = [{'p': np.array([0.04]), 'effect': np.array([-0.1])},
            {'p': np.array([0.9]), 'effect': np.array([0.0])},
            {'p': np.array([0.8]), 'effect': np.array([0.0])}]
-  out = analysis.flag_family(comps)
+  out = effects.flag_family(comps)
   assert out[0]['q'][0] == pytest.approx(0.12) and not out[0]['hurt'][0]
   assert out[0]['level'] == pytest.approx(0.05 / 3)
 
@@ -32,7 +32,7 @@ def test_interval_stays_within_what_accuracy_allows():
   # Two seeds that disagree wildly: a class at 100% loses everything in one run only.
   labels = np.zeros(20, int)
   diff = np.array([-np.ones(20), np.r_[-np.ones(19), 0.0]])
-  comp = analysis.compare(diff, labels, 1, reference_accuracy=np.array([1.0]))
+  comp = effects.compare(diff, labels, 1, reference_accuracy=np.array([1.0]))
   assert comp['low'][0] >= -1.0 and comp['high'][0] <= 0.0
   assert comp['low'][0] <= comp['effect'][0] <= comp['high'][0]
 

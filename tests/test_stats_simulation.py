@@ -24,7 +24,7 @@ import pytest
 from scipy import optimize, special, stats as sps
 
 import test_shift_simulation as shift_sim
-from classbias_jax.audit import analysis, shift
+from classbias_jax.audit import analysis, effects, replication, shift, stats
 
 SLOW = bool(os.environ.get('CLASSBIAS_SLOW_SIM'))
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(40)  # for E over a standard normal
@@ -154,21 +154,21 @@ def simulate_correct(rng, seeds: int, shift: float = 0.0, values: int = 2,
 
 def flags(correct: np.ndarray, compare=None) -> tuple[np.ndarray, np.ndarray]:
   """(hurt, helped) bool [C] of value 1 against value 0, by the report's rule."""
-  diff = analysis.paired_difference(correct, np.ones(correct.shape[:2], bool), 1, 0)
+  diff = replication.paired_difference(correct, np.ones(correct.shape[:2], bool), 1, 0)
   if compare is not None:
     out = compare(diff, LABELS, CLASSES)
     return out['hurt'], out['helped']
   reference = correct[0].reshape(len(diff), CLASSES, IMAGES).mean((0, 2))  # LABELS sorted
-  comps = analysis.flag_family([analysis.compare(diff, LABELS, CLASSES, reference)])
+  comps = effects.flag_family([effects.compare(diff, LABELS, CLASSES, reference)])
   return comps[0]['hurt'], comps[0]['helped']
 
 
 def sweep_flags(correct: np.ndarray, gen: Generator, run_variance: str):
   """(hurt, helped) bool [V - 1, C]: every value against value 0, one family (the report's)."""
   valid = np.ones(correct.shape[:2], bool)
-  comps = analysis.comparisons(correct, valid, tables(gen).labels, gen.classes, 0, None,
+  comps = effects.comparisons(correct, valid, tables(gen).labels, gen.classes, 0, None,
                                run_variance)
-  flagged = analysis.flag_family([comps[v, 'ref'] for v in range(1, len(correct))])
+  flagged = effects.flag_family([comps[v, 'ref'] for v in range(1, len(correct))])
   return np.array([f['hurt'] for f in flagged]), np.array([f['helped'] for f in flagged])
 
 
@@ -328,12 +328,12 @@ def _beyond_flags(results: dict, run_variance: str) -> np.ndarray:
   labels, c = results['test_labels'], results['num_classes']
   correct = results['test_predictions'] == labels
   valid = np.ones(correct.shape[:2], bool)
-  diff = analysis.paired_difference(correct, valid, 0, 1)
-  pool = analysis.pair_pool(analysis.class_accuracy(correct, labels, c), valid, labels, 0, 1,
+  diff = replication.paired_difference(correct, valid, 0, 1)
+  pool = effects.pair_pool(analysis.class_accuracy(correct, labels, c), valid, labels, 0, 1,
                             run_variance)
-  out = shift.beyond_shift(analysis.compare(diff, labels, c, None, pool),
+  out = shift.beyond_shift(effects.compare(diff, labels, c, None, pool),
                            shift.shared_shift(diff, labels, c))
-  return analysis.bh_qvalues(out['p']) < 0.05
+  return stats.bh_qvalues(out['p']) < 0.05
 
 
 def test_beyond_the_shift_test_keeps_its_level_and_gains_power_with_the_pool():

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from classbias_jax.train import distributed
-from classbias_jax.data import stream
+from classbias_jax.data import item_sources, stream
 
 
 def batches(rows=None, **kwargs):
   rng = np.random.default_rng(0)
-  source = stream.ArraySource(rng.integers(0, 256, (50, 4, 4, 1), np.uint8),
+  source = item_sources.ArraySource(rng.integers(0, 256, (50, 4, 4, 1), np.uint8),
                               rng.integers(0, 10, 50))
   return iter(stream.pipeline(source, batch_size=8, mode='L', seed=3, num_epochs=2,
                               num_threads=1, rows=rows, **kwargs))
@@ -32,7 +32,7 @@ def test_a_process_reads_its_rows_of_every_global_batch_and_resumes_there():
 def test_a_source_item_outside_the_rows_is_never_read():
   read = []
 
-  class Source(stream.ArraySource):
+  class Source(item_sources.ArraySource):
     def __getitem__(self, i):
       read.append(i)
       return super().__getitem__(i)

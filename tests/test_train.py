@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, init_states, tiny_config, tiny_plan
 
-from classbias_jax import augment, configs, results
+from classbias_jax import augment, configs, knob_table, results
 from classbias_jax.errors import ConfigError
 from classbias_jax.train import model_axis
 from classbias_jax.train.plan import build_plan
@@ -81,18 +81,18 @@ def _invert(key, img, invert_prob):
 
 
 def test_a_new_knob_is_one_row(tmp_path, monkeypatch):
-  """A row of configs.KNOBS and its op's kernel in augment.KERNELS are the whole change:
+  """A row of knob_table.KNOBS and its op's kernel in augment.KERNELS are the whole change:
   'aug.invert_prob' (a new op) becomes a config field, validated, sweepable in one
   program, per class, compiled only when on; its 0 model is the model trained without it
   and its 1 model sees negatives."""
-  row = configs.Knob(0.0, 'invert', 'pixels', off=0.0, per_class=True, high=1.0)
-  monkeypatch.setattr(configs, 'KNOBS', dict(configs.KNOBS, **{'aug.invert_prob': row}))
+  row = knob_table.Knob(0.0, 'invert', 'pixels', off=0.0, per_class=True, high=1.0)
+  monkeypatch.setattr(knob_table, 'KNOBS', dict(knob_table.KNOBS, **{'aug.invert_prob': row}))
   monkeypatch.setitem(augment.KERNELS, 'invert', _invert)
   overrides = {'seeds': 1, 'train__epochs': 2, 'train__eval_every': 0}
   swept = tiny_config(**overrides, **{'sweep__name': 'aug.invert_prob',
                                       'sweep__values': (0.0, 1.0)})
   plain = tiny_config(**overrides, **{'sweep__values': (5e-4,)})  # the base weight decay
-  assert swept.aug.invert_prob == 0.0 and 'aug.invert_prob' in configs.traced_knobs()
+  assert swept.aug.invert_prob == 0.0 and 'aug.invert_prob' in knob_table.traced_knobs()
   plan = tiny_plan(swept)
   assert plan.ops == ('invert',) and tiny_plan(plain).ops == ()
   images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), np.uint8)
@@ -123,13 +123,13 @@ def test_an_optimizer_knob_is_one_row(tmp_path, monkeypatch):
   """The step reads optimiser values through one_model.hyperparameter: adding
   optim.momentum's row makes it per model; the momentum-0.9 model of the sweep is the
   model trained with momentum 0.9 fixed."""
-  knobs = dict(configs.KNOBS,
-               **{'optim.momentum': configs.Knob(0.9, 'optimizer', 'step', off=0.0)})
-  monkeypatch.setattr(configs, 'KNOBS', knobs)
+  knobs = dict(knob_table.KNOBS,
+               **{'optim.momentum': knob_table.Knob(0.9, 'optimizer', 'step', off=0.0)})
+  monkeypatch.setattr(knob_table, 'KNOBS', knobs)
   overrides = {'seeds': 1, 'train__epochs': 2, 'train__eval_every': 0}
   swept = tiny_config(**overrides, **{'sweep__name': 'optim.momentum',
                                       'sweep__values': (0.0, 0.9)})
-  assert 'optim.momentum' in configs.traced_knobs()
+  assert 'optim.momentum' in knob_table.traced_knobs()
   fixed = tiny_config(**overrides, **{'sweep__values': (5e-4,)})
   r = trainer.run(swept, str(tmp_path / 'swept'))
   ref = trainer.run(fixed, str(tmp_path / 'fixed'))

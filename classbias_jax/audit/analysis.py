@@ -24,22 +24,19 @@ more than the other values; run_variance='pairwise' uses the two values compared
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from classbias_jax import configs
+from classbias_jax import knob_table
 from classbias_jax.results import class_accuracy
-from classbias_jax.audit import dependence, stats
-from classbias_jax.audit.replication import paired_difference, split_half_replication
+from classbias_jax.audit import dependence, effects, stats
+from classbias_jax.audit.effects import (ALPHA, CONFIDENCE, SEEDS_FOR_FULL_TEST,
+                                         TARGET_DROP, inference)
+from classbias_jax.audit.replication import split_half_replication
 from classbias_jax.errors import ConfigError
-from classbias_jax.audit.stats import (RUN_VARIANCE, TEST_NAME, bh_qvalues,  # noqa: F401
-                                       crossed_effect_test)
+from classbias_jax.audit.stats import RUN_VARIANCE, TEST_NAME  # noqa: F401
 
-ALPHA = 0.05  # q-value threshold for hurt / helped
-CONFIDENCE = 0.95
-TARGET_DROP = 0.05  # the drop whose seed count the report states
-SEEDS_FOR_FULL_TEST = 4  # below this the report says what the run cannot conclude
 FAMILY = ('every class at every non-reference sweep value, against the reference and '
           'against the off value')
 
@@ -53,7 +50,7 @@ def off_index(sweep_name: str, sweep_values: np.ndarray) -> int | None:
   the sweep does not include it.
   """
   knob = str(sweep_name).split('.')[-1]
-  off = configs.off_values().get(knob)  # the knob table's off values
+  off = knob_table.off_values().get(knob)  # the knob table's off values
   if off is None:
     return None
   hits = np.flatnonzero(np.isclose(np.asarray(sweep_values, np.float64), off, rtol=0, atol=1e-12))
@@ -116,105 +113,6 @@ def summary_curves(accuracy: np.ndarray, images_per_class: np.ndarray) -> dict[s
   }
 
 
-def compare(diff: np.ndarray, labels: np.ndarray, num_classes: int,
-            reference_accuracy: np.ndarray | None = None, pool=None) -> dict[str, Any]:
-  """The per-class test of one comparison from paired differences diff [S', N].
-
-  reference_accuracy [C]: the reference's accuracy on the same seeds, which bounds the
-  interval (default: no bound beyond [-1, 1]); pool: pair_pool's run pool (None: the
-  pair's own run-to-run variance). Returns [C] arrays effect, low, high, p, se, df, n, the
-  variance components seed, image, res, homogeneity_p and run_values (stats.
-  crossed_effect_test), plus seeds (S'). q-values and flags come from flag_family, over
-  all the comparisons of a report.
-  """
-  seeds = diff.shape[0]
-  if seeds == 0:
-    nan = np.full(num_classes, np.nan)
-    keys = ('effect', 'low', 'high', 'p', 'se', 'df', 'seed', 'image', 'res',
-            'homogeneity_p', 'run_values')
-    return {**{k: nan for k in keys}, 'seeds': 0,
-            'n': np.bincount(labels, minlength=num_classes).astype(np.float64)}
-  test = crossed_effect_test(diff, labels, num_classes, pool)
-  # An effect against a class at accuracy a lies in [-a, 1 - a].
-  ref = np.full(num_classes, np.nan) if reference_accuracy is None else reference_accuracy
-  bounds = (np.where(np.isnan(ref), -1.0, -ref), np.where(np.isnan(ref), 1.0, 1 - ref))
-  low, high = stats.effect_interval(test, bounds, CONFIDENCE)
-  return {**test, 'low': low, 'high': high, 'seeds': seeds}
-
-
-def pair_pool(per_seed: np.ndarray, valid: np.ndarray, labels: np.ndarray, value: int,
-              reference: int, run_variance: str = RUN_VARIANCE[0]) -> dict[str, Any] | None:
-  """The run pool of one comparison: per_seed [V, S, C] class accuracy, valid [V, S],
-  labels [N] (the test images' classes).
-
-  The values whose models are valid at every seed of the pair (the pair included), at
-  those seeds; None for run_variance='pairwise', without a seed or with nothing to pool.
-  """
-  seeds = valid[value] & valid[reference]
-  if run_variance == 'pairwise' or not seeds.any():
-    return None
-  values = np.flatnonzero(valid[:, seeds].all(1))
-  if len(values) < 3 or value == reference:
-    return None  # nothing to pool
-  images = np.bincount(labels, minlength=per_seed.shape[-1])
-  pair = (int(np.searchsorted(values, value)), int(np.searchsorted(values, reference)))
-  return stats.run_pool(per_seed[values][:, seeds], images, pair)
-
-
-def flag_family(comparisons: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str, Any]]:
-  """One Benjamini-Hochberg family over every class of every comparison given.
-
-  Adds to each comparison q, hurt, helped (q < alpha) and level: alpha / m, the p-value a
-  lone true effect needs in this family of m tests.
-  """
-  p = np.concatenate([c['p'] for c in comparisons]) if comparisons else np.zeros(0)
-  q = bh_qvalues(p)
-  level = alpha / max(int(np.sum(~np.isnan(p))), 1)
-  out, start = [], 0
-  for comp in comparisons:
-    qc = q[start:start + comp['p'].size]
-    start += comp['p'].size
-    significant = qc < alpha
-    out.append({**comp, 'q': qc, 'level': level, 'hurt': significant & (comp['effect'] < 0),
-                'helped': significant & (comp['effect'] > 0)})
-  return out
-
-
-def with_power(comp: dict[str, Any], target: float = TARGET_DROP) -> dict[str, Any]:
-  """Adds min_detectable (the smallest drop found with 80% power at the family's level) and
-  seeds_needed (seeds per value for a `target` drop, same power and level): [C] each.
-
-  The churn of a `target` drop floors var_e: a class right on every image in every run
-  shows none, yet could not reveal a drop with no variance at all.
-  """
-  parts = {k: comp[k] for k in ('seed', 'image', 'res', 'run_values')}
-  churn = target * (1 - target)  # var_e of a drop of `target` on images picked at random
-  return {**comp, 'min_detectable': stats.detectable_effect(
-              parts, comp['n'], comp['seeds'], comp['level'], churn=churn),
-          'seeds_needed': stats.seeds_needed(parts, comp['n'], target, comp['level'],
-                                             churn=churn)}
-
-
-def confusion_flow(predictions: np.ndarray, labels: np.ndarray, valid: np.ndarray,
-                   value: int, reference: int, class_index: int, num_classes: int,
-                   top: int = 5) -> dict[str, Any]:
-  """Where class `class_index` loses its images between `reference` and `value`.
-
-  Compares the class's confusion-matrix rows (as fractions of its images, mean over the
-  seeds valid for both values). Returns lost (net drop of the diagonal) and `to`: the
-  `top` classes whose share of the row grew most, as (class index, fraction of images).
-  """
-  seeds = valid[value] & valid[reference]
-  idx = np.flatnonzero(labels == class_index)
-  rows = [np.bincount(predictions[k, seeds][:, idx].ravel(), minlength=num_classes)
-          for k in (value, reference)]
-  delta = (rows[0] - rows[1]) / max(int(seeds.sum()) * idx.size, 1)
-  delta[class_index] = -delta[class_index]  # the diagonal's drop, stored as "lost"
-  receivers = [int(j) for j in np.argsort(-delta, kind='stable')
-               if j != class_index and delta[j] > 0][:top]
-  return {'lost': float(delta[class_index]), 'to': [(j, float(delta[j])) for j in receivers]}
-
-
 # ------------------------------------------------------------------------- analyze
 
 def json_floats(x) -> list[float | None]:
@@ -250,7 +148,7 @@ def _flows_json(results, valid, v, ref, comp, names, top) -> list[dict[str, Any]
   hurt = np.flatnonzero(comp['hurt'])
   out = []
   for c in hurt[np.argsort(comp['effect'][hurt], kind='stable')]:
-    flow = confusion_flow(predictions, labels, valid, v, ref, int(c), len(names), top)
+    flow = effects.confusion_flow(predictions, labels, valid, v, ref, int(c), len(names), top)
     out.append({'class': names[c], 'lost': round(flow['lost'], 6),
                 'to': [{'class': names[j], 'fraction': round(f, 6)} for j, f in flow['to']]})
   return out
@@ -289,51 +187,6 @@ def _accuracy_json(accuracy, curves, boot, images, names) -> list[dict[str, Any]
   } for v in range(len(accuracy))]
 
 
-def comparisons(correct, valid, labels, num_classes: int, ref: int, off: int | None,
-                run_variance: str = RUN_VARIANCE[0]) -> dict[tuple, dict]:
-  """Every comparison of a report, {(value index, 'ref' or 'off'): compare's dict}.
-
-  correct bool [V, S, N]; valid bool [V, S]; ref, off: value indices (off may be None).
-  """
-  per_seed = class_accuracy(correct, labels, num_classes)  # [V, S, C]
-  out = {}
-  for v in range(len(correct)):
-    for key, r in (('ref', ref), ('off', off)):
-      if r is not None:
-        seeds = valid[v] & valid[r]
-        ref_acc = per_seed[r, seeds].mean(0) if seeds.any() else None
-        out[v, key] = compare(paired_difference(correct, valid, v, r), labels, num_classes,
-                              ref_acc, pair_pool(per_seed, valid, labels, v, r, run_variance))
-        out[v, key]['self'] = v == r
-  return out
-
-
-def _flag_all(comparisons: dict[tuple, dict], alpha: float) -> tuple[dict, dict]:
-  """flag_family over the comparisons of distinct values. A value against itself gets no q;
-  the reference against the off value mirrors the off value against the reference."""
-  mirror = [(v, 'off') for (v, key), c in comparisons.items()
-            if key == 'ref' and c['self'] and (v, 'off') in comparisons]
-  keys = [k for k, c in comparisons.items() if not c['self'] and k not in mirror]
-  flagged = dict(zip(keys, map(with_power, flag_family([comparisons[k] for k in keys], alpha))))
-  out = {}
-  for k, comp in comparisons.items():
-    none, nan = np.zeros(comp['p'].shape, bool), np.full(comp['p'].shape, np.nan)
-    twin = flagged.get((_off_index(comparisons), 'ref')) if k in mirror else None
-    out[k] = flagged.get(k) or ({**comp, **{x: twin[x] for x in ('q', 'min_detectable',
-                                                                  'seeds_needed')},
-                                 'hurt': twin['helped'], 'helped': twin['hurt']} if twin else
-                                {**comp, 'q': nan, 'hurt': none, 'helped': none,
-                                 'min_detectable': nan, 'seeds_needed': nan})
-  level = next(iter(flagged.values()))['level'] if flagged else alpha
-  return out, {'num_tests': int(sum(np.sum(~np.isnan(comparisons[k]['p'])) for k in keys)),
-               'level': level}
-
-
-def _off_index(comparisons: dict[tuple, dict]) -> int | None:
-  """The off value's index: the value whose comparison against the off value is to itself."""
-  return next((k[0] for k, c in comparisons.items() if k[1] == 'off' and c['self']), None)
-
-
 def _effects_json(results, valid, v, ref, comps, top_flow) -> dict[str, Any]:
   """Sweep value v against the reference (and the off value): tests, hurt/helped, flows."""
   names = [str(n) for n in results['class_names']]
@@ -343,13 +196,6 @@ def _effects_json(results, valid, v, ref, comps, top_flow) -> dict[str, Any]:
   if (v, 'off') in comps:
     entry['against_off'] = _comparison_json(comps[v, 'off'], names)
   return entry
-
-
-def inference(num_seeds: int) -> str:
-  """What a comparison on num_seeds seed pairs can conclude: conditional, limited or tested."""
-  if num_seeds < 2:
-    return 'conditional'
-  return 'limited' if num_seeds < SEEDS_FOR_FULL_TEST else 'tested'
 
 
 def _run_variance_json(comps: dict[tuple, dict], run_variance: str,
@@ -380,6 +226,87 @@ def _replication_json(per_value, pooled, values, num_splits) -> dict[str, Any]:
           'pooled': pooled and rounded(pooled)}
 
 
+class _Sweep(NamedTuple):
+  """What every part of the analysis reads: labels [N], names [C], values [V], valid bool
+  [V, S], correct bool [V, S, N], images per class [C], accuracy [V, C] (mean over the
+  valid seeds), curves (summary_curves of accuracy), notes (warnings)."""
+  labels: np.ndarray
+  names: list[str]
+  values: np.ndarray
+  valid: np.ndarray
+  correct: np.ndarray
+  images: np.ndarray
+  accuracy: np.ndarray
+  curves: dict[str, np.ndarray]
+  notes: list[str]
+
+
+def _sweep(results: Mapping[str, Any]) -> _Sweep:
+  labels = np.asarray(results['test_labels'])
+  names = [str(n) for n in results['class_names']]
+  values = np.asarray(results['sweep_values'], np.float64)
+  valid, notes = valid_models(results)
+  correct = np.asarray(results['test_predictions']) == labels  # [V, S, N]
+  images = np.bincount(labels, minlength=len(names)).astype(np.float64)
+  accuracy = masked_seed_mean(class_accuracy(correct, labels, len(names)), valid)  # [V, C]
+  notes += [f'no usable model at {results["sweep_name"]}={values[v]:g}'
+            for v in range(len(values)) if not valid[v].any()]
+  return _Sweep(labels, names, values, valid, correct, images, accuracy,
+                summary_curves(accuracy, images), notes)
+
+
+def _usable_off(results: Mapping[str, Any], sweep: _Sweep, ref: int) -> int | None:
+  """The off value's index, when the sweep has it, it is not the reference and some of its
+  models are valid."""
+  off = off_index(results['sweep_name'], sweep.values)
+  return None if off == ref or off is None or not sweep.valid[off].any() else off
+
+
+def _values_json(results, sweep: _Sweep, boot, comps, dependent, ref: int,
+                 top_flow: int) -> list[dict[str, Any]]:
+  """`values` of analysis.json: one entry per sweep value (analyze's docstring)."""
+  none = {'beyond_shift': None, 'class_dependence': None, 'flipped_images': []}
+  accuracy = _accuracy_json(sweep.accuracy, sweep.curves, boot, sweep.images, sweep.names)
+  return [{'value': float(sweep.values[v]), 'index': v,
+           'num_models': int(sweep.valid[v].sum()), **acc,
+           **_effects_json(results, sweep.valid, v, ref, comps, top_flow),
+           **dependent.get(v, none)} for v, acc in enumerate(accuracy)]
+
+
+def _study_json(results, sweep: _Sweep, alpha: float, num_bootstrap: int,
+                run_variance: str) -> dict[str, Any]:
+  """The head of analysis.json: what was analysed and how."""
+  return {
+      'sweep_name': str(results['sweep_name']), 'sweep_values': json_floats(sweep.values),
+      'seeds': [int(s) for s in results['seeds']], 'class_names': sweep.names,
+      'num_classes': len(sweep.names), 'num_test_images': int(sweep.labels.size),
+      'images_per_class': [int(n) for n in sweep.images],
+      'alpha': alpha, 'confidence': CONFIDENCE, 'num_bootstrap': num_bootstrap,
+      'test': stats.test_name(run_variance), 'warnings': sweep.notes}
+
+
+def _tests_json(comps: dict[tuple, dict], family: dict, run_variance: str) -> dict[str, Any]:
+  """The run-to-run variance used, what the seeds allow to conclude, the FDR family."""
+  seeds = min([c['seeds'] for c in comps.values() if not c['self']] or [0])
+  return {
+      'run_variance': _run_variance_json(comps, run_variance, stats.HOMOGENEITY_LEVEL),
+      'inference': {'num_seeds': int(seeds), 'status': inference(seeds),
+                    'seeds_for_full_test': SEEDS_FOR_FULL_TEST},
+      'fdr': {'method': 'Benjamini-Hochberg', 'family': FAMILY, **family}}
+
+
+def _models_json(results, sweep: _Sweep, ref: int, off: int | None,
+                 reference: float | None) -> dict[str, Any]:
+  """The models left out, the reference value and the off value."""
+  values = sweep.values
+  return {
+      'excluded_models': [{'value': float(values[v]), 'seed': int(results['seeds'][s])}
+                          for v, s in zip(*np.nonzero(~sweep.valid))],
+      'reference': {'value': float(values[ref]), 'index': ref,
+                    'chosen_by': 'best mean accuracy' if reference is None else 'given'},
+      'off_reference': None if off is None else {'value': float(values[off]), 'index': off}}
+
+
 def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: float = ALPHA,
             num_bootstrap: int = 1000, num_splits: int = 5, top_flow: int = 5,
             seed: int = 0, run_variance: str = RUN_VARIANCE[0]) -> dict[str, Any]:
@@ -400,51 +327,24 @@ def analyze(results: Mapping[str, Any], reference: float | None = None, alpha: f
   if run_variance not in RUN_VARIANCE:
     raise ConfigError(f'run_variance {run_variance!r} is not one of {", ".join(RUN_VARIANCE)}')
   rng = np.random.default_rng(seed)
-  labels = np.asarray(results['test_labels'])
-  names = [str(n) for n in results['class_names']]
-  values = np.asarray(results['sweep_values'], np.float64)
-  valid, notes = valid_models(results)
-  correct = np.asarray(results['test_predictions']) == labels  # [V, S, N]
-  images = np.bincount(labels, minlength=len(names)).astype(np.float64)
-  accuracy = masked_seed_mean(class_accuracy(correct, labels, len(names)), valid)  # [V, C]
-  curves = summary_curves(accuracy, images)
-  ref = reference_index(values, curves['mean'], reference)
-  off = off_index(results['sweep_name'], values)
-  off = None if off == ref or off is None or not valid[off].any() else off
-  notes += [f'no usable model at {results["sweep_name"]}={values[v]:g}'
-            for v in range(len(values)) if not valid[v].any()]
-  boot = stats.bootstrap_accuracy(correct, labels, valid, len(names), num_bootstrap, rng)
-  comps, family = _flag_all(comparisons(correct, valid, labels, len(names), ref, off,
-                                        run_variance), alpha)
-  dependent, beyond = dependence.analyze(results, correct, valid, comps, ref, alpha)
-  none = {'beyond_shift': None, 'class_dependence': None, 'flipped_images': []}
-  values_json = [
-      {'value': float(values[v]), 'index': v, 'num_models': int(valid[v].sum()), **acc,
-       **_effects_json(results, valid, v, ref, comps, top_flow), **dependent.get(v, none)}
-      for v, acc in enumerate(_accuracy_json(accuracy, curves, boot, images, names))]
-  replication = split_half_replication(correct, labels, valid, ref, len(names), alpha,
-                                       num_splits, rng)
-  seeds = min([c['seeds'] for c in comps.values() if not c['self']] or [0])
+  sweep = _sweep(results)
+  num_classes = len(sweep.names)
+  ref = reference_index(sweep.values, sweep.curves['mean'], reference)
+  off = _usable_off(results, sweep, ref)
+  boot = stats.bootstrap_accuracy(sweep.correct, sweep.labels, sweep.valid, num_classes,
+                                  num_bootstrap, rng)
+  comps, family = effects.flag_all(effects.comparisons(
+      sweep.correct, sweep.valid, sweep.labels, num_classes, ref, off, run_variance), alpha)
+  dependent, beyond = dependence.analyze(results, sweep.correct, sweep.valid, comps, ref, alpha)
+  values_json = _values_json(results, sweep, boot, comps, dependent, ref, top_flow)
+  replication = split_half_replication(sweep.correct, sweep.labels, sweep.valid, ref,
+                                       num_classes, alpha, num_splits, rng)
   return {
-      'sweep_name': str(results['sweep_name']), 'sweep_values': json_floats(values),
-      'seeds': [int(s) for s in results['seeds']], 'class_names': names,
-      'num_classes': len(names), 'num_test_images': int(labels.size),
-      'images_per_class': [int(n) for n in images],
-      'alpha': alpha, 'confidence': CONFIDENCE, 'num_bootstrap': num_bootstrap,
-      'test': stats.test_name(run_variance), 'warnings': notes,
-      'run_variance': _run_variance_json(comps, run_variance, stats.HOMOGENEITY_LEVEL),
-      'inference': {'num_seeds': int(seeds), 'status': inference(seeds),
-                    'seeds_for_full_test': SEEDS_FOR_FULL_TEST},
-      'fdr': {'method': 'Benjamini-Hochberg', 'family': FAMILY, **family},
-      'beyond_shift': beyond,
+      **_study_json(results, sweep, alpha, num_bootstrap, run_variance),
+      **_tests_json(comps, family, run_variance), 'beyond_shift': beyond,
       'hurt_while_mean_improves': dependence.hurt_while_mean_improves(values_json, ref),
       'power': {'power': stats.POWER, 'target_drop': TARGET_DROP, 'level': family['level']},
-      'excluded_models': [{'value': float(values[v]), 'seed': int(results['seeds'][s])}
-                          for v, s in zip(*np.nonzero(~valid))],
-      'reference': {'value': float(values[ref]), 'index': ref,
-                    'chosen_by': 'best mean accuracy' if reference is None else 'given'},
-      'off_reference': None if off is None else {'value': float(values[off]), 'index': off},
-      'focus_index': _focus_index(values_json, ref),
-      'values': values_json,
-      'replication': _replication_json(*replication, values, num_splits),
+      **_models_json(results, sweep, ref, off, reference),
+      'focus_index': _focus_index(values_json, ref), 'values': values_json,
+      'replication': _replication_json(*replication, sweep.values, num_splits),
   }

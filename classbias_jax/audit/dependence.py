@@ -1,7 +1,7 @@
 """Class dependence of a sweep, for analysis.json: beyond-the-shift flags, spread, flipped images.
 
 Reads the comparisons `analysis` has tested (each class's effect, se, df and p against the
-reference, as `analysis.compare` returns them) and the correctness arrays; the statistics
+reference, as `effects.compare` returns them) and the correctness arrays; the statistics
 are in `shift.py`. Notation: V sweep values, S seeds, C classes, N test images.
 
 Every class at every non-reference value, beyond the shift against the reference, is one

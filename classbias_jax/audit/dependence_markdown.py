@@ -7,33 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-
-def _pct(x: float | None) -> str:
-  return 'n/a' if x is None else f'{100 * x:.1f}'
-
-
-def _signed(x: float | None) -> str:
-  """Points with a sign; a value that rounds to zero is +0.0, never -0.0."""
-  return 'n/a' if x is None else f'{round(100 * x, 1) + 0.0:+.1f}'
-
-
-def _prob(x: float | None) -> str:
-  if x is None:
-    return 'n/a'
-  return '< 1e-15' if x < 1e-15 else (f'{x:.1e}' if x < 1e-3 else f'{x:.3f}')
-
-
-def _cell(text: Any) -> str:
-  return str(text).replace('|', '\\|')
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  return lines + ['| ' + ' | '.join(_cell(c) for c in row) + ' |' for row in rows]
-
-
-def _knob(stats: Mapping[str, Any]) -> str:
-  return stats['sweep_name'].split('.')[-1]
+from classbias_jax.audit import formats
 
 
 def _names(classes: list[str], k: int = 5) -> str:
@@ -45,15 +19,15 @@ def spread_text(spread: Mapping[str, Any] | None) -> str:
   """'3.1 (2.9-3.3)' points, or n/a."""
   if not spread or spread['tau'] is None:
     return 'n/a'
-  return f'{_pct(spread["tau"])} ({_pct(spread["low"])}-{_pct(spread["high"])})'
+  return f'{formats.pct(spread["tau"])} ({formats.pct(spread["low"])}-{formats.pct(spread["high"])})'
 
 
 def shift_text(beyond: Mapping[str, Any] | None) -> str:
   if not beyond:
     return 'n/a'
   shift = beyond['shift']
-  interval = '' if shift['low'] is None else f' ({_signed(shift["low"])} to {_signed(shift["high"])})'
-  return _signed(shift['effect']) + interval
+  interval = '' if shift['low'] is None else f' ({formats.signed(shift["low"])} to {formats.signed(shift["high"])})'
+  return formats.signed(shift['effect']) + interval
 
 
 def _compared(stats: Mapping[str, Any]) -> list[dict]:
@@ -66,7 +40,7 @@ def opening(stats: Mapping[str, Any]) -> list[str]:
   entries = _compared(stats)
   if not entries or stats['inference']['status'] == 'conditional':
     return []
-  knob = _knob(stats)
+  knob = formats.knob(stats)
   peak = max(entries, key=lambda v: v['class_dependence']['tau'] or 0)
   first = (f'**Class dependence.** Beyond the shift shared by all classes, the true class '
            f'effects of `{knob}={peak["value"]:g}` spread by {spread_text(peak["class_dependence"])}'
@@ -80,7 +54,7 @@ def opening(stats: Mapping[str, Any]) -> list[str]:
   lines = [first, '']
   for move in stats.get('hurt_while_mean_improves', []):
     lines += [f'**Hurt while the mean improves:** going from `{knob}={move["from"]:g}` to '
-              f'`{move["to"]:g}` raises mean accuracy by {_pct(move["mean_change"])} points '
+              f'`{move["to"]:g}` raises mean accuracy by {formats.pct(move["mean_change"])} points '
               f'but lowers {_names(move["classes"])} beyond the shift.', '']
   return lines
 
@@ -106,10 +80,10 @@ def _rows(stats, entry, classes) -> list[list[str]]:
   out = []
   for name in classes:
     c = index[name]
-    out.append([name, _pct(ref['accuracy'][c]), _pct(entry['accuracy'][c]),
-                _signed(entry['per_class']['effect'][c]),
-                f'{_signed(beyond["effect"][c])} ({_signed(beyond["low"][c])} to '
-                f'{_signed(beyond["high"][c])})', _prob(beyond['q'][c])])
+    out.append([name, formats.pct(ref['accuracy'][c]), formats.pct(entry['accuracy'][c]),
+                formats.signed(entry['per_class']['effect'][c]),
+                f'{formats.signed(beyond["effect"][c])} ({formats.signed(beyond["low"][c])} to '
+                f'{formats.signed(beyond["high"][c])})', formats.prob(beyond['q'][c])])
   return out
 
 
@@ -128,7 +102,7 @@ def value_lead(stats: Mapping[str, Any], entry: Mapping[str, Any], top_k: int) -
       more = len(beyond[key]) - len(shown)
       lines += [f'{word} ({len(beyond[key])}' + (f'; {more} more in analysis.json' if more
                                                    else '') + '):', '']
-      lines += _table(header, _rows(stats, entry, shown)) + ['']
+      lines += formats.table(header, _rows(stats, entry, shown)) + ['']
   if not beyond['hurt'] and not beyond['helped']:
     lines += ['No class significantly hurt or helped beyond the shift.', '']
   return lines + ['Absolute effects (the shift included):', '']

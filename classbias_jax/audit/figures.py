@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from classbias_jax.audit.analysis import masked_seed_mean  # noqa: E402
-from classbias_jax import configs, files  # noqa: E402
+from classbias_jax import files, knob_table  # noqa: E402
 
 HURT, HELPED, NEUTRAL = 'tab:red', 'tab:blue', '0.6'
 MAX_NAMED_TICKS = 30  # above this many classes, name only the highlighted ones
@@ -33,7 +33,7 @@ CURVES = (('train_loss', 'curve_epochs', 'training loss', False),
 def _x_axis(ax, sweep_name: str, sweep_values: np.ndarray) -> np.ndarray:
   """Places sweep values on the knob's natural scale; returns x positions."""
   x = np.asarray(sweep_values, np.float64)
-  if configs.log_scale(str(sweep_name)) and np.all(x >= 0) and np.any(x > 0):
+  if knob_table.log_scale(str(sweep_name)) and np.all(x >= 0) and np.any(x > 0):
     # Log axis; a zero value (no decay) sits one decade left of the smallest positive one.
     positive = x[x > 0]
     zero_at = positive.min() / 10

@@ -5,44 +5,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax.audit import dependence_markdown
+from classbias_jax.audit import dependence_markdown, formats
 from classbias_jax.audit.analysis import off_index
 
 FIGURES = 'figures'  # the figures' folder in WORKDIR
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-  return 'n/a' if x is None else f'{100 * x:.{digits}f}'
-
-
-def _signed(x: float | None) -> str:
-  return 'n/a' if x is None else f'{100 * x:+.1f}'
-
-
-def _prob(x: float | None) -> str:
-  if x is None:
-    return 'n/a'
-  if x < 1e-15:  # below the t distribution's floating-point resolution
-    return '< 1e-15'
-  return f'{x:.1e}' if x < 1e-3 else f'{x:.3f}'
-
-
-def _cell(text: Any) -> str:
-  """Markdown table cell: pipes escaped so class names cannot break the table."""
-  return str(text).replace('|', '\\|')
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  return lines + ['| ' + ' | '.join(_cell(c) for c in row) + ' |' for row in rows]
-
-
 def _range(counts: list[int]) -> str:
   return f'{min(counts)}' if min(counts) == max(counts) else f'{min(counts)}-{max(counts)}'
-
-
-def _knob(stats: Mapping[str, Any]) -> str:
-  return stats['sweep_name'].split('.')[-1]
 
 
 def _family(stats: Mapping[str, Any]) -> str:
@@ -63,7 +33,7 @@ def _mde(x: float | None) -> str:
   """A minimum detectable drop in points; one past 100 points is no drop at all."""
   if x is None:
     return 'n/a'
-  return 'none possible (> 100 points)' if x > 1 else f'{_pct(x)} points'
+  return 'none possible (> 100 points)' if x > 1 else f'{formats.pct(x)} points'
 
 
 def _dof(k: int) -> str:
@@ -104,7 +74,7 @@ def _intro(stats: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     if known:
       run.append('Run: ' + ', '.join(known) + ' (from config.json).')
   lines += [' '.join(run), '']
-  lines.append(f'Effects are measured against `{_knob(stats)}={ref["value"]:g}` '
+  lines.append(f'Effects are measured against `{formats.knob(stats)}={ref["value"]:g}` '
                f'({ref["chosen_by"]}), paired by seed and by test image. A class is **hurt** '
                f'or **helped** when its q-value is below {stats["alpha"]:g}; the q-values are '
                f'Benjamini-Hochberg over one family for the whole report ({_family(stats)}). '
@@ -113,7 +83,7 @@ def _intro(stats: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
       'index']:
     lines.append('The reference is also the value that turns the knob off.')
   if off is not None:
-    lines.append(f'The knob is off at `{_knob(stats)}={off["value"]:g}`; effects against that '
+    lines.append(f'The knob is off at `{formats.knob(stats)}={off["value"]:g}`; effects against that '
                  'value are in the summary table and analysis.json (`against_off`).')
   lines.append('')
   if stats['warnings']:
@@ -133,9 +103,9 @@ def _summary(stats: Mapping[str, Any]) -> list[str]:
     untested = '-' if is_ref else 'not tested'
     tested = _status(stats) != 'conditional'
     row = [f'{v["value"]:g}' + (' (ref)' if is_ref else ''), v['num_models'],
-           f'{_pct(v["mean_accuracy"])} ({_pct(v["mean_accuracy_low"])}-'
-           f'{_pct(v["mean_accuracy_high"])})', _pct(v['p10_class_accuracy']),
-           f'{_pct(v["worst_class_accuracy"])} {v["worst_class"]}',
+           f'{formats.pct(v["mean_accuracy"])} ({formats.pct(v["mean_accuracy_low"])}-'
+           f'{formats.pct(v["mean_accuracy_high"])})', formats.pct(v['p10_class_accuracy']),
+           f'{formats.pct(v["worst_class_accuracy"])} {v["worst_class"]}',
            v['num_hurt'] if tested and not is_ref else untested,
            v['num_helped'] if tested and not is_ref else untested,
            *dependence_markdown.summary_cells(stats, v)]
@@ -144,7 +114,7 @@ def _summary(stats: Mapping[str, Any]) -> list[str]:
       row.append('-' if v['index'] == stats['off_reference']['index'] else
                  f'{against["num_hurt"]} / {against["num_helped"]}' if tested else untested)
     rows.append(row)
-  return ['## Summary', ''] + _table(header, rows) + ['']
+  return ['## Summary', ''] + formats.table(header, rows) + ['']
 
 
 def _class_rows(stats, entry, classes) -> list[list[str]]:
@@ -155,10 +125,10 @@ def _class_rows(stats, entry, classes) -> list[list[str]]:
   rows = []
   for name in classes:
     c = index[name]
-    interval = f'{_signed(pc["low"][c])} to {_signed(pc["high"][c])}'
-    rows.append([name, _pct(ref['accuracy'][c]), _pct(entry['accuracy'][c]),
-                 f'{_signed(pc["effect"][c])} ({interval})', _prob(pc['p'][c]),
-                 _prob(pc['q'][c])])
+    interval = f'{formats.signed(pc["low"][c])} to {formats.signed(pc["high"][c])}'
+    rows.append([name, formats.pct(ref['accuracy'][c]), formats.pct(entry['accuracy'][c]),
+                 f'{formats.signed(pc["effect"][c])} ({interval})', formats.prob(pc['p'][c]),
+                 formats.prob(pc['q'][c])])
   return rows
 
 
@@ -179,7 +149,7 @@ def _effects(stats: Mapping[str, Any], top_k: int) -> list[str]:
       continue
     counts = ('not tested (one seed)' if conditional else
               f'{entry["num_hurt"]} hurt, {entry["num_helped"]} helped')
-    lines += [f'### `{_knob(stats)}={entry["value"]:g}` vs `{ref["value"]:g}`: {counts}', '']
+    lines += [f'### `{formats.knob(stats)}={entry["value"]:g}` vs `{ref["value"]:g}`: {counts}', '']
     lines += dependence_markdown.value_lead(stats, entry, top_k)
     for key, word, sign in (('hurt', 'Most hurt', -1), ('helped', 'Most helped', 1)):
       if conditional:
@@ -190,10 +160,10 @@ def _effects(stats: Mapping[str, Any], top_k: int) -> list[str]:
         shown = entry[key][:top_k]
         more = len(entry[key]) - len(shown)
         lines += [f'{word}' + (f' ({more} more in analysis.json)' if more else '') + ':', '']
-        lines += _table(header, _class_rows(stats, entry, shown)) + ['']
+        lines += formats.table(header, _class_rows(stats, entry, shown)) + ['']
     if not conditional and not entry['hurt'] and not entry['helped']:
       q = [x for x in entry['per_class']['q'] if x is not None]
-      best = f' (smallest q: {_prob(min(q))})' if q else ''
+      best = f' (smallest q: {formats.prob(min(q))})' if q else ''
       mde = _median(entry['per_class']['min_detectable_drop'])
       power = (f' Smallest drop this comparison could detect in the median class (80% '
                f'power; see Power): {_mde(mde)}.' if mde is not None else '')
@@ -231,11 +201,11 @@ def _power(stats: Mapping[str, Any]) -> list[str]:
     return []
   target = stats['power']['target_drop']
   lines = ['## Power', '',
-           f'The smallest drop each comparison would flag with {_pct(stats["power"]["power"], 0)}'
+           f'The smallest drop each comparison would flag with {formats.pct(stats["power"]["power"], 0)}'
            f'% power, from each class\'s estimated variance components, its seeds and its test '
            f'images, at the p-value a lone real effect needs in this report\'s family '
            f'({stats["power"]["level"]:.1e}); and the seeds per value that a '
-           f'{_pct(target, 0)}-point drop would need.', '']
+           f'{formats.pct(target, 0)}-point drop would need.', '']
   rows, names = [], stats['class_names']
   for v in stats['values']:
     if v['index'] == stats['reference']['index']:
@@ -247,8 +217,8 @@ def _power(stats: Mapping[str, Any]) -> list[str]:
     rows.append([f'{v["value"]:g}', _mde(_median(pc['min_detectable_drop'])),
                  f'{names[worst]} ({_mde(pc["min_detectable_drop"][worst])})',
                  _seeds_text(pc['seeds_needed'][med]), _seeds_text(pc['seeds_needed'][worst])])
-  lines += _table(['value', 'median class', 'least testable class',
-                   f'seeds for {_pct(target, 0)} points: median class',
+  lines += formats.table(['value', 'median class', 'least testable class',
+                   f'seeds for {formats.pct(target, 0)} points: median class',
                    'least testable class'], rows) + ['']
   return lines + _seeds_sentence(stats, target)
 
@@ -264,8 +234,8 @@ def _seeds_sentence(stats: Mapping[str, Any], target: float) -> list[str]:
   mde = [-1 if m is None or names[c] in flagged else m
          for c, m in enumerate(pc['min_detectable_drop'])]
   c = int(np.argmax(mde))
-  return [f'To detect a {_pct(target, 0)}-point drop in {names[c]}, the least testable '
-          f'class not flagged at `{_knob(stats)}={entry["value"]:g}`, you need '
+  return [f'To detect a {formats.pct(target, 0)}-point drop in {names[c]}, the least testable '
+          f'class not flagged at `{formats.knob(stats)}={entry["value"]:g}`, you need '
           f'{_seeds_text(pc["seeds_needed"][c])} per value. Per-class values: '
           '`min_detectable_drop` and `seeds_needed` in analysis.json.', '']
 
@@ -282,19 +252,19 @@ def _replication(stats: Mapping[str, Any]) -> list[str]:
            '']
   if not rep['values']:
     return lines + ['Nothing to replicate: the sweep has a single usable value.', '']
-  rows = [[f'{r["value"]:g}', f'{r["flagged_per_half"]:.1f}', _pct(r['replication_rate'], 0),
-           _pct(r['same_sign_rate'], 0),
+  rows = [[f'{r["value"]:g}', f'{r["flagged_per_half"]:.1f}', formats.pct(r['replication_rate'], 0),
+           formats.pct(r['same_sign_rate'], 0),
            'n/a' if r['shrinkage'] is None else f'{r["shrinkage"]:.2f}',
-           f'{_signed(r["worst_class_effect_a"])} -> {_signed(r["worst_class_effect_b"])}']
+           f'{formats.signed(r["worst_class_effect_a"])} -> {formats.signed(r["worst_class_effect_b"])}']
           for r in rep['values']]
-  lines += _table(['value', 'flagged per half', 'replicated (%)', 'same sign (%)', 'shrinkage',
+  lines += formats.table(['value', 'flagged per half', 'replicated (%)', 'same sign (%)', 'shrinkage',
                    'worst class: half A -> half B'], rows) + ['']
   pooled = rep['pooled']
   if pooled and pooled['replication_rate'] is not None:
-    lines += [f'Pooled over values, {_pct(pooled["replication_rate"], 0)}% of flagged classes '
-              f'replicated and their effects kept {_pct(pooled["shrinkage"], 0)}% of their size; '
-              f'the worst class drop of {_signed(pooled["worst_class_effect_a"])} points on one '
-              f'half measured {_signed(pooled["worst_class_effect_b"])} on the other.', '']
+    lines += [f'Pooled over values, {formats.pct(pooled["replication_rate"], 0)}% of flagged classes '
+              f'replicated and their effects kept {formats.pct(pooled["shrinkage"], 0)}% of their size; '
+              f'the worst class drop of {formats.signed(pooled["worst_class_effect_a"])} points on one '
+              f'half measured {formats.signed(pooled["worst_class_effect_b"])} on the other.', '']
   return lines
 
 
@@ -303,8 +273,8 @@ def _flows(stats: Mapping[str, Any], top_k: int) -> list[str]:
   lines = []
   for entry in stats['values']:
     for flow in entry['confusion_flow'][:top_k]:
-      gains = ', '.join(f'{t["class"]} {_signed(t["fraction"])}' for t in flow['to'])
-      lines.append(f'- `{entry["value"]:g}`: **{flow["class"]}** lost {_pct(flow["lost"])} '
+      gains = ', '.join(f'{t["class"]} {formats.signed(t["fraction"])}' for t in flow['to'])
+      lines.append(f'- `{entry["value"]:g}`: **{flow["class"]}** lost {formats.pct(flow["lost"])} '
                    f'points; predictions gained by: {gains or "none"}')
   if not lines:
     return ['No class is significantly hurt, so there is no loss to trace.', '']

@@ -1,6 +1,6 @@
 """Class dependence: the shift shared by all classes, each class beyond it, and the spread.
 
-Pure numpy/scipy, on the per-class test of `stats.crossed_effect_test` (as `analysis.compare`
+Pure numpy/scipy, on the per-class test of `stats.crossed_effect_test` (as `effects.compare`
 returns it: effect, se, df per class) and the paired differences it was computed from.
 Notation: S seeds, N test images, C classes. Effects are fractions
 (0.05 = 5 percentage points). docs/statistics.md says how each estimate was checked.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 
 from classbias_jax import data
-from classbias_jax.data import stream
+from classbias_jax.data import item_sources, stream
 
 RESIDENT_FRACTION = 0.25  # of device memory; the rest holds M models' state and activations
 RESIDENT_BYTES_CPU = 2 << 30  # where the device reports no memory size (XLA:CPU)
@@ -53,7 +53,7 @@ def train_stream(config, dataset, epochs: int, rows: tuple[int, int] | None = No
   stop), the rows of each global batch this process reads (None: all; trainer.py).
   """
   if isinstance(dataset, data.Dataset):
-    source = stream.ArraySource(dataset.train_images, dataset.train_labels)
+    source = item_sources.ArraySource(dataset.train_images, dataset.train_labels)
     options = {'mode': 'L' if dataset.image_shape[-1] == 1 else 'RGB'}
   else:
     source, options = dataset.train_source, dataset.stream_options()

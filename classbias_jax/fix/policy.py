@@ -4,7 +4,7 @@ SWEEP_DIR/policy.json.
 
   per_class  each class keeps the best uniform value u (the value with the best mean
              validation accuracy) unless its validation evidence for another value passes
-             the report's test against u (analysis.compare: the class's own variance over
+             the report's test against u (effects.compare: the class's own variance over
              seeds and images, its run-to-run part pooled over the sweep's values as in
              the report; q < ALPHA in one Benjamini-Hochberg family over every class at
              every other value); then it takes, of those values, the one with
@@ -23,8 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from classbias_jax import configs, files, results
-from classbias_jax.audit import analysis
+from classbias_jax import configs, files, knob_table, results
+from classbias_jax.audit import analysis, effects
 from classbias_jax.errors import ConfigError, ResultsError
 from classbias_jax.audit.replication import paired_difference
 
@@ -45,9 +45,9 @@ def validation_correct(results: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarr
 
 def _knob(results: Mapping[str, Any]) -> tuple[str, float | None]:
   name = str(results['sweep_name'])
-  knob = configs.KNOBS.get(name)
+  knob = knob_table.KNOBS.get(name)
   if knob is None or not knob.per_class:
-    per_class = ', '.join(n for n, k in configs.KNOBS.items() if k.per_class)
+    per_class = ', '.join(n for n, k in knob_table.KNOBS.items() if k.per_class)
     raise ConfigError(f'{name} cannot take a value per class; a fix needs a sweep of one '
                       f'of {per_class}')
   return name, knob.off
@@ -75,10 +75,10 @@ def choose_policy(results: Mapping[str, Any], alpha: float = analysis.ALPHA,
   comps = []
   for v in others:
     seeds = valid[v] & valid[u]
-    comps.append(analysis.compare(paired_difference(correct, valid, v, u), labels, c,
+    comps.append(effects.compare(paired_difference(correct, valid, v, u), labels, c,
                                   per_seed[u, seeds].mean(0) if seeds.any() else None,
-                                  analysis.pair_pool(per_seed, valid, labels, v, u, run_variance)))
-  flagged = dict(zip(others, analysis.flag_family(comps, alpha)))
+                                  effects.pair_pool(per_seed, valid, labels, v, u, run_variance)))
+  flagged = dict(zip(others, effects.flag_family(comps, alpha)))
   # per_class: the largest significant gain over u, else u.
   gain = np.full((len(values), c), -np.inf)
   for v, comp in flagged.items():

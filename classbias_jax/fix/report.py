@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats as scipy_stats
 
-from classbias_jax.audit import analysis
+from classbias_jax.audit import analysis, formats
 from classbias_jax import configs
 from classbias_jax.fix import policy
 
@@ -108,12 +108,8 @@ def summarize(results: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
           'same_as': fix.get('same_as', {}), 'recommended': recommend(results)}
 
 
-def _pct(x) -> str:
-  return 'n/a' if x is None else f'{100 * x:.1f}'
-
-
 def _with_interval(i: Mapping[str, Any], signed: bool = False) -> str:
-  fmt = (lambda x: 'n/a' if x is None else f'{100 * x:+.1f}') if signed else _pct
+  fmt = formats.signed if signed else formats.pct
   if i['low'] is None:
     return fmt(i['mean'])
   return f'{fmt(i["mean"])} ({fmt(i["low"])} to {fmt(i["high"])})'
@@ -169,7 +165,7 @@ def section(fix: Mapping[str, Any], class_names: list[str], values: list[dict]) 
       cells = []
       for v, arm in enumerate(arm_names):
         x, acc = tables[arm][c], values[v]['accuracy'][c]
-        text = f'{x:g}: {_pct(acc)}'
+        text = f'{x:g}: {formats.pct(acc)}'
         cells.append(f'**{text}**' if name in fix['changed'].get(arm, []) else text)
       lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     lines.append('')

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from classbias_jax import configs
+from classbias_jax import configs, knob_table
 from classbias_jax.errors import ConfigError
 from classbias_jax.train import checkpoint
 from classbias_jax.train.design import Sweep, knob_arrays
@@ -73,7 +73,7 @@ def _numbers(value, size: int | None, what: str) -> np.ndarray:
 
 
 def _in_range(knob: str, values: np.ndarray, what: str) -> None:
-  low, high = configs.KNOBS[knob].low, configs.KNOBS[knob].high
+  low, high = knob_table.KNOBS[knob].low, knob_table.KNOBS[knob].high
   bad = values[~(np.isfinite(values) & (values >= low) & (values <= high))]
   if bad.size:
     raise ConfigError(f'{what} holds {knob} = {bad[0]:g}, outside [{low:g}, {high:g}]')
@@ -82,7 +82,7 @@ def _in_range(knob: str, values: np.ndarray, what: str) -> None:
 def _check_source(policy: dict, sweep: dict, path: str) -> None:
   """The policy names the sweep beside it: its knob, values, classes and fingerprint."""
   knob, where = policy['knob'], f'{path} does not come from the sweep beside it'
-  if not isinstance(knob, str) or knob not in configs.KNOBS or not configs.KNOBS[knob].per_class:
+  if not isinstance(knob, str) or knob not in knob_table.KNOBS or not knob_table.KNOBS[knob].per_class:
     raise ConfigError(f'{path}: {knob} is not a per-class knob')
   if knob != sweep['sweep'].get('name'):
     raise ConfigError(f'{where} (a sweep of {sweep["sweep"].get("name")}, not of {knob})')
@@ -102,7 +102,7 @@ def check_policy(policy: dict, sweep: dict, path: str) -> None:
   """ConfigError (one line naming `path`) unless `policy` is a policy.json written from the
   sweep whose config.json is `sweep`: every field present, the sweep's knob, values,
   class names and fingerprint (configs.fingerprint), a table of one value per class for
-  each policy, every value inside its knob's range (configs.KNOBS)."""
+  each policy, every value inside its knob's range (knob_table.KNOBS)."""
   missing = [k for k in _KEYS if k not in policy]
   if missing or not isinstance(sweep.get('sweep'), dict):
     raise ConfigError(f'{path} lacks {", ".join(missing) or "its sweep"}: not a policy '
@@ -113,9 +113,9 @@ def check_policy(policy: dict, sweep: dict, path: str) -> None:
   _in_range(knob, uniform, f'{path}: uniform')
   if float(uniform[0]) not in policy['sweep_values']:
     raise ConfigError(f'{path}: uniform {uniform[0]:g} is not a value of the sweep')
-  if policy['off'] != configs.KNOBS[knob].off:
+  if policy['off'] != knob_table.KNOBS[knob].off:
     raise ConfigError(f'{path}: off {policy["off"]} is not {knob}\'s off value '
-                      f'{configs.KNOBS[knob].off}')
+                      f'{knob_table.KNOBS[knob].off}')
   if not isinstance(policy['policies'], dict) or not isinstance(policy['policy'], str) \
       or policy['policy'] not in policy['policies']:
     raise ConfigError(f'{path}: policy {policy["policy"]!r} names none of its policies')
@@ -154,14 +154,14 @@ def check_recipe(config, sweep: dict, knob: str) -> None:
 
 def _check_pairs(config, knob: str, by_arm: dict) -> None:
   """Each arm's table against the fix study's value of the knob it pairs with
-  (configs.pairs()): a minimum above the fixed maximum, or the reverse, is an error."""
-  for low, high in configs.pairs():
+  (knob_table.pairs()): a minimum above the fixed maximum, or the reverse, is an error."""
+  for low, high in knob_table.pairs():
     if knob in (low, high):
       other = high if knob == low else low
-      fixed = [float(configs.get_field(config, other))]
+      fixed = [float(knob_table.get_field(config, other))]
       for arm, table in by_arm.items():
         lows, highs = (list(table), fixed) if knob == low else (fixed, list(table))
-        configs.check_pair(low, lows, high, highs, f' in the {arm} arm\'s table')
+        knob_table.check_pair(low, lows, high, highs, f' in the {arm} arm\'s table')
 
 
 def tables(policy: dict) -> dict[str, np.ndarray]:
@@ -200,7 +200,7 @@ def plan(config, sweep, num_classes: int) -> tuple[Any, dict, dict]:
   records."""
   policy, sweep_json = read_policy(config.fix.policy_from)
   check_recipe(config, sweep_json, policy['knob'])
-  short = configs.short_name(policy['knob'])
+  short = knob_table.short_name(policy['knob'])
   if len(policy['class_names']) != num_classes:
     raise ConfigError(f'policy.json has {len(policy["class_names"])} classes, the data '
                       f'{num_classes}: the fix study must train on the sweep\'s dataset')

@@ -1,7 +1,7 @@
 """The study's design: which models a sweep trains and what makes them differ.
 
 Model m is (value index v, seed index s) with m = v * S + s. Every traced knob of
-configs.KNOBS gets an array [M] (the config's value, or the swept values for the swept
+knob_table.KNOBS gets an array [M] (the config's value, or the swept values for the swept
 knob), so one compiled program serves the whole sweep. Seeds are common random numbers:
 model (v, s) takes its init, data order and augmentation draws from seed s alone.
 """
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classbias_jax import configs
+from classbias_jax import knob_table
 from classbias_jax.errors import ConfigError
 
 
@@ -56,12 +56,12 @@ def knob_arrays(config, sweep: Sweep, num_classes: int | None = None) -> dict[st
   augmentation. Other knobs stay [M] and cost nothing extra.
   """
   out = {}
-  for dotted in configs.traced_knobs():
-    short = configs.short_name(dotted)
+  for dotted in knob_table.traced_knobs():
+    short = knob_table.short_name(dotted)
     if dotted == sweep.name:
       out[short] = sweep.values[sweep.value_index].astype(np.float32)
     else:
-      out[short] = np.full(sweep.num_models, configs.get_field(config, dotted), np.float32)
+      out[short] = np.full(sweep.num_models, knob_table.get_field(config, dotted), np.float32)
   for short, table in config.get('class_knobs', {}).items():
     table = np.asarray(table, np.float32)
     if num_classes is not None and table.shape != (num_classes,):

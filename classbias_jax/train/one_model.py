@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from classbias_jax import augment, configs
+from classbias_jax import augment, knob_table
 from classbias_jax.train import class_weights
 from classbias_jax.train import model_axis
 from classbias_jax.train import prune
@@ -21,9 +21,9 @@ from classbias_jax.train import prune
 
 def hyperparameter(knobs, config, dotted: str):
   """A knob's per-model traced value when the plan carries it, else the config's value:
-  a field becomes sweepable by adding its row to configs.KNOBS, with no change here."""
-  short = configs.short_name(dotted)
-  return knobs[short] if short in knobs else configs.get_field(config, dotted)
+  a field becomes sweepable by adding its row to knob_table.KNOBS, with no change here."""
+  short = knob_table.short_name(dotted)
+  return knobs[short] if short in knobs else knob_table.get_field(config, dotted)
 
 
 def make_optimizer(momentum, weight_decay, learning_rate) -> optax.GradientTransformation:
@@ -66,7 +66,7 @@ def make_preprocess(plan) -> Callable:
   [B, H, W, C], soft targets float32 [B, num_classes]): one model's batch through the
   plan's ops (augment.preprocess), normalised with the dataset's channel statistics."""
   mean, std = jnp.asarray(plan.mean), jnp.asarray(plan.std)
-  static = configs.static_values(plan.config)
+  static = knob_table.static_values(plan.config)
 
   def preprocess(key, images, labels, knobs):
     return augment.preprocess(key, images.astype(jnp.float32) / 255.0, labels, knobs, plan.ops,

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from classbias_jax import configs
+from classbias_jax import configs, knob_table
 from classbias_jax.errors import ConfigError
 from classbias_jax.train import arms, model_axis, prune
 from classbias_jax.train.design import Sweep, knob_arrays, model_keys, sweep_from_config
@@ -24,15 +24,15 @@ def augment_ops(config, knobs: dict[str, np.ndarray]) -> tuple[str, ...]:
   order. An op is compiled when any model has one of its knobs away from the knob's off
   value (a traced knob per model, a static one in the config)."""
   def on(op: str) -> bool:
-    for dotted, knob in configs.KNOBS.items():
+    for dotted, knob in knob_table.KNOBS.items():
       if knob.op != op or knob.off is None:
         continue
-      value = (knobs[configs.short_name(dotted)] if knob.traced
-               else configs.get_field(config, dotted))
+      value = (knobs[knob_table.short_name(dotted)] if knob.traced
+               else knob_table.get_field(config, dotted))
       if np.any(np.asarray(value) != knob.off):
         return True
     return False
-  return tuple(op for stage in KERNEL_STAGES for op in configs.ops_of(stage) if on(op))
+  return tuple(op for stage in KERNEL_STAGES for op in knob_table.ops_of(stage) if on(op))
 
 
 @dataclasses.dataclass(frozen=True)

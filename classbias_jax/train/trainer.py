@@ -6,7 +6,7 @@ the one-model step of train/one_model.py over the M models. The data stay on dev
 input) or arrive as host batches shared by all models (streamed input, data/modes.py);
 one epoch loop serves both.
 
-The run saves WORKDIR/checkpoint by the rules of epochs.py (every k epochs, every n steps,
+The run saves WORKDIR/checkpoint by the rules of interrupts.py (every k epochs, every n steps,
 every t minutes: default 10, and on SIGTERM/SIGINT) and, started again with the same
 config, resumes from it at the step after it; a streamed run restores its grain iterator
 too, so it continues with the same batches.
@@ -28,8 +28,9 @@ from classbias_jax.data import modes
 from classbias_jax.errors import ConfigError
 from classbias_jax.models import create_model
 from classbias_jax.train import (checkpoint, design, device_memory, distributed, epochs,
-                                 model_axis, one_model, prune, study_dir, summaries)
-from classbias_jax.train.epochs import Interrupted, make_train_epoch  # noqa: F401 (trainer's API)
+                                 interrupts, model_axis, one_model, prune, study_dir, summaries)
+from classbias_jax.train.epochs import make_train_epoch  # noqa: F401 (trainer's API)
+from classbias_jax.train.interrupts import Interrupted  # noqa: F401 (trainer's API)
 from classbias_jax.train.history import History
 from classbias_jax.train.plan import Plan, build_plan
 from classbias_jax.tuning import hostmem, strategy as tuning_strategy
@@ -224,14 +225,14 @@ def run(config, workdir: str, overwrite: bool = False) -> dict[str, np.ndarray]:
   The lead process locks `workdir` for the run (train/study_dir.py): a second run there fails at
   once. A workdir holding the finished results (or a checkpoint) of another config is an
   error, unless `overwrite`, which deletes that study's files first.
-  While it runs (in the main thread) SIGTERM and SIGINT raise epochs.Interrupted: during
-  training once the current step is done and a checkpoint is saved (epochs.py).
+  While it runs (in the main thread) SIGTERM and SIGINT raise interrupts.Interrupted: during
+  training once the current step is done and a checkpoint is saved (interrupts.py).
   """
   study_dir.check(workdir)
   lead = distributed.is_lead()
   held = study_dir.lock(workdir) if lead else contextlib.nullcontext()
   untrained = _untrained_outputs(workdir) if lead else contextlib.nullcontext()
-  with epochs.Signals() as signals, held, untrained:
+  with interrupts.Signals() as signals, held, untrained:
     return _run(config, workdir, signals, overwrite)
 
 
@@ -287,7 +288,7 @@ def _resume_meta(config, workdir: str, overwrite: bool) -> dict | None:
   return None
 
 
-def _run(config, workdir: str, signals: epochs.Signals,
+def _run(config, workdir: str, signals: interrupts.Signals,
          overwrite: bool) -> dict[str, np.ndarray]:
   # Data: a bad config, a checkpoint of another config or a missing dataset stops the run
   # before anything is written.
@@ -306,7 +307,7 @@ def _run(config, workdir: str, signals: epochs.Signals,
                                 config.train.epochs, workdir, distributed.is_lead())
   os.makedirs(workdir, exist_ok=True)
   _write_config(workdir, plan, dataset, input_mode,
-                epochs.checkpoint_policy(config.train, plan.loop, signals))
+                interrupts.checkpoint_policy(config.train, plan.loop, signals))
   _announce(plan, dataset, input_mode, resume)
   with device_memory.guard(plan, 'training', input_mode):
     arrays = _train(plan, model, dataset, input_mode, workdir, signals, resume, profiler)
@@ -314,7 +315,7 @@ def _run(config, workdir: str, signals: epochs.Signals,
   return arrays
 
 
-def _train(plan, model, dataset, input_mode: str, workdir: str, signals: epochs.Signals,
+def _train(plan, model, dataset, input_mode: str, workdir: str, signals: interrupts.Signals,
            resume: dict | None, profiler: summaries.Profiler) -> dict[str, np.ndarray]:
   """State, epochs and evaluation of a planned run: the arrays of results.npz."""
   config = plan.config
@@ -334,7 +335,7 @@ def _train(plan, model, dataset, input_mode: str, workdir: str, signals: epochs.
 
   # Epochs.
   evaluate = make_evaluate(plan, model, dataset.test_images, on_device=not streamed)
-  checkpointer = epochs.Checkpointer(config.train, plan.steps_per_epoch, plan.loop, save,
+  checkpointer = interrupts.Checkpointer(config.train, plan.steps_per_epoch, plan.loop, save,
                                      signals, checkpoint.directory(workdir))
   start = (resume['epoch'], resume['step']) if resume else (0, 0)
   board = summaries.open_board(config, workdir, plan.sweep, dataset.class_names,

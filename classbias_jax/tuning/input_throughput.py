@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classbias_jax.data import folder, stream
+from classbias_jax.data import folder, item_sources, stream
 
 
 def _smooth_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, float]:
     for height, width, size, count, batch in cases:
       directory = os.path.join(root, f'{height}x{width}')
       write_jpeg_folder(directory, count, height, width)
-      train = stream.folder_sources(directory)['train']
+      train = item_sources.folder_sources(directory)['train']
       for threads, workers in ((1, 0), (2, 0), (4, 0), (1, 2)):
         # Best of three: the figure that other load on the machine disturbed least.
         rate = max(measure(train, batch_size=batch, image_size=size, num_threads=threads,
