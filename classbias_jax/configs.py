@@ -174,6 +174,43 @@ def smoke(config) -> ml_collections.ConfigDict:
   return config
 
 
+def planted_runlocal(c, args, seeds: int, epochs: int) -> None:
+  """The runlocal shape of the planted studies: the planted dataset at 16x16 (4x fewer
+  pixels than its 32x32 drawing, the planted effects intact), 200 training images per
+  class, ResNet-8 at half width in float32, batch 64, test only at the end; `seeds` and
+  `epochs` unless the args give them (a null result is one only with >= 4 seeds)."""
+  c.seeds = args.seeds or seeds
+  c.data.name = 'planted'
+  c.data.planted_train_per_class = 200
+  c.data.image_size = 16
+  c.model.name = 'resnet8'
+  c.model.width = 0.5
+  c.model.dtype = 'float32'
+  c.train.epochs = args.epochs or epochs
+  c.train.batch_size = 64
+  c.train.eval_every = 0
+
+
+def fashion_local(c, args, epochs: int) -> None:
+  """Fashion-MNIST on two CPU cores: 6,000 stratified training images (600 per class), the
+  full test set at its native 28x28, ResNet-8 at half width in float32, 4 seeds and
+  `epochs` unless the args give them. The planted fields go back to their defaults, so
+  that `runlocal,fashion` is the Fashion-MNIST study (a dataset refuses a field it
+  ignores)."""
+  defaults = base_config().data
+  for field in ('planted_train_per_class', 'planted_rare', 'planted_mixed',
+                'planted_mixed_train', 'planted_shortcut', 'image_size'):
+    c.data[field] = defaults[field]
+  c.seeds = args.seeds or 4
+  c.data.name = 'fashion_mnist'
+  c.data.train_subset = 6000
+  c.model.name = 'resnet8'
+  c.model.width = 0.5
+  c.model.dtype = 'float32'
+  c.train.epochs = args.epochs or epochs
+  c.train.eval_every = 0
+
+
 def shortcut_sweep(c, study: str, args, kind: str, values: tuple, epochs: int) -> None:
   """Makes a runlocal study the sweep a fix starts from (configs/fix.py): the planted
   data with `kind` of shortcut (planted.load), a validation split drawn like test and

@@ -68,16 +68,7 @@ def get_config(arg=None):
   c.aug.flip_prob = 0.5
 
   if args.runlocal:
-    c.seeds = args.seeds or 8  # flags need >= 4 seeds (docs/statistics.md)
-    c.data.name = 'planted'
-    c.data.planted_train_per_class = 200
-    c.data.image_size = 16  # 4x fewer pixels than the 32x32 drawing; effects intact
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
-    c.train.epochs = args.epochs or 12
-    c.train.batch_size = 64
-    c.train.eval_every = 0
+    configs.planted_runlocal(c, args, seeds=8, epochs=12)
     c.aug.pad_crop = 0  # the planted effect is the jitter's alone
     c.aug.flip_prob = 0.0
   if args.shortcut:  # the sweep a fix study starts from (configs/fix.py)

@@ -76,34 +76,16 @@ def get_config(arg=None):
   c.aug.flip_prob = 0.0 if args.noflip else 0.5
 
   if args.runlocal:
-    c.seeds = args.seeds or 8  # flags need >= 4 seeds (docs/statistics.md)
+    # 15 epochs: the corner markers at scale 1 need them all
+    configs.planted_runlocal(c, args, seeds=8, epochs=15)
     c.sweep['values'] = (0.08, 0.4, 0.8, 1.0)  # 4 scales x 8 seeds fit three minutes
-    c.data.name = 'planted'
-    c.data.planted_train_per_class = 200
-    c.data.image_size = 16  # 4x fewer pixels than the 32x32 drawing; effects intact
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
-    c.train.epochs = args.epochs or 15  # the corner markers at scale 1 need them all
-    c.train.batch_size = 64
-    c.train.eval_every = 0
 
   if args.shortcut:  # the sweep a fix study starts from (configs/fix.py)
     # crops help two none- classes
     configs.shortcut_sweep(c, 'crop', args, 'zoom', (0.1, 1.0), epochs=10)
 
   if args.fashion:  # real images on two CPU cores; see the docstring
-    c.seeds = args.seeds or 4
-    c.data.name = 'fashion_mnist'
-    c.data.train_subset = 6000  # stratified; 600 images per class
-    # runlocal's planted field back to its default: a dataset refuses a field it ignores
-    c.data.planted_train_per_class = configs.base_config().data.planted_train_per_class
-    c.data.image_size = 0
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
+    configs.fashion_local(c, args, epochs=8)
     c.sweep['values'] = (0.08, 0.25, 0.5, 1.0)
-    c.train.epochs = args.epochs or 8
     c.train.batch_size = 128
-    c.train.eval_every = 0
   return c

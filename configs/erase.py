@@ -70,30 +70,12 @@ def get_config(arg=None):
     c.aug.erase_prob = 0.5
 
   if args.runlocal:
-    c.seeds = args.seeds or 4  # a null result is one only with >= 4 seeds
-    c.data.name = 'planted'
-    c.data.planted_train_per_class = 200
-    c.data.image_size = 16  # 4x fewer pixels than the 32x32 drawing; effects intact
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
-    c.train.epochs = args.epochs or 12
-    c.train.batch_size = 64
-    c.train.eval_every = 0
+    configs.planted_runlocal(c, args, seeds=4, epochs=12)
     c.aug.pad_crop = 0  # the planted markers sit on the edge; padding would move them off
     c.aug.flip_prob = 0.5
 
   if args.fashion:  # Fashion-MNIST on two CPU cores, as crop.py:fashion (Zhong et al.'s set)
-    c.seeds = args.seeds or 4
-    c.data.name = 'fashion_mnist'
-    c.data.train_subset = 6000
-    # runlocal's planted field back to its default: a dataset refuses a field it ignores
-    c.data.planted_train_per_class = configs.base_config().data.planted_train_per_class
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
-    c.train.epochs = args.epochs or 8
-    c.train.eval_every = 0
+    configs.fashion_local(c, args, epochs=8)
     c.aug.pad_crop = 2
     c.aug.flip_prob = 0.5
     if not args.prob:

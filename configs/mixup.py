@@ -68,20 +68,11 @@ def get_config(arg=None):
   c.sweep['values'] = (0.0, 0.2, 0.5, 1.0, 2.0)
 
   if args.runlocal:
-    c.seeds = args.seeds or 4  # flags need >= 4 seeds
-    c.data.name = 'planted'
-    c.data.planted_train_per_class = 200
+    configs.planted_runlocal(c, args, seeds=4, epochs=12)
     # the class a mix of none-hlines and none-vlines imitates, 60 training images (planted.py)
     c.data.planted_mixed = 'paste' if args.cutmix else 'blend'
     c.data.planted_mixed_train = 60
-    c.data.image_size = 16  # 4x fewer pixels than the 32x32 drawing; effects intact
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
     c.sweep['values'] = (0.0, 0.4, 1.0)
-    c.train.epochs = args.epochs or 12
-    c.train.batch_size = 64
-    c.train.eval_every = 0
     c.aug.pad_crop = 0  # the planted markers sit on the edge; padding would move them off
     c.aug.flip_prob = 0.5
   return c

@@ -93,18 +93,10 @@ def get_config(arg=None):
 
 def _runlocal(c, args) -> None:
   """Shrinks the study to two CPU cores on the planted dataset (see the docstring)."""
-  c.seeds = args.seeds or 4  # a null result is one only with >= 4 seeds
-  c.data.name = 'planted'
-  c.data.planted_train_per_class = 200
+  configs.planted_runlocal(c, args, seeds=4, epochs=12)
   c.data.planted_rare = 20  # none-rings and none-dots: 20 training images each
-  c.data.image_size = 16
   c.data.input_mode = 'auto'
   c.data.workers = 0
-  c.model.name = 'resnet8'
-  c.model.width = 0.5
-  c.model.dtype = 'float32'
-  c.train.epochs = args.epochs or 12
-  c.train.batch_size = 64
   c.optim.weight_decay = 5e-4
   c.optim.warmup_epochs = 1.0
   c.aug.crop_scale_min = 1.0  # no crop: the crop- classes' corner markers stay in view

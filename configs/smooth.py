@@ -68,18 +68,9 @@ def get_config(arg=None):
   c.sweep['values'] = (0.0, 0.05, 0.1, 0.2, 0.3)
 
   if args.runlocal:
-    c.seeds = args.seeds or 4  # flags need >= 4 seeds
-    c.data.name = 'planted'
-    c.data.planted_train_per_class = 200
+    configs.planted_runlocal(c, args, seeds=4, epochs=12)
     c.data.planted_rare = 20  # none-rings and none-dots: 20 training images each
-    c.data.image_size = 16
-    c.model.name = 'resnet8'
-    c.model.width = 0.5
-    c.model.dtype = 'float32'
     c.sweep['values'] = (0.0, 0.1, 0.3)
-    c.train.epochs = args.epochs or 12
-    c.train.batch_size = 64
-    c.train.eval_every = 0
     c.aug.pad_crop = 0
     c.aug.flip_prob = 0.5
   return c
