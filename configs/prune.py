@@ -41,14 +41,15 @@ and magnitude pruning removes the smallest weights first. Hooker et al. 2020
 underrepresented most; Tran et al. 2022 ("Pruning has a disparate impact on model
 accuracy") study the same disparity between groups of different sizes.
 
-Measured (`runlocal`, 8 seeds, 32 models: 6.9 minutes wall, 180 CPU-seconds,
-on two cores shared with other jobs, load about 12): mean accuracy 95.8% unpruned, 95.0%,
+Measured (`runlocal`, 8 seeds, 32 models: 3.0 minutes wall, 275 CPU-seconds, and 11 s
+of report on two cores, 2026-12-06; results identical array by array to an earlier run
+under load, 6.9 minutes): mean accuracy 95.8% unpruned, 95.0%,
 94.5%, 89.9% at 0.5, 0.7, 0.9; measured sparsity 0.5, 0.70002, 0.89999 in every model
 (round(s n) of the n = 18,968 weights). The report flags none-dots at 0.7 and 0.9
 (-8.2, -28.6 points, q 0.022, 0.006; its -5.6 points at 0.5 are not flagged) and
 none-rings at 0.9 (-27.1 points, 84.2% -> 57.1%, q 0.026), the same two beyond the shift
-shared by all classes, and no other class (rerun 2026-12-06 with the pooled run-to-run
-variance: 2.2 minutes wall with the report on two quiet cores): every other class stays
+shared by all classes, and no other class (with the pooled run-to-run variance of
+docs/statistics.md): every other class stays
 within 1.2 points on average (crop-top and crop-plain lose 10-12 points in one seed of eight). The flagged
 effects replicate on the other half of the test images (100%, shrinkage 0.99 at 0.9).
 With 4 seeds (`runlocal,seeds=4`: that run's first four, the same predictions, common
