@@ -207,8 +207,11 @@ def test_the_recommended_arm_is_chosen_on_validation():
 
 
 def test_fix_config_files_load():
-  for study in ('crop', 'color'):
+  """Every study of a per-class knob has a fix study: its shortcut sweep where it has one
+  (crop, color), else its plain runlocal sweep (erase, smooth)."""
+  for study in ('crop', 'color', 'erase', 'smooth'):
     c = configs.load(f'configs/fix.py:runlocal,study={study}')
-    assert c.sweep.name == configs.ARM_SWEEP and c.data.planted_shortcut
+    assert c.sweep.name == configs.ARM_SWEEP and c.data.name == 'planted'
+    assert bool(c.data.planted_shortcut) == (study in ('crop', 'color'))
   with pytest.raises(ConfigError, match='no study config'):
     configs.load('configs/fix.py:study=nope')
