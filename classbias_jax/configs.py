@@ -71,7 +71,8 @@ def _train_config() -> ml_collections.ConfigDict:
   t.loop = 'auto'  # 'scan': an epoch per compiled call; 'python': a step per call
   # Checkpoints in WORKDIR/checkpoint, from which the same command resumes
   # (train/interrupts.py): after every k-th epoch, every n-th step, and at the first step
-  # boundary t minutes after the last save (0: off). They never change results; SIGTERM/SIGINT also save one.
+  # boundary t minutes after the last save (0: off). They never change results;
+  # SIGTERM/SIGINT also save one.
   t.checkpoint_every = 0
   t.checkpoint_every_steps = 0
   t.checkpoint_minutes = 10.0
