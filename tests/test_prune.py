@@ -143,7 +143,7 @@ def test_the_study_sweeps_sparsity(arg):
   assert config.sweep.name == 'prune.sparsity' and max(config.sweep['values']) == 0.9
   assert min(config.sweep['values']) == 0.0  # the reference: no pruning
   if arg:
-    assert config.data.name == 'planted' and config.seeds == 4 and config.data.planted_rare
+    assert config.data.name == 'planted' and config.seeds == 8 and config.data.planted_rare
   else:  # Hooker et al.'s setting
     assert (config.model.name, config.seeds, config.data.name) == ('resnet50', 30, 'imagenet2012')
 

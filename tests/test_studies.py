@@ -18,7 +18,7 @@ from classbias_jax.errors import ConfigError
 
 # runlocal: seeds (at least 4 where the report's flags are the expected result) and values
 RUNLOCAL = {'crop': (8, (0.08, 0.4, 0.8, 1.0)), 'color': (8, None), 'erase': (4, None),
-            'mixup': (4, (0.0, 0.4, 1.0)), 'smooth': (4, (0.0, 0.1, 0.3))}
+            'mixup': (8, (0.0, 0.4, 1.0)), 'smooth': (8, (0.0, 0.1, 0.3))}
 # study -> (swept knob, its values, the augmentation the sweep must compile)
 STUDIES = {
     'crop': ('aug.crop_scale_min', (0.08, 0.2, 0.4, 0.6, 0.8, 1.0), 'crop'),
@@ -106,15 +106,19 @@ def test_unknown_or_malformed_args_are_errors(name, arg):
 def test_study_trains_end_to_end(name, tmp_path):
   config = configs.smoke(load(name, 'runlocal'))  # tiny model, sweep ends, 1 seed, 1 epoch
   config.data.planted_train_per_class = 13  # two steps of 64
+  for field in ('planted_rare', 'planted_mixed_train'):  # the rare and mixed classes' images
+    config.data[field] = min(config.data[field], 5)
   arrays = trainer.run(config, str(tmp_path))
+  names = planted.CLASS_NAMES + ((planted.MIXED_CLASSES[config.data.planted_mixed],)
+                                 if config.data.planted_mixed else ())
   knob, values, op = STUDIES[name]
   values = RUNLOCAL[name][1] or values
   n = len(arrays['test_labels'])
-  assert arrays['per_class_accuracy'].shape == (2, 1, 10)
+  assert arrays['per_class_accuracy'].shape == (2, 1, len(names))
   assert arrays['test_predictions'].shape == (2, 1, n)
   assert arrays['mean_accuracy'].shape == (2, 1)
   assert arrays['sweep_values'].tolist() == pytest.approx([values[0], values[-1]])
-  assert list(arrays['class_names']) == list(planted.CLASS_NAMES)
+  assert list(arrays['class_names']) == list(names)
   assert str(results.load_results(str(tmp_path))['sweep_name']) == knob
   resolved = json.loads((tmp_path / 'config.json').read_text())['resolved']
   assert op in resolved['augment_ops']
