@@ -46,7 +46,8 @@ points, q ~ 0.003); the fix study's policy arm lifts the worst class from ~32% t
 
 Real images on two CPU cores (Fashion-MNIST from Debian's dataset-fashion-mnist, 6k
 stratified training images, the full 10k test set, ResNet-8 at half width, scales 0.08,
-0.25, 0.5, 1.0 x 4 seeds, 8 epochs, flip on; about 20 minutes on two quiet cores):
+0.25, 0.5, 1.0 x 4 seeds, 8 epochs, flip on; 11 minutes on two cores, 2026-12-06;
+results in docs/studies.md):
 
   python -m classbias_jax.main --config=configs/crop.py:fashion --workdir=runs/crop_fashion
 
