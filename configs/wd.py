@@ -32,9 +32,10 @@ the same numbers every run.
 
 Real images on two CPU cores (Fashion-MNIST from Debian's dataset-fashion-mnist, 10k
 stratified training images, the full 10k test set, ResNet-8 at half width, 4 decay values
-x 4 seeds, 12 epochs, pad-2 crop + flip). Measured: 1742 CPU-seconds (about 15 minutes
-on two free cores; 66 minutes on two shared ones), best mean accuracy 85.1% at 5e-4, and
-at 5e-2 Coat, Dress, Shirt and T-shirt/top collapse into Pullover (docs/studies.md):
+x 4 seeds, 12 epochs, pad-2 crop + flip). Measured 2026-12-06: 2,651 CPU-seconds (25
+minutes on two cores shared with other jobs), best mean accuracy 85.1% at 5e-3, and at
+5e-2 Coat, Shirt and T-shirt/top collapse into Pullover and Dress into Trouser, flagged
+with Ankle boot (docs/studies.md):
 
   python -m classbias_jax.main --config=configs/wd.py:fashion --workdir=runs/wd_fashion
 
