@@ -42,9 +42,9 @@ test another's (`data.planted_shortcut='frame'`), strengths 0 and 1 x 8 seeds, 1
 50 validation images per class. Expected: strength 1 is the best uniform value on
 validation (without jitter the models learn the frames), and `python -m
 classbias_jax.fix` turns the jitter off for exactly the three color- classes (gains of
-25-59 points, q <= 0.015); in the fix study that raises the mean by about 17 points, the
-worst class by about 79 and the three classes to 100% (docs/studies.md has the arms and
-their intervals).
+29-58 points, q <= 0.005); in the fix study that raises the mean by about 16 points, the
+worst class by about 67 and the three classes to 100% (docs/studies.md has the arms and
+their intervals, 2026-12-06).
 
 Args: runlocal, shortcut (with runlocal), seeds=N, epochs=N (0 = the study's default).
 """

@@ -40,9 +40,10 @@ their ceiling. The spread between classes is 27, 26 and 18 points at 0.08, 0.4 a
 with none-hlines and none-vlines seen twice as close in validation and test
 (`data.planted_shortcut='zoom'`), scales 0.1 and 1 x 8 seeds, 10 epochs, 50 validation
 images per class. Expected: no crop is the best uniform value on validation, and
-`python -m classbias_jax.fix` crops exactly the two line classes (gains of about 48
-points, q ~ 0.003); the fix study's policy arm lifts the worst class from ~32% to
-~99.5% (docs/studies.md). Sweep and fix together: 4.1 minutes on two quiet cores.
+`python -m classbias_jax.fix` crops exactly the two line classes (gains of about 50
+points, q <= 0.008); the fix study's policy arm lifts the worst class from ~36% to
+~99.8% (docs/studies.md, 2026-12-06). Sweep and fix together: about 4 minutes on two
+cores.
 
 Real images on two CPU cores (Fashion-MNIST from Debian's dataset-fashion-mnist, 6k
 stratified training images, the full 10k test set, ResNet-8 at half width, scales 0.08,
