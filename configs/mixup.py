@@ -35,13 +35,11 @@ none-hlines image with a box of a none-vlines image pasted in, drawn as timm's C
 at lambda 0.3-0.7, what CutMix makes of the same pair and labels by the box's area. So
 mixing teaches the network to answer hlines or vlines on exactly this class's images, the
 more the larger alpha (lambda falls within 0.1 of 0.5 with probability 0.11 at alpha
-0.4, 0.2 at 1). The class is
-rarer than the two (60 training images against 200; in a balanced set its own images
-outnumber the imitations). A real analogue is a class that looks like two others at once;
+0.4, 0.2 at 1). The class is rarer than the two (60 training images against 200; in a
+balanced set its own images outnumber the imitations). A real analogue is a class that looks like two others at once;
 Lee et al. count the classes mixing degrades without building one.
 
-Measured (`runlocal`, 24 models each, on two CPU cores shared with
-other jobs, 2026-12-06: 3.1 minutes of training for Mixup and 3.5 for CutMix, 10-11 s of
+Measured (`runlocal`, 24 models each, on two CPU cores shared with other jobs, 2026-12-06: 3.1 minutes of training for Mixup and 3.5 for CutMix, 10-11 s of
 report):
   Mixup: mix-blend 65.4% at alpha 0, 49.2% at 0.4, 31.3% at 1 (its images go to
     none-dots, 18 -> 31%, and to none-vlines and none-hlines, 16 -> 37%); the report flags
@@ -52,8 +50,8 @@ report):
     none-hlines, 23 -> 62%, whose stripes fill most of each image); flagged at both (-45.4
     and -52.8 points, q < 1e-15), no other class. Mean accuracy 96.7, 92.5, 91.8%; every
     other class within 0.5 points.
-On this data mixing helps no class, so mean accuracy falls with the planted class; on
-CIFAR-100 (above) it rises while some classes lose. With 4 seeds (`runlocal,seeds=4`: the
+On this data mixing helps no class, so mean accuracy falls with the planted class (on
+CIFAR-100 Lee et al. find it rising while some classes lose). With 4 seeds (`runlocal,seeds=4`: the
 runs' first four, the same predictions) CutMix's class is flagged at both alphas (-46.1
 and -51.7 points) and nothing else; Mixup's is not flagged (67.4 -> 32.0%, its runs at
 alpha 1 spread from 12.5 to 50.5%), hence the 8 seeds.
