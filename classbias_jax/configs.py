@@ -180,16 +180,11 @@ def planted_runlocal(c, args, seeds: int, epochs: int) -> None:
   pixels than its 32x32 drawing, the planted effects intact), 200 training images per
   class, ResNet-8 at half width in float32, batch 64, test only at the end; `seeds` and
   `epochs` unless the args give them (a null result is one only with >= 4 seeds)."""
-  c.seeds = args.seeds or seeds
+  _two_cores(c, args, seeds, epochs)
   c.data.name = 'planted'
   c.data.planted_train_per_class = 200
   c.data.image_size = 16
-  c.model.name = 'resnet8'
-  c.model.width = 0.5
-  c.model.dtype = 'float32'
-  c.train.epochs = args.epochs or epochs
   c.train.batch_size = 64
-  c.train.eval_every = 0
 
 
 def fashion_local(c, args, epochs: int) -> None:
@@ -202,9 +197,15 @@ def fashion_local(c, args, epochs: int) -> None:
   for field in ('planted_train_per_class', 'planted_rare', 'planted_mixed',
                 'planted_mixed_train', 'planted_shortcut', 'image_size'):
     c.data[field] = defaults[field]
-  c.seeds = args.seeds or 4
+  _two_cores(c, args, 4, epochs)
   c.data.name = 'fashion_mnist'
   c.data.train_subset = 6000
+
+
+def _two_cores(c, args, seeds: int, epochs: int) -> None:
+  """What both CPU shapes share: ResNet-8 at half width in float32, test only at the end,
+  `seeds` and `epochs` unless the args give them."""
+  c.seeds = args.seeds or seeds
   c.model.name = 'resnet8'
   c.model.width = 0.5
   c.model.dtype = 'float32'
